@@ -1,0 +1,33 @@
+# steptime: `make demo` and `make test` work on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build to install when the venv has none. Users with a GPU keep their own CUDA build:
+# install it into the venv first (or set TORCH_SPEC=torch); nothing here pins it once present.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-kernels test-rest demo aot clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Kernel tests run the real Triton code on the CPU under the interpreter, which must be set
+# before triton is imported; the rest of the suite runs the torch references (fast path on CPU).
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests/kernels
+	$(BIN)/python -m pytest -q tests --ignore=tests/kernels
+
+aot: $(STAMP)
+	$(BIN)/python -m kernels.aot --arch sm_90
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.demo
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""steptime model: ModelConfig, the Llama-style transformer, and closed-form costs. No torch at import."""

@@ -1,0 +1,163 @@
+"""ModelConfig: the one architecture description shared by model, train, bench and timemodel.
+
+Standard library only, so that `timemodel` can score millions of configs without torch.
+Field names follow the seed code's CLI flags (epfml/schedules-and-scaling, spec/seeds.md §1.1):
+`--n-layer` -> n_layer, `--n-embd` -> n_embd, and so on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+KERNELS = ("torch", "triton")
+ATTENTIONS = ("sdpa", "flash")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built; the message is one line meant for the user."""
+
+
+def seed_ffn_hidden(n_embd: int, multiple_of: int = 256) -> int:
+    """The seed's SwiGLU width: multiple_of * ceil(int(8 * n_embd / 3) / multiple_of)."""
+    hidden = int(2 * (4 * n_embd) / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder (pre-norm RMSNorm, RoPE, causal attention, SwiGLU, no biases)."""
+
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    n_kv_head: int | None = None  # None -> multi-head attention (n_kv_head = n_head)
+    ffn_hidden: int | None = None  # None -> seed_ffn_hidden(n_embd, multiple_of)
+    multiple_of: int = 256  # SwiGLU width rounding, the seed's --multiple-of
+    sequence_length: int = 512
+    tie_embeddings: bool = False  # the seed ties wte and lm_head; its presets below do too
+    norm_eps: float = 1e-5  # the seed's --rmsnorm-eps
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    kernels: str = "torch"  # "torch" (reference ops) | "triton" (our fused kernels)
+    attention: str = "sdpa"  # "sdpa" | "flash" (flash-attn when installed and on CUDA)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "sequence_length", "multiple_of"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("n_kv_head", "ffn_hidden"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head dim n_embd/n_head={self.head_dim} must be even for RoPE")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(
+                f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}"
+            )
+        if not (self.norm_eps > 0):
+            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        if not (self.rope_theta > 0):
+            raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if not (self.init_std > 0):
+            raise ConfigError(f"init_std must be > 0, got {self.init_std!r}")
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+
+    # Derived values are properties, never fields, so a results row cannot disagree with them.
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def hidden(self) -> int:
+        """The SwiGLU hidden width actually built."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        return seed_ffn_hidden(self.n_embd, self.multiple_of)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ModelConfig)]
+
+
+def _seed(n_embd: int, n_layer: int) -> ModelConfig:
+    # The seed suite (spec/seeds.md §1.11): vocab 50304, sequence 512, head dim 64, tied embeddings.
+    return ModelConfig(
+        vocab_size=50304,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_embd // 64,
+        sequence_length=512,
+        tie_embeddings=True,
+    )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Byte-level (vocab 256) models that train in seconds on a CPU.
+    "tiny": ModelConfig(
+        vocab_size=256, n_layer=2, n_embd=64, n_head=4, ffn_hidden=192, sequence_length=64
+    ),
+    "small": ModelConfig(
+        vocab_size=256, n_layer=4, n_embd=128, n_head=4, ffn_hidden=384, sequence_length=128
+    ),
+    "33M": _seed(384, 8),
+    "53M": _seed(512, 8),
+    "60M": _seed(512, 10),
+    "93M": _seed(640, 12),
+    "124M": _seed(768, 12),
+    "151M": _seed(768, 16),
+    "166M": _seed(896, 12),
+    "210M": _seed(768, 24),
+    "360M": _seed(1024, 24),
+}
+
+# Parameter counts the seed reports for its suite (spec/seeds.md §1.11), for comparison tables.
+SEED_REPORTED_PARAMS: dict[str, float] = {
+    "33M": 33.45e6,
+    "53M": 52.99e6,
+    "60M": 59.81e6,
+    "93M": 93.11e6,
+    "124M": 123.53e6,
+    "151M": 151.84e6,
+    "166M": 166.14e6,
+    "210M": 208.47e6,
+    "360M": 359.74e6,
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown preset {name!r}; choose from {', '.join(PRESETS)}"
+        ) from None
