@@ -1,0 +1,7 @@
+"""`python -m bench ...` == the `bench` console script."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""`bench kernels`: micro-benchmarks of RMSNorm, SwiGLU and AdamW(+averaging) against baselines.
+
+Providers: ours (`kernels`), the pure-torch reference eager and under `torch.compile`, Liger and
+apex when importable, and for AdamW `torch.optim.AdamW(fused=True)` + a separate averaging pass.
+Timing (GPU only): CUDA events around each rep, untimed warmup, L2 flushed before every rep by
+writing a 256 MB buffer, median/p20/p80. Bandwidth = bytes_moved() / median time, also shown as a
+percentage of the device copy bandwidth measured in the same run with a large `dst.copy_(src)`.
+Without a GPU this module says so and prints the AOT compile report (`kernels.aot`) instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+OPS = ("rmsnorm", "swiglu", "adamw")
+MODES = ("forward", "backward", "full")
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DEFAULT_SHAPES = {"rmsnorm": ["4096x4096", "16384x1024", "1151x8192"],
+                  "swiglu": ["4096x11008", "16384x2816", "1151x8192"],
+                  "adamw": ["1000000", "16777216", "124000000"]}
+COLUMNS = ("op", "provider", "mode", "dtype", "shape", "numel", "p20_ms", "p50_ms", "p80_ms",
+           "bytes", "gbps", "pct_copy_bw", "copy_gbps", "max_abs_err", "status", "message",
+           "gpu_name", "torch", "triton", "cuda", "git_sha", "timestamp")
+
+
+def parse_shape(op: str, text: str) -> tuple[int, ...]:
+    """'MxN' for rmsnorm/swiglu (rows x hidden), 'N' (number of parameters) for adamw."""
+    try:
+        dims = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"bad shape {text!r} for {op}") from None
+    want = 1 if op == "adamw" else 2
+    if len(dims) != want or any(d <= 0 for d in dims):
+        raise ValueError(f"bad shape {text!r} for {op}: expected {'N' if want == 1 else 'MxN'}")
+    return dims
+
+
+def bytes_moved(op: str, mode: str, shape: tuple[int, ...], dtype_bytes: int,
+                average: bool = False) -> int:
+    """Minimal HBM bytes an ideal fused kernel moves (each tensor read/written once).
+
+    rmsnorm (x: M x N, weight N; rstd kept in fp32, M floats):
+      forward  = read x + read w + write y               = 2MN*e + N*e
+      backward = read dy, x, w, rstd + write dx, dw       = 3MN*e + 2N*e + 4M
+    swiglu (gate, up, out: M x N):
+      forward  = read gate, up + write out                = 3MN*e
+      backward = read dout, gate, up + write dgate, dup   = 5MN*e
+    full = forward + backward. adamw (N params, fp32 param/grad/m/v, mode 'full' only):
+      read p, g, m, v + write p, m, v = 28N; averaging adds read + write of the average = 8N.
+    """
+    if op == "adamw":
+        (n,) = shape
+        return 28 * n + (8 * n if average else 0)
+    m, n = shape
+    e = dtype_bytes
+    if op == "rmsnorm":
+        fwd, bwd = 2 * m * n * e + n * e, 3 * m * n * e + 2 * n * e + 4 * m
+    elif op == "swiglu":
+        fwd, bwd = 3 * m * n * e, 5 * m * n * e
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+
+
+def _has(mod: str) -> bool:
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def providers(op: str) -> list[str]:
+    """Providers that can run `op` here (third-party ones only when importable)."""
+    out = ["ours", "torch", "torch_compile"]
+    if op == "adamw":
+        out = ["ours", "torch_fused"]
+        if _has("apex"):
+            out.append("apex")
+        return out
+    if _has("liger_kernel"):
+        out.append("liger")
+    if op == "rmsnorm" and _has("apex"):
+        out.append("apex")
+    return out
+
+
+def _fn(op: str, provider: str):
+    """A callable for the elementwise ops: rmsnorm(x, w) or swiglu(gate, up)."""
+    import torch
+
+    from kernels import reference
+
+    ref = {"rmsnorm": lambda x, w: reference.rms_norm_ref(x, w, 1e-6),
+           "swiglu": reference.swiglu_ref}[op]
+    if provider == "torch":
+        return ref
+    if provider == "torch_compile":
+        return torch.compile(ref)
+    if provider == "ours":
+        import kernels
+
+        return {"rmsnorm": lambda x, w: kernels.rms_norm(x, w, 1e-6), "swiglu": kernels.swiglu}[op]
+    if provider == "liger":
+        if op == "rmsnorm":
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+            return lambda x, w: LigerRMSNormFunction.apply(x, w, 1e-6)
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+        return LigerSiLUMulFunction.apply
+    if provider == "apex":
+        from apex.normalization.fused_layer_norm import fused_rms_norm_affine
+
+        return lambda x, w: fused_rms_norm_affine(x, w, w.shape, 1e-6)
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def _percentiles(ms: list[float]) -> tuple[float, float, float]:
+    s = sorted(ms)
+
+    def q(p):
+        k = (len(s) - 1) * p
+        lo, hi = math.floor(k), math.ceil(k)
+        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+    return q(0.2), q(0.5), q(0.8)
+
+
+def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float]:
+    """p20/p50/p80 ms of fn() with CUDA events; the L2 is flushed (256 MB write) before each rep."""
+    import torch
+
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ms = []
+    for _ in range(reps):
+        flush.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ms.append(a.elapsed_time(b))
+    return _percentiles(ms)
+
+
+def copy_bandwidth_gbps() -> float:
+    """Device copy bandwidth: 1 GiB dst.copy_(src) reads + writes 2 GiB."""
+    import torch
+
+    n = 2**30
+    src = torch.empty(n, dtype=torch.int8, device="cuda")
+    dst = torch.empty_like(src)
+    _, p50, _ = time_cuda(lambda: dst.copy_(src), reps=20, warmup=3)
+    return 2 * n / (p50 * 1e-3) / 1e9
+
+
+def _bench_elementwise(op, provider, mode, shape, dtype):
+    import torch
+
+    m, n = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    if op == "rmsnorm":
+        inputs = [torch.randn(m, n, device="cuda", dtype=dtype, generator=g),
+                  1 + 0.1 * torch.randn(n, device="cuda", dtype=dtype, generator=g)]
+    else:
+        inputs = [torch.randn(m, n, device="cuda", dtype=dtype, generator=g) for _ in range(2)]
+    leaves = [t.requires_grad_(mode != "forward") for t in inputs]
+    fn = _fn(op, provider)
+    ref = _fn(op, "torch")
+    out_ref = ref(*[t.detach().float() for t in leaves])
+    out = fn(*leaves)
+    err = (out.float() - out_ref).abs().max().item()
+    dy = torch.randn_like(out)
+    if mode == "forward":
+        with torch.no_grad():
+            t = time_cuda(lambda: fn(*leaves))
+    elif mode == "backward":
+        t = time_cuda(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
+    else:
+        t = time_cuda(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
+    return t, err
+
+
+def _bench_adamw(provider, shape, average: bool):
+    import torch
+
+    (n,) = shape
+    p = torch.randn(n, device="cuda")
+    grad = torch.randn(n, device="cuda") * 1e-2
+    param = torch.nn.Parameter(p.clone())
+    param.grad = grad.clone()
+    avg = p.clone()
+    if provider == "ours":
+        from kernels import FusedAdamW
+
+        opt = FusedAdamW([param], lr=1e-3, average="ema" if average else None)
+        step = opt.step
+    elif provider == "torch_fused":
+        opt = torch.optim.AdamW([param], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+
+        def step():
+            opt.step()
+            if average:  # the separate averaging pass fused optimizers make you pay for
+                torch._foreach_lerp_([avg], [param.data], 1 - 0.999)
+    elif provider == "apex":
+        from apex.optimizers import FusedAdam
+
+        opt = FusedAdam([param], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, adam_w_mode=True)
+
+        def step():
+            opt.step()
+            if average:
+                torch._foreach_lerp_([avg], [param.data], 1 - 0.999)
+    else:
+        raise ValueError(f"unknown provider {provider!r}")
+    # No error column for AdamW: its numerics are covered by the kernel tests against adamw_ref.
+    return time_cuda(step, reps=20, warmup=5), math.nan
+
+
+def run_kernels(ops: list[str], dtype: str, shapes: dict[str, list[str]], env: dict,
+                log=print) -> list[dict]:
+    """All rows (GPU only). Failures of one provider become a row with status 'error'."""
+    import time
+
+    import torch
+
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    copy = copy_bandwidth_gbps()
+    log(f"device copy bandwidth: {copy:.0f} GB/s")
+    rows = []
+    for op in ops:
+        for shape_text in shapes[op]:
+            shape = parse_shape(op, shape_text)
+            modes = ("full",) if op == "adamw" else MODES
+            for provider in providers(op):
+                for mode in modes:
+                    for average in ((False, True) if op == "adamw" else (False,)):
+                        row = {"op": op + ("+avg" if average else ""), "provider": provider,
+                               "mode": mode, "dtype": "fp32" if op == "adamw" else dtype,
+                               "shape": shape_text, "numel": math.prod(shape),
+                               "copy_gbps": copy, **env,
+                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                        nbytes = bytes_moved(op, mode, shape, DTYPE_BYTES[row["dtype"]], average)
+                        try:
+                            if op == "adamw":
+                                (p20, p50, p80), err = _bench_adamw(provider, shape, average)
+                            else:
+                                (p20, p50, p80), err = _bench_elementwise(op, provider, mode,
+                                                                          shape, tdtype)
+                            gbps = nbytes / (p50 * 1e-3) / 1e9
+                            row.update(p20_ms=p20, p50_ms=p50, p80_ms=p80, bytes=nbytes,
+                                       gbps=gbps, pct_copy_bw=100 * gbps / copy,
+                                       max_abs_err=err, status="ok", message="")
+                        except Exception as e:  # noqa: BLE001  (one provider must not stop the run)
+                            row.update(p20_ms=math.nan, p50_ms=math.nan, p80_ms=math.nan,
+                                       bytes=nbytes, gbps=math.nan, pct_copy_bw=math.nan,
+                                       max_abs_err=math.nan,
+                                       status="oom" if "out of memory" in str(e) else "error",
+                                       message=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+                        rows.append({c: row.get(c) for c in COLUMNS})
+                        log(f"{op:8s} {provider:14s} {mode:8s} {shape_text:>12s} "
+                            f"{row['p50_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}")
+    return rows
+
+
+def plot_kernels(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    labels = [f"{r['op']}/{r['mode']}/{r['shape']}/{r['provider']}" for r in ok]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(ok))))
+    ax.barh(range(len(ok)), [r["pct_copy_bw"] for r in ok])
+    ax.set_yticks(range(len(ok)), labels, fontsize=6)
+    ax.set_xlabel("% of device copy bandwidth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,156 @@
+"""Learning-rate schedules with the seed code's exact values (spec/seeds.md §1.2-1.3).
+
+Standard library only: `timemodel`, the CLI's `--print-schedule` and tests use it without torch.
+`lr_factor(step, ...)` is the multiplier of the peak LR after `step` optimizer steps, the same
+quantity the seed's `LambdaLR` / `OneCycleLR` produce (step 0 is the LR of the first update).
+"""
+
+from __future__ import annotations
+
+import math
+
+SCHEDULERS = ("wsd", "cos", "linear", "cos_inf", "constant")
+DECAY_TYPES = ("linear", "sqrt", "cosine", "square", "mirror_cosine", "exp")
+# The seed spells it "miror_cosine"; accept that too so its command lines work unchanged.
+_DECAY_ALIASES = {"miror_cosine": "mirror_cosine"}
+_INIT_DIV = 1e2  # warmup starts at lr/100 in every seed scheduler
+_FINAL_DIV = 0.1  # OneCycle final_div_factor: min lr = (lr/100)/0.1 = lr/10
+
+
+class ScheduleError(ValueError):
+    """Schedule arguments that cannot define an LR curve; one line for the user."""
+
+
+def check_schedule(
+    *,
+    scheduler: str,
+    iterations: int,
+    warmup_steps: int,
+    wsd_fract_decay: float = 0.1,
+    decay_type: str = "linear",
+    wsd_final_lr_scale: float = 0.0,
+    cos_inf_steps: int = 0,
+) -> None:
+    """Raise ScheduleError for arguments the seed would accept but that silently misbehave."""
+    if scheduler not in SCHEDULERS:
+        raise ScheduleError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if iterations <= 0:
+        raise ScheduleError(f"iterations must be > 0, got {iterations}")
+    if warmup_steps < 0:
+        raise ScheduleError(f"warmup steps must be >= 0, got {warmup_steps}")
+    if not 0.0 <= wsd_fract_decay <= 1.0:
+        raise ScheduleError(f"wsd fract decay must be in [0, 1], got {wsd_fract_decay}")
+    dt = _DECAY_ALIASES.get(decay_type, decay_type)
+    if dt not in DECAY_TYPES:
+        raise ScheduleError(f"decay type must be one of {DECAY_TYPES}, got {decay_type!r}")
+    if not 0.0 <= wsd_final_lr_scale <= 1.0:
+        raise ScheduleError(f"wsd final lr scale must be in [0, 1], got {wsd_final_lr_scale}")
+    if scheduler == "wsd" and dt == "exp" and wsd_final_lr_scale <= 0.0:
+        # final**p is 0 for every p > 0: the seed silently zeroes the LR at cooldown start.
+        raise ScheduleError("decay type exp needs --wsd-final-lr-scale > 0 (final**p is 0 else)")
+    if scheduler in ("cos", "linear") and warmup_steps > iterations:
+        raise ScheduleError(f"warmup steps {warmup_steps} exceed iterations {iterations}")
+    if scheduler == "cos_inf" and not 0 <= cos_inf_steps < iterations:
+        raise ScheduleError(f"cos_inf steps must be in [0, iterations), got {cos_inf_steps}")
+
+
+def decay_shape(p: float, decay_type: str, final: float) -> float:
+    """g(p) of spec §1.2 for p in [0, 1): the cooldown's multiplier."""
+    dt = _DECAY_ALIASES.get(decay_type, decay_type)
+    if dt == "linear":
+        return final + (1 - final) * (1 - p)
+    if dt == "sqrt":
+        return final + (1 - final) * (1 - math.sqrt(p))
+    if dt == "cosine":
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
+    if dt == "square":
+        return final + (1 - final) * (1 - p * p)
+    if dt == "mirror_cosine":
+        lin = final + (1 - final) * (1 - p)
+        cos = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
+        return 2 * lin - cos
+    if dt == "exp":
+        return final**p
+    raise ScheduleError(f"unknown decay type {decay_type!r}")
+
+
+def wsd_boundaries(iterations: int, wsd_fract_decay: float) -> tuple[int, int]:
+    """(n_hold, n_anneal): the seed truncates the decay length with int()."""
+    n_anneal = int(wsd_fract_decay * iterations)
+    return iterations - n_anneal, n_anneal
+
+
+def _one_cycle(step: int, iterations: int, warmup_steps: int, strategy: str) -> float:
+    # torch OneCycleLR two-phase semantics: phase ends at (pct_start*total - 1) and (total - 1);
+    # both phases use the same anneal function, so `cos` also warms up along a cosine.
+    start, peak = 1.0 / _INIT_DIV, 1.0
+    end = start / _FINAL_DIV
+    warm_end = float(warmup_steps) - 1.0
+    last = float(iterations) - 1.0
+
+    def anneal(a: float, b: float, pct: float) -> float:
+        if strategy == "cos":
+            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (b - a) * pct + a
+
+    step = min(step, iterations - 1) if iterations > 0 else 0
+    if step <= warm_end:
+        pct = step / warm_end if warm_end > 0 else 1.0
+        return anneal(start, peak, pct)
+    span = last - warm_end
+    pct = (step - warm_end) / span if span > 0 else 1.0
+    return anneal(peak, end, pct)
+
+
+def lr_factor(
+    step: int,
+    *,
+    scheduler: str,
+    iterations: int,
+    warmup_steps: int,
+    wsd_fract_decay: float = 0.1,
+    decay_type: str = "linear",
+    wsd_final_lr_scale: float = 0.0,
+    cos_inf_steps: int = 0,
+) -> float:
+    """Multiplier of the peak LR for the update made after `step` previous updates."""
+    check_schedule(
+        scheduler=scheduler,
+        iterations=iterations,
+        warmup_steps=warmup_steps,
+        wsd_fract_decay=wsd_fract_decay,
+        decay_type=decay_type,
+        wsd_final_lr_scale=wsd_final_lr_scale,
+        cos_inf_steps=cos_inf_steps,
+    )
+    if step < 0:
+        raise ScheduleError(f"step must be >= 0, got {step}")
+    if scheduler in ("cos", "linear"):
+        return _one_cycle(step, iterations, warmup_steps, scheduler)
+    # wsd, cos_inf, constant share the linear warmup from lr/100 (checked first, as in the seed).
+    if step < warmup_steps:
+        return step / warmup_steps + (1 - step / warmup_steps) / _INIT_DIV
+    if scheduler == "constant":
+        return 1.0
+    if scheduler == "cos_inf":
+        end = 1.0 / _INIT_DIV / _FINAL_DIV
+        cos_end = iterations - cos_inf_steps
+        if step < cos_end:
+            span = cos_end - warmup_steps
+            p = (step - warmup_steps) / span if span > 0 else 1.0
+            return end + (1.0 - end) * 0.5 * (1 + math.cos(math.pi * p))
+        return end
+    n_hold, n_anneal = wsd_boundaries(iterations, wsd_fract_decay)
+    if step < n_hold:
+        return 1.0
+    if step < iterations:
+        return decay_shape((step - n_hold) / n_anneal, decay_type, wsd_final_lr_scale)
+    return wsd_final_lr_scale
+
+
+def schedule_csv(**kwargs) -> str:
+    """`step,lr_factor` lines for step = 0 … iterations (what `--print-schedule` prints)."""
+    lines = ["step,lr_factor"]
+    for t in range(kwargs["iterations"] + 1):
+        lines.append(f"{t},{lr_factor(t, **kwargs):.10g}")
+    return "\n".join(lines) + "\n"
