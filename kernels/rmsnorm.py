@@ -61,7 +61,7 @@ def _rmsnorm_bwd_dx_kernel(
     DX_ptr, DY_ptr, X_ptr, W_ptr, RSTD_ptr, DWP_ptr,
     stride_x_row, stride_dy_row, stride_dx_row, stride_dwp_row,
     M, N, rows_per_program, eps,
-    BLOCK_N: tl.constexpr, RELOAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, ONE_COL: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
@@ -82,17 +82,12 @@ def _rmsnorm_bwd_dx_kernel(
         g = dy * w
         # y = xhat * w, xhat = x * rstd  =>  dx = rstd * (g - xhat * mean(g * xhat)).
         c = tl.sum(g * xhat, axis=0) / N
-        if RELOAD:
-            # Wide rows: re-read x, dy, w after the reduction (L1/L2 hits) so only dw_acc and the
-            # g*xhat product are live across it; holding g and xhat too spills at 16k fp32.
-            x = tl.load(X_ptr + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY_ptr + row * stride_dy_row + cols, mask=mask, other=0.0).to(tl.float32)
-            w = tl.load(W_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            xhat = x * rstd
-            g = dy * w
         # For N == 1, g is parallel to x and g - xhat*c cancels to ~eps/x^2 of g: fp32 loses
         # all digits. There 1 - xhat^2 = eps * rstd^2 exactly, so use that closed form instead.
-        dx = tl.where(N == 1, g * (eps * rstd * rstd * rstd), (g - xhat * c) * rstd)
+        if ONE_COL:
+            dx = g * (eps * rstd * rstd * rstd)
+        else:
+            dx = (g - xhat * c) * rstd
         tl.store(DX_ptr + row * stride_dx_row + cols, dx.to(DX_ptr.dtype.element_ty), mask=mask)
     tl.store(DWP_ptr + pid * stride_dwp_row + cols, dw_acc, mask=mask)
 
@@ -124,16 +119,15 @@ def _num_warps(block_n: int) -> int:
     return 4
 
 
-def _num_warps_bwd(block_n: int) -> int:
-    """Warps for the dx kernel, chosen from the sm_90 compile report (no spills at 768..16384)."""
-    if block_n >= 32768:
+def _num_warps_bwd(block_n: int, itemsize: int) -> int:
+    """Warps for the dx kernel, chosen from the sm_90 compile report (no spills at 768..16384).
+
+    dw_acc pins one fp32 register per column per thread, so wide rows need more threads; at 16k
+    fp32 needs 32 warps (16 columns/thread) while 16-bit inputs fit 16 warps and spill at 32.
+    """
+    if block_n >= 32768 or (block_n >= 16384 and itemsize == 4):
         return 32
     return _num_warps(block_n)
-
-
-def _reload(block_n: int) -> bool:
-    """Re-read the row after the reduction in the dx kernel (see RELOAD there) for wide rows."""
-    return block_n >= 16384
 
 
 def _num_sms(device: torch.device) -> int:
@@ -237,7 +231,7 @@ def rmsnorm_bwd(
         dx, dy2, x2, w, rstd, partials,
         x2.stride(0), dy2.stride(0), dx.stride(0), partials.stride(0),
         M, N, rows_per_program, float(eps),
-        BLOCK_N=block_n, RELOAD=_reload(block_n), num_warps=_num_warps_bwd(block_n),
+        BLOCK_N=block_n, ONE_COL=N == 1, num_warps=_num_warps_bwd(block_n, x.element_size()),
     )  # fmt: skip
     dw = torch.empty((N,), dtype=w.dtype, device=w.device)
     _rmsnorm_bwd_dw_kernel[(triton.cdiv(N, _DW_BLOCK_C),)](
@@ -311,9 +305,9 @@ def aot_specs() -> list[dict]:
                               "stride_x_row": "i32", "stride_dy_row": "i32",
                               "stride_dx_row": "i32", "stride_dwp_row": "i32",
                               "M": "i32", "N": "i32", "rows_per_program": "i32",
-                              "eps": "fp32", "BLOCK_N": "constexpr", "RELOAD": "constexpr"},
-                "constexprs": {"BLOCK_N": block_n, "RELOAD": _reload(block_n)},
-                "num_warps": _num_warps_bwd(block_n),
+                              "eps": "fp32", "BLOCK_N": "constexpr", "ONE_COL": "constexpr"},
+                "constexprs": {"BLOCK_N": block_n, "ONE_COL": False},
+                "num_warps": _num_warps_bwd(block_n, 4 if dtype == "fp32" else 2),
                 "divisible": ["DX_ptr", "DY_ptr", "X_ptr", "W_ptr", "RSTD_ptr", "DWP_ptr",
                               "stride_x_row", "stride_dy_row", "stride_dx_row",
                               "stride_dwp_row", "N"],

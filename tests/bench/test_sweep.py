@@ -79,7 +79,7 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path):
     g.write_text(json.dumps(grid))
     out = tmp_path / "out"
     rc = main(["sweep", "--minutes", "0.02", "--preset", "tiny", "--grid", str(g), "--out",
-               str(out), "--timeout-factor", "1", "--timeout-grace", "20", "--no-progress"])
+               str(out), "--timeout-factor", "1", "--timeout-grace", "30", "--no-progress"])
     assert rc == 0
     rows = _rows(out)
     status = {(r.get("inject"), r["lr"], r["n_embd"]): r for r in rows}

@@ -109,8 +109,7 @@ def test_grid_fills_sms(monkeypatch):
 
     monkeypatch.setattr(krms, "_rmsnorm_bwd_dx_kernel", Spy())
     x, w, dy = _inputs((2200, 8), torch.float32, torch.float32)
-    _, rstd = krms.rmsnorm_fwd(x, w)
-    krms.rmsnorm_bwd(dy, x, w, rstd)
+    krms.rmsnorm_bwd(dy, x, w, torch.ones(2200))  # rstd values are irrelevant to the grid
     assert seen["grid"][0] >= 4 * krms._H100_SMS
 
 
