@@ -7,7 +7,7 @@ reduction pattern. Anatomy (spec/style.md §2.3): jit kernels, plain launchers (
 Design notes:
 - Forward: one program per row, BLOCK_N = next_pow2(N); writes y (x.dtype) and rstd (fp32, one per
   row), which is all the backward needs besides x and w (no y or normalized x is saved).
-- Backward dx kernel: a fixed grid of about 8 programs per SM, each walking a contiguous run of rows.
+- Backward dx kernel: a fixed grid of about 8 programs per SM, each walking a run of rows.
   It writes dx and keeps an fp32 dw accumulator in registers, stored once per program as a row of
   a (programs, N) partials buffer. `_rmsnorm_bwd_dw_kernel` then sums those rows in a fixed order.
   No atomics, so dw is bitwise reproducible; and with ~8 waves of programs the dx pass is not

@@ -8,7 +8,6 @@ import pytest
 
 from train.cli import main
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = ["--preset", "tiny", "--iterations", "3", "--warmup-steps", "1", "--batch-size", "2",
         "--acc-steps", "1", "--no-progress"]
 
@@ -45,7 +44,7 @@ def test_corrupt_checkpoint(tmp_path, capsys):
 def test_subprocess_no_traceback(tmp_path):
     # the real entry path: a fresh interpreter, as a user runs it
     r = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_entry.py"), *BASE, "--out", str(tmp_path / "r"),
+        [sys.executable, "-m", "train", *BASE, "--out", str(tmp_path / "r"),
          "--scheduler", "wsd", "--decay-type", "exp"],
         capture_output=True, text=True, timeout=120,
     )

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ARGS = ["--preset", "tiny", "--scheduler", "wsd", "--iterations", "6", "--warmup-steps", "2",
         "--lr", "3e-3",
         "--acc-steps", "2", "--eval-batches", "2", "--eval-interval", "0", "--no-progress",
@@ -21,13 +20,13 @@ def test_two_gloo_processes_match_single(tmp_path):
     single, ddp = str(tmp_path / "single"), str(tmp_path / "ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
-    r1 = subprocess.run([sys.executable, os.path.join(HERE, "_entry.py"), *ARGS, "--batch-size",
+    r1 = subprocess.run([sys.executable, "-m", "train", *ARGS, "--batch-size",
                          "8",
                          "--out", single], capture_output=True, text=True, timeout=300, env=env)
     assert r1.returncode == 0, r1.stderr[-2000:]
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                          "--nproc_per_node=2",
-                         os.path.join(HERE, "_entry.py"), *ARGS, "--batch-size", "4", "--out", ddp],
+                         "-m", "train", *ARGS, "--batch-size", "4", "--out", ddp],
                         capture_output=True, text=True, timeout=300, env=env)
     assert r2.returncode == 0, r2.stderr[-2000:]
     a, b = _losses(single), _losses(ddp)
