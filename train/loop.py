@@ -172,7 +172,15 @@ def run(
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
     raw = Transformer(cfg).to(device)
-    opt = build_optimizer(raw, lr=a.lr, weight_decay=a.weight_decay, beta1=a.beta1, beta2=a.beta2)
+    # Averages are updated by FusedAdamW in the same kernel pass as the step: SWA when asked for
+    # (an EMA asked for beside it then runs as a separate pass in WeightAverager), else EMA.
+    fused_avg = "swa" if a.weight_average else ("ema" if a.exponential_moving_average else None)
+    opt = build_optimizer(
+        raw, lr=a.lr, weight_decay=a.weight_decay, beta1=a.beta1, beta2=a.beta2,
+        average=fused_avg,
+        wa_interval=a.wa_interval if fused_avg == "swa" else a.ema_interval,
+        wa_horizon=a.wa_horizon, ema_decay=a.ema_decay,
+    )
     sampler = Sampler(
         train_tok, a.batch_size, cfg.sequence_length, seed=a.data_seed, rank=rank, world_size=world
     )
@@ -180,7 +188,18 @@ def run(
     if start is not None:
         try:
             raw.load_state_dict(start["model"])
-            opt.load_state_dict(start["optimizer"])
+            osd = start["optimizer"]
+            # A branch may turn averaging on (or change its settings): this run's averaging
+            # hyperparameters win over the checkpoint's, and a missing average starts at the weights.
+            had_avg = any("avg" in st for st in osd.get("state", {}).values())
+            for g_saved, g_now in zip(osd.get("param_groups", []), opt.param_groups):
+                for key in ("average", "average_interval", "average_horizon", "ema_decay"):
+                    g_saved[key] = g_now[key]
+            opt.load_state_dict(osd)
+            if fused_avg is not None and not had_avg:
+                with torch.no_grad():
+                    for p in raw.parameters():
+                        opt.averaged(p).copy_(p)
         except (RuntimeError, KeyError, ValueError) as e:
             msg = f"checkpoint does not fit this run: {str(e).splitlines()[0]}"
             raise TrainError(msg) from None
@@ -196,14 +215,16 @@ def run(
         ema=a.exponential_moving_average,
         ema_decay=a.ema_decay,
         ema_interval=a.ema_interval,
+        optimizer=opt,
     )
     if averager.enabled and start is not None:
         # Averages continue from the checkpoint when it has them; a cooldown that turns averaging on
         # for the first time starts them from the branch weights instead.
         averager.count = step0
         sd = start.get("averager") or {}
-        has_swa = not a.weight_average or sd.get("window")
-        has = has_swa and (not a.exponential_moving_average or sd.get("ema"))
+        has_swa = not a.weight_average or averager.swa_fused or sd.get("window")
+        has_ema = not a.exponential_moving_average or averager.ema_fused or sd.get("ema")
+        has = bool(sd) and has_swa and has_ema
         if has:
             averager.load_state_dict(sd)
 

@@ -148,3 +148,35 @@ def test_tiny_demo_loss_falls(tmp_path):
                  "--eval-batches", "4", "--out", out, "--no-progress", "--log-interval", "0"]) == 0
     losses = _losses(out)
     assert losses[1] > 5.0 and sum(losses[s] for s in range(141, 151)) / 10 < 3.2
+
+
+def test_window_average_runs_through_the_fused_optimizer():
+    """The SWA window lives in FusedAdamW's state and equals the explicit window mean."""
+    import torch
+
+    from model.config import PRESETS
+    from model.transformer import Transformer
+    from train.averaging import WeightAverager
+    from train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = Transformer(PRESETS["tiny"])
+    opt = build_optimizer(model, lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95,
+                          average="swa", wa_interval=2, wa_horizon=4)
+    avg = WeightAverager(model, swa=True, interval=2, horizon=4, max_windows=2, optimizer=opt)
+    assert avg.swa_fused and avg.window == []  # nothing kept outside the optimizer
+    idx = torch.randint(0, 256, (2, 16))
+    snaps = []
+    for t in range(8):
+        opt.zero_grad()
+        model(idx, idx)[1].backward()
+        opt.step()
+        if t % 2 == 0:
+            snaps.append([p.detach().clone() for p in model.parameters()])
+        avg.update(model)
+    # Window 2 covers steps 4..7 and averages the weights after steps 4 and 6.
+    count, window = avg.windows[-1]
+    assert count == 8
+    for i, w in enumerate(window):
+        expect = (snaps[2][i] + snaps[3][i]) / 2
+        torch.testing.assert_close(w, expect, rtol=1e-6, atol=1e-7)
