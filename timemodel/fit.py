@@ -24,11 +24,17 @@ def fit_linear(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     Features span ~1e6..1e15, so each is divided by its RMS before fitting (the solver is badly conditioned
     otherwise) and the coefficients are divided by the same scale afterwards; positivity is unaffected by a
     positive rescaling, so the natural-unit coefficients are still >= 0.
+
+    The intercept c0 (fixed per-step overhead: launches, Python, the optimizer's bookkeeping) is
+    constrained to be >= 0 too: it enters as a constant column under the same positivity constraint,
+    because sklearn's `positive=True` leaves a free intercept that can go negative and then predicts
+    negative step times for small configs.
     """
     scale = np.sqrt(np.mean(X**2, axis=0))
     scale[scale == 0] = 1.0
-    reg = LinearRegression(positive=True).fit(X / scale, y)
-    return float(reg.intercept_), reg.coef_ / scale
+    ones = np.ones((X.shape[0], 1))
+    reg = LinearRegression(positive=True, fit_intercept=False).fit(np.hstack([ones, X / scale]), y)
+    return float(reg.coef_[0]), reg.coef_[1:] / scale
 
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
