@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-kernels test-rest demo aot clean
+.PHONY: install lint test test-kernels test-rest demo aot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,11 @@ install: $(STAMP)
 
 # Kernel tests run the real Triton code on the CPU under the interpreter, which must be set
 # before triton is imported; the rest of the suite runs the torch references (fast path on CPU).
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) lint
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests/kernels
 	$(BIN)/python -m pytest -q tests --ignore=tests/kernels
 

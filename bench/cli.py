@@ -38,17 +38,21 @@ def _build() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=None, help="base config (ModelConfig defaults otherwise)")
     s.add_argument("--grid", default=None, help="JSON list or CSV of rows instead of flag lists")
     for k in GRID_FLAGS:
-        s.add_argument("--" + k.replace("_", "-"), dest="g_" + k, default=None,
-                       help="comma list")
-    s.add_argument("--timeout-factor", type=float, default=3.0,
-                   help="per-config timeout = factor * budget + --timeout-grace")
+        s.add_argument("--" + k.replace("_", "-"), dest="g_" + k, default=None, help="comma list")
+    s.add_argument(
+        "--timeout-factor",
+        type=float,
+        default=3.0,
+        help="per-config timeout = factor * budget + --timeout-grace",
+    )
     s.add_argument("--timeout-grace", type=float, default=120.0, help="seconds")
     s.add_argument("--shard", default=None, help="i/n: run only this deterministic share")
     s.add_argument("--gpus", default=None, help="comma list of GPU ids, one config per GPU")
     s.add_argument("--warmup-steps", type=int, default=2)
     s.add_argument("--data", default=None, help="token file (default: embedded corpus)")
-    s.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker (default 1 on CPU)")
+    s.add_argument(
+        "--threads", type=int, default=None, help="torch threads per worker (default 1 on CPU)"
+    )
     s.add_argument("--no-progress", action="store_true")
     m = sub.add_parser("merge", help="join shard result dirs, deduplicated by config_id")
     m.add_argument("dirs", nargs="+")
@@ -75,8 +79,9 @@ def _sweep(a) -> int:
 
     if not a.minutes > 0:
         raise gridmod.GridError(f"--minutes must be > 0, got {a.minutes}")
-    lists = {k: getattr(a, "g_" + k).split(",") for k in GRID_FLAGS
-             if getattr(a, "g_" + k) is not None}
+    lists = {
+        k: getattr(a, "g_" + k).split(",") for k in GRID_FLAGS if getattr(a, "g_" + k) is not None
+    }
     if a.grid:
         if lists:
             raise gridmod.GridError("use either --grid FILE or grid flags, not both")
@@ -87,10 +92,18 @@ def _sweep(a) -> int:
         raise gridmod.GridError("the grid is empty")
     shard = gridmod.parse_shard(a.shard) if a.shard else None
     gpus = [g.strip() for g in a.gpus.split(",") if g.strip()] if a.gpus else []
-    opts = SweepOptions(out_dir=a.out, minutes=a.minutes, timeout_factor=a.timeout_factor,
-                        timeout_grace_s=a.timeout_grace, shard=shard, gpus=gpus,
-                        warmup_steps=a.warmup_steps, data=a.data, threads=a.threads,
-                        progress=not a.no_progress)
+    opts = SweepOptions(
+        out_dir=a.out,
+        minutes=a.minutes,
+        timeout_factor=a.timeout_factor,
+        timeout_grace_s=a.timeout_grace,
+        shard=shard,
+        gpus=gpus,
+        warmup_steps=a.warmup_steps,
+        data=a.data,
+        threads=a.threads,
+        progress=not a.no_progress,
+    )
     runnable, skipped = plan(rows, opts)
     if not runnable and not skipped:
         raise gridmod.GridError("the grid is empty" + (" in this shard" if shard else ""))
@@ -105,9 +118,9 @@ def _sweep(a) -> int:
 
     env = env_info("cuda" if any(r["device"] == "cuda" for r, _ in runnable) else "cpu")
     rows_out = run_sweep(rows, opts, env)
-    from .show import format_table
-
     import pandas as pd
+
+    from .show import format_table
 
     print(format_table(pd.DataFrame(rows_out)))
     return 0
@@ -128,8 +141,10 @@ def _kernels(a) -> int:
         for s in shapes[op]:
             kb.parse_shape(op, s)
     if not torch.cuda.is_available():
-        print("no GPU here: kernel timings need CUDA; printing the AOT compile report instead",
-              file=sys.stderr)
+        print(
+            "no GPU here: kernel timings need CUDA; printing the AOT compile report instead",
+            file=sys.stderr,
+        )
         try:
             from kernels import aot
         except ImportError as e:

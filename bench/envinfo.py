@@ -26,13 +26,19 @@ def cpu_model() -> str:
 def git_sha() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                           text=True, timeout=10)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
         sha = r.stdout.strip()
         if r.returncode != 0 or not sha:
             return ""
-        d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True, timeout=10)
+        d = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return sha + ("-dirty" if d.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -42,8 +48,16 @@ def env_info(device: str = "cpu") -> dict:
     """The env columns; GPU ones are empty strings without CUDA."""
     import torch
 
-    info = {"gpu_name": "", "driver": "", "cuda": "", "torch": torch.__version__, "triton": "",
-            "git_sha": git_sha(), "host": socket.gethostname(), "device_name": cpu_model()}
+    info = {
+        "gpu_name": "",
+        "driver": "",
+        "cuda": "",
+        "torch": torch.__version__,
+        "triton": "",
+        "git_sha": git_sha(),
+        "host": socket.gethostname(),
+        "device_name": cpu_model(),
+    }
     try:
         import triton
 

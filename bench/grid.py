@@ -36,9 +36,20 @@ INJECT_KEY = "inject"
 INJECTIONS = ("error", "hang", "oom")
 
 _FIELD_TYPES: dict[str, type] = {
-    "vocab_size": int, "n_layer": int, "n_embd": int, "n_head": int, "n_kv_head": int,
-    "ffn_hidden": int, "multiple_of": int, "sequence_length": int, "tie_embeddings": bool,
-    "norm_eps": float, "rope_theta": float, "init_std": float, "kernels": str, "attention": str,
+    "vocab_size": int,
+    "n_layer": int,
+    "n_embd": int,
+    "n_head": int,
+    "n_kv_head": int,
+    "ffn_hidden": int,
+    "multiple_of": int,
+    "sequence_length": int,
+    "tie_embeddings": bool,
+    "norm_eps": float,
+    "rope_theta": float,
+    "init_std": float,
+    "kernels": str,
+    "attention": str,
 }
 
 

@@ -16,12 +16,35 @@ import math
 OPS = ("rmsnorm", "swiglu", "adamw")
 MODES = ("forward", "backward", "full")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-DEFAULT_SHAPES = {"rmsnorm": ["4096x4096", "16384x1024", "1151x8192"],
-                  "swiglu": ["4096x11008", "16384x2816", "1151x8192"],
-                  "adamw": ["1000000", "16777216", "124000000"]}
-COLUMNS = ("op", "provider", "mode", "dtype", "shape", "numel", "p20_ms", "p50_ms", "p80_ms",
-           "bytes", "gbps", "pct_copy_bw", "copy_gbps", "max_abs_err", "status", "message",
-           "gpu_name", "torch", "triton", "cuda", "git_sha", "timestamp")
+DEFAULT_SHAPES = {
+    "rmsnorm": ["4096x4096", "16384x1024", "1151x8192"],
+    "swiglu": ["4096x11008", "16384x2816", "1151x8192"],
+    "adamw": ["1000000", "16777216", "124000000"],
+}
+COLUMNS = (
+    "op",
+    "provider",
+    "mode",
+    "dtype",
+    "shape",
+    "numel",
+    "p20_ms",
+    "p50_ms",
+    "p80_ms",
+    "bytes",
+    "gbps",
+    "pct_copy_bw",
+    "copy_gbps",
+    "max_abs_err",
+    "status",
+    "message",
+    "gpu_name",
+    "torch",
+    "triton",
+    "cuda",
+    "git_sha",
+    "timestamp",
+)
 
 
 def parse_shape(op: str, text: str) -> tuple[int, ...]:
@@ -36,8 +59,9 @@ def parse_shape(op: str, text: str) -> tuple[int, ...]:
     return dims
 
 
-def bytes_moved(op: str, mode: str, shape: tuple[int, ...], dtype_bytes: int,
-                average: bool = False) -> int:
+def bytes_moved(
+    op: str, mode: str, shape: tuple[int, ...], dtype_bytes: int, average: bool = False
+) -> int:
     """Minimal HBM bytes an ideal fused kernel moves (each tensor read/written once).
 
     rmsnorm (x: M x N, weight N; rstd kept in fp32, M floats):
@@ -91,8 +115,10 @@ def _fn(op: str, provider: str):
 
     from kernels import reference
 
-    ref = {"rmsnorm": lambda x, w: reference.rms_norm_ref(x, w, 1e-6),
-           "swiglu": reference.swiglu_ref}[op]
+    ref = {
+        "rmsnorm": lambda x, w: reference.rms_norm_ref(x, w, 1e-6),
+        "swiglu": reference.swiglu_ref,
+    }[op]
     if provider == "torch":
         return ref
     if provider == "torch_compile":
@@ -164,8 +190,10 @@ def _bench_elementwise(op, provider, mode, shape, dtype):
     m, n = shape
     g = torch.Generator(device="cuda").manual_seed(0)
     if op == "rmsnorm":
-        inputs = [torch.randn(m, n, device="cuda", dtype=dtype, generator=g),
-                  1 + 0.1 * torch.randn(n, device="cuda", dtype=dtype, generator=g)]
+        inputs = [
+            torch.randn(m, n, device="cuda", dtype=dtype, generator=g),
+            1 + 0.1 * torch.randn(n, device="cuda", dtype=dtype, generator=g),
+        ]
     else:
         inputs = [torch.randn(m, n, device="cuda", dtype=dtype, generator=g) for _ in range(2)]
     leaves = [t.requires_grad_(mode != "forward") for t in inputs]
@@ -221,8 +249,9 @@ def _bench_adamw(provider, shape, average: bool):
     return time_cuda(step, reps=20, warmup=5), math.nan
 
 
-def run_kernels(ops: list[str], dtype: str, shapes: dict[str, list[str]], env: dict,
-                log=print) -> list[dict]:
+def run_kernels(
+    ops: list[str], dtype: str, shapes: dict[str, list[str]], env: dict, log=print
+) -> list[dict]:
     """All rows (GPU only). Failures of one provider become a row with status 'error'."""
     import time
 
@@ -238,32 +267,55 @@ def run_kernels(ops: list[str], dtype: str, shapes: dict[str, list[str]], env: d
             modes = ("full",) if op == "adamw" else MODES
             for provider in providers(op):
                 for mode in modes:
-                    for average in ((False, True) if op == "adamw" else (False,)):
-                        row = {"op": op + ("+avg" if average else ""), "provider": provider,
-                               "mode": mode, "dtype": "fp32" if op == "adamw" else dtype,
-                               "shape": shape_text, "numel": math.prod(shape),
-                               "copy_gbps": copy, **env,
-                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    for average in (False, True) if op == "adamw" else (False,):
+                        row = {
+                            "op": op + ("+avg" if average else ""),
+                            "provider": provider,
+                            "mode": mode,
+                            "dtype": "fp32" if op == "adamw" else dtype,
+                            "shape": shape_text,
+                            "numel": math.prod(shape),
+                            "copy_gbps": copy,
+                            **env,
+                            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        }
                         nbytes = bytes_moved(op, mode, shape, DTYPE_BYTES[row["dtype"]], average)
                         try:
                             if op == "adamw":
                                 (p20, p50, p80), err = _bench_adamw(provider, shape, average)
                             else:
-                                (p20, p50, p80), err = _bench_elementwise(op, provider, mode,
-                                                                          shape, tdtype)
+                                (p20, p50, p80), err = _bench_elementwise(
+                                    op, provider, mode, shape, tdtype
+                                )
                             gbps = nbytes / (p50 * 1e-3) / 1e9
-                            row.update(p20_ms=p20, p50_ms=p50, p80_ms=p80, bytes=nbytes,
-                                       gbps=gbps, pct_copy_bw=100 * gbps / copy,
-                                       max_abs_err=err, status="ok", message="")
+                            row.update(
+                                p20_ms=p20,
+                                p50_ms=p50,
+                                p80_ms=p80,
+                                bytes=nbytes,
+                                gbps=gbps,
+                                pct_copy_bw=100 * gbps / copy,
+                                max_abs_err=err,
+                                status="ok",
+                                message="",
+                            )
                         except Exception as e:  # noqa: BLE001  (one provider must not stop the run)
-                            row.update(p20_ms=math.nan, p50_ms=math.nan, p80_ms=math.nan,
-                                       bytes=nbytes, gbps=math.nan, pct_copy_bw=math.nan,
-                                       max_abs_err=math.nan,
-                                       status="oom" if "out of memory" in str(e) else "error",
-                                       message=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+                            row.update(
+                                p20_ms=math.nan,
+                                p50_ms=math.nan,
+                                p80_ms=math.nan,
+                                bytes=nbytes,
+                                gbps=math.nan,
+                                pct_copy_bw=math.nan,
+                                max_abs_err=math.nan,
+                                status="oom" if "out of memory" in str(e) else "error",
+                                message=f"{type(e).__name__}: {e}".splitlines()[0][:300],
+                            )
                         rows.append({c: row.get(c) for c in COLUMNS})
-                        log(f"{op:8s} {provider:14s} {mode:8s} {shape_text:>12s} "
-                            f"{row['p50_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}")
+                        log(
+                            f"{op:8s} {provider:14s} {mode:8s} {shape_text:>12s} "
+                            f"{row['p50_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}"
+                        )
     return rows
 
 

@@ -22,8 +22,11 @@ def plot_dir(out_dir: str, png_dir: str | None = None) -> list[str]:
     png_dir = png_dir or out_dir
     os.makedirs(png_dir, exist_ok=True)
     written = []
-    for x, label in (("params", "parameters"), ("flops_per_step", "FLOPs / step"),
-                     ("memory_traffic", "memory traffic (bytes / step)")):
+    for x, label in (
+        ("params", "parameters"),
+        ("flops_per_step", "FLOPs / step"),
+        ("memory_traffic", "memory traffic (bytes / step)"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.scatter(df[x], df["step_ms_median"], s=14)
         ax.set_xscale("log")

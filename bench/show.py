@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import os
 
-DEFAULT_COLUMNS = ["config_id", "status", "n_layer", "n_embd", "n_head", "batch_size",
-                   "sequence_length", "params", "step_ms_median", "tokens_per_s", "mfu",
-                   "loss_end", "timed_fraction", "message"]
+DEFAULT_COLUMNS = [
+    "config_id",
+    "status",
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "batch_size",
+    "sequence_length",
+    "params",
+    "step_ms_median",
+    "tokens_per_s",
+    "mfu",
+    "loss_end",
+    "timed_fraction",
+    "message",
+]
 
 
 def load_frame(out_dir: str):
@@ -19,8 +32,9 @@ def load_frame(out_dir: str):
     return pd.DataFrame(load_rows(out_dir))
 
 
-def format_table(df, sort: str | None = None, query: str | None = None,
-                 columns: list[str] | None = None) -> str:
+def format_table(
+    df, sort: str | None = None, query: str | None = None, columns: list[str] | None = None
+) -> str:
     """The table as text; raises ValueError with a one-line reason for a bad column or query."""
     if query:
         try:

@@ -61,10 +61,26 @@ def _base_row(row: dict, cid: str, env: dict) -> dict:
     return out
 
 
-MEASURED = ("step_ms_median", "step_ms_p10", "step_ms_p90", "step_ms_mean", "step_ms_std",
-            "tokens_per_s", "mfu", "peak_mem_mb", "loss_start", "loss_end", "val_loss",
-            "steps_timed", "timed_s", "timed_fraction", "overhead_s", "wall_s", "threads",
-            "loss_curve")
+MEASURED = (
+    "step_ms_median",
+    "step_ms_p10",
+    "step_ms_p90",
+    "step_ms_mean",
+    "step_ms_std",
+    "tokens_per_s",
+    "mfu",
+    "peak_mem_mb",
+    "loss_start",
+    "loss_end",
+    "val_loss",
+    "steps_timed",
+    "timed_s",
+    "timed_fraction",
+    "overhead_s",
+    "wall_s",
+    "threads",
+    "loss_curve",
+)
 
 
 def finish_row(base: dict, static: dict, measured: dict) -> dict:
@@ -122,8 +138,10 @@ def run_sweep(rows: list[dict], opts: SweepOptions, env: dict, log=None) -> list
     runnable, skipped = plan(rows, opts)
     for r, cid, reason in skipped:
         if cid not in done:
-            have = results.upsert(have, finish_row(
-                _base_row(r, cid, env), {}, {"status": "skipped", "message": reason}))
+            have = results.upsert(
+                have,
+                finish_row(_base_row(r, cid, env), {}, {"status": "skipped", "message": reason}),
+            )
         log(f"skipped {cid}: {reason}")
     if skipped:
         results.write_rows(opts.out_dir, have)
@@ -149,8 +167,10 @@ def run_sweep(rows: list[dict], opts: SweepOptions, env: dict, log=None) -> list
             if rc is None:
                 job.proc.kill()
                 job.proc.wait()
-                measured = {"status": "timeout",
-                            "message": f"no result after {job.timeout_s:.0f}s (killed)"}
+                measured = {
+                    "status": "timeout",
+                    "message": f"no result after {job.timeout_s:.0f}s (killed)",
+                }
             else:
                 measured = _read_result(job, rc)
             # Whole cost of the config as the sweep saw it (spawn to exit): timed_s / wall_s is
@@ -170,18 +190,25 @@ def run_sweep(rows: list[dict], opts: SweepOptions, env: dict, log=None) -> list
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="config", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, unit="config", disable=not enabled, file=sys.stderr, dynamic_ncols=True
+    )
 
 
 def _start(row, cid, env, opts, budget_s, work, gpu) -> _Job:
     base = _base_row(row, cid, env)
     static = static_columns(row)
-    spec = {"row": row, "budget_s": budget_s, "warmup_steps": opts.warmup_steps,
-            "data": opts.data, "threads": opts.threads, "spawn_epoch": time.time(),
-            "device_name": env.get("device_name", ""),
-            # NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES, so pass the id.
-            "nvml_index": int(gpu) if gpu is not None and gpu.isdigit() else None}
+    spec = {
+        "row": row,
+        "budget_s": budget_s,
+        "warmup_steps": opts.warmup_steps,
+        "data": opts.data,
+        "threads": opts.threads,
+        "spawn_epoch": time.time(),
+        "device_name": env.get("device_name", ""),
+        # NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES, so pass the id.
+        "nvml_index": int(gpu) if gpu is not None and gpu.isdigit() else None,
+    }
     spec_path = os.path.join(work, f"{cid}.spec.json")
     result_path = os.path.join(work, f"{cid}.result.json")
     with open(spec_path, "w") as fh:
@@ -193,9 +220,13 @@ def _start(row, cid, env, opts, budget_s, work, gpu) -> _Job:
         child_env["CUDA_VISIBLE_DEVICES"] = gpu
     log_path = os.path.join(work, f"{cid}.log")
     with open(log_path, "w") as log_fh:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.worker", spec_path, result_path],
-                                stdout=log_fh, stderr=subprocess.STDOUT, env=child_env,
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", spec_path, result_path],
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
     timeout = opts.timeout_factor * budget_s + opts.timeout_grace_s
     return _Job(row, cid, base, static, proc, result_path, time.perf_counter(), timeout, gpu)
 
@@ -221,8 +252,10 @@ def summary_line(row: dict) -> str:
     def f(v, fmt):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    return (f"[{row['status']:>7}] {row['config_id']} L{row['n_layer']} d{row['n_embd']} "
-            f"h{row['n_head']} b{row['batch_size']}x{row['acc_steps']} T{row['sequence_length']} "
-            f"step {f(row.get('step_ms_median'), '.1f')} ms, "
-            f"{f(row.get('tokens_per_s'), '.0f')} tok/s, loss {f(row.get('loss_end'), '.3f')}"
-            + (f"  ({row['message']})" if row.get("message") else ""))
+    return (
+        f"[{row['status']:>7}] {row['config_id']} L{row['n_layer']} d{row['n_embd']} "
+        f"h{row['n_head']} b{row['batch_size']}x{row['acc_steps']} T{row['sequence_length']} "
+        f"step {f(row.get('step_ms_median'), '.1f')} ms, "
+        f"{f(row.get('tokens_per_s'), '.0f')} tok/s, loss {f(row.get('loss_end'), '.3f')}"
+        + (f"  ({row['message']})" if row.get("message") else "")
+    )

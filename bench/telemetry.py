@@ -11,8 +11,16 @@ import math
 import threading
 import time
 
-COLUMNS = ("gpu_power_mean_w", "gpu_power_max_w", "gpu_energy_j", "gpu_sm_clock_mhz",
-           "gpu_mem_clock_mhz", "gpu_temp_max_c", "gpu_util_mean", "gpu_throttle_reasons")
+COLUMNS = (
+    "gpu_power_mean_w",
+    "gpu_power_max_w",
+    "gpu_energy_j",
+    "gpu_sm_clock_mhz",
+    "gpu_mem_clock_mhz",
+    "gpu_temp_max_c",
+    "gpu_util_mean",
+    "gpu_throttle_reasons",
+)
 
 
 def empty() -> dict:
@@ -49,15 +57,17 @@ class Telemetry:
         nv, h = self._nvml, self._handle
         while not self._stop.is_set():
             try:
-                self.samples.append((
-                    time.perf_counter(),
-                    nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
-                    nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
-                    nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
-                    nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
-                    nv.nvmlDeviceGetUtilizationRates(h).gpu,
-                    nv.nvmlDeviceGetCurrentClocksThrottleReasons(h),
-                ))
+                self.samples.append(
+                    (
+                        time.perf_counter(),
+                        nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                        nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+                        nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
+                        nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+                        nv.nvmlDeviceGetUtilizationRates(h).gpu,
+                        nv.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+                    )
+                )
             except Exception:  # noqa: BLE001
                 pass
             self._stop.wait(self.interval_s)

@@ -37,24 +37,52 @@ def _measure_error(cfg, seq: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=8, help="sequences per step for the traffic columns")
-    ap.add_argument("--measure", action="store_true", help="also measure traffic on CPU (slow for big presets)")
+    ap.add_argument(
+        "--batch", type=int, default=8, help="sequences per step for the traffic columns"
+    )
+    ap.add_argument(
+        "--measure", action="store_true", help="also measure traffic on CPU (slow for big presets)"
+    )
     ap.add_argument("--measure-seq", type=int, default=64)
     args = ap.parse_args(argv)
     if args.batch <= 0 or args.measure_seq <= 0:
         print("error: --batch and --measure-seq must be positive", file=sys.stderr)
         return 2
-    head = ["preset", "params", "seed_reported", "exact/tok", "kaplan/tok", "porian/tok", "chinchilla/tok",
-            "palm/tok", "fused B/tok", "torch B/tok", "meas.err"]
+    head = [
+        "preset",
+        "params",
+        "seed_reported",
+        "exact/tok",
+        "kaplan/tok",
+        "porian/tok",
+        "chinchilla/tok",
+        "palm/tok",
+        "fused B/tok",
+        "torch B/tok",
+        "meas.err",
+    ]
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for name, cfg in PRESETS.items():
         f = costs.flops_per_token(cfg)
         tokens = args.batch * cfg.sequence_length
-        fused = costs.memory_traffic(cfg, args.batch, dtype="bfloat16", kernels="triton", attention="flash",
-                                     optimizer="fused_adamw")["total"] / tokens
-        eager = costs.memory_traffic(cfg, args.batch, kernels="torch", attention="sdpa",
-                                     optimizer="torch_adamw")["total"] / tokens
+        fused = (
+            costs.memory_traffic(
+                cfg,
+                args.batch,
+                dtype="bfloat16",
+                kernels="triton",
+                attention="flash",
+                optimizer="fused_adamw",
+            )["total"]
+            / tokens
+        )
+        eager = (
+            costs.memory_traffic(
+                cfg, args.batch, kernels="torch", attention="sdpa", optimizer="torch_adamw"
+            )["total"]
+            / tokens
+        )
         rep = SEED_REPORTED_PARAMS.get(name)
         err = f"{_measure_error(cfg, args.measure_seq):+.2%}" if args.measure else "-"
         row = [name, f"{costs.num_params(cfg) / 1e6:.2f}M", f"{rep / 1e6:.2f}M" if rep else "-"]

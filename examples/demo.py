@@ -41,42 +41,141 @@ def run(title: str, args: list[str]) -> None:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     py = ["-m"]
-    run("1. train a tiny model with WSD on the embedded corpus",
-        py + ["train", "--preset", "tiny", "--scheduler", "wsd", "--iterations", "300",
-              "--warmup-steps", "30", "--wsd-fract-decay", "0.2", "--decay-type", "sqrt",
-              "--lr", "3e-3", "--batch-size", "16", "--acc-steps", "1", "--eval-interval", "100",
-              "--eval-batches", "4", "--log-interval", "50", "--no-progress",
-              "--out", str(OUT / "train")])
+    run(
+        "1. train a tiny model with WSD on the embedded corpus",
+        py
+        + [
+            "train",
+            "--preset",
+            "tiny",
+            "--scheduler",
+            "wsd",
+            "--iterations",
+            "300",
+            "--warmup-steps",
+            "30",
+            "--wsd-fract-decay",
+            "0.2",
+            "--decay-type",
+            "sqrt",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "16",
+            "--acc-steps",
+            "1",
+            "--eval-interval",
+            "100",
+            "--eval-batches",
+            "4",
+            "--log-interval",
+            "50",
+            "--no-progress",
+            "--out",
+            str(OUT / "train"),
+        ],
+    )
     sweep = OUT / "sweep"
-    run("2. bench sweep: 8 tiny configs, 0.05 min each",
-        py + ["bench", "sweep", "--minutes", "0.05", "--preset", "tiny", "--n-layer", "1,2",
-              "--n-embd", "32,64", "--batch-size", "4,16", "--n-head", "2", "--sequence-length",
-              "64", "--out", str(sweep), "--no-progress"])
+    run(
+        "2. bench sweep: 8 tiny configs, 0.05 min each",
+        py
+        + [
+            "bench",
+            "sweep",
+            "--minutes",
+            "0.05",
+            "--preset",
+            "tiny",
+            "--n-layer",
+            "1,2",
+            "--n-embd",
+            "32,64",
+            "--batch-size",
+            "4,16",
+            "--n-head",
+            "2",
+            "--sequence-length",
+            "64",
+            "--out",
+            str(sweep),
+            "--no-progress",
+        ],
+    )
     run("2b. bench show", py + ["bench", "show", str(sweep), "--sort", "step_ms_median"])
     example = ROOT / "examples" / "cpu_sweep"
     data = example if (example / "results.csv").is_file() else sweep
     tm = OUT / "tm.json"
-    run(f"3. timemodel fit on {data.relative_to(ROOT)}",
-        py + ["timemodel", "fit", str(data), "--out", str(tm), "--folds", "4"])
+    run(
+        f"3. timemodel fit on {data.relative_to(ROOT)}",
+        py + ["timemodel", "fit", str(data), "--out", str(tm), "--folds", "4"],
+    )
     law = OUT / "law.json"
     if CHINCHILLA.is_file():
-        run("4. timemodel fit-loss: Chinchilla approach 3 on Epoch's digitised points",
-            py + ["timemodel", "fit-loss", str(CHINCHILLA), "--out", str(law),
-                  "--params-col", "Model Size", "--loss-col", "loss", "--tokens-from-flops",
-                  "Training FLOP", "--drop-highest", "5", "--bootstrap", "20",
-                  "--budgets", "1e21,5.88e23"])
+        run(
+            "4. timemodel fit-loss: Chinchilla approach 3 on Epoch's digitised points",
+            py
+            + [
+                "timemodel",
+                "fit-loss",
+                str(CHINCHILLA),
+                "--out",
+                str(law),
+                "--params-col",
+                "Model Size",
+                "--loss-col",
+                "loss",
+                "--tokens-from-flops",
+                "Training FLOP",
+                "--drop-highest",
+                "5",
+                "--bootstrap",
+                "20",
+                "--budgets",
+                "1e21,5.88e23",
+            ],
+        )
     else:
         print(f"\n(skipping step 4: {CHINCHILLA} not found; predict/search run without a loss law)")
     extra = ["--loss-law", str(law)] if law.is_file() else []
-    run("5. timemodel predict: the small preset for 0.01 hours on this CPU",
-        py + ["timemodel", "predict", str(tm), "--preset", "small", "--batch-size", "8",
-              "--hours", "0.01", *extra])
+    run(
+        "5. timemodel predict: the small preset for 0.01 hours on this CPU",
+        py
+        + [
+            "timemodel",
+            "predict",
+            str(tm),
+            "--preset",
+            "small",
+            "--batch-size",
+            "8",
+            "--hours",
+            "0.01",
+            *extra,
+        ],
+    )
     if law.is_file():
-        run("5b. timemodel search: best configs for 0.01 hours on this CPU",
-            py + ["timemodel", "search", "--time-model", str(tm), "--loss-law", str(law),
-                  "--hours", "0.01", "--top", "10", "--space", "small"])
-    run("6. sm_90 compile report of our Triton kernels (no GPU needed)",
-        py + ["kernels.aot", "--arch", "sm_90"])
+        run(
+            "5b. timemodel search: best configs for 0.01 hours on this CPU",
+            py
+            + [
+                "timemodel",
+                "search",
+                "--time-model",
+                str(tm),
+                "--loss-law",
+                str(law),
+                "--hours",
+                "0.01",
+                "--top",
+                "10",
+                "--space",
+                "small",
+            ],
+        )
+    run(
+        "6. sm_90 compile report of our Triton kernels (no GPU needed)",
+        py + ["kernels.aot", "--arch", "sm_90"],
+    )
     print(f"\ndemo: done; outputs under {OUT.relative_to(ROOT)}/")
     return 0
 

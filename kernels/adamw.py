@@ -159,15 +159,31 @@ def _scalars(lr: float, beta1: float, beta2: float, eps: float, wd: float, step:
     }
 
 
-def _launch_adamw(p, g, m, v, avg, scale, n, s: dict, beta2: float, eps: float,
-                  avg_keep: float, avg_take: float) -> None:
+def _launch_adamw(
+    p, g, m, v, avg, scale, n, s: dict, beta2: float, eps: float, avg_keep: float, avg_take: float
+) -> None:
     """Launch the AdamW kernel once over a whole flat group (tests wrap this to count launches)."""
     grid = (triton.cdiv(n, BLOCK),)
     _adamw_kernel[grid](
-        p, g, m, v, avg if avg is not None else p, scale, n,
-        s["wd_factor"], s["one_minus_beta1"], beta2, s["one_minus_beta2"], s["step_size"],
-        s["bc2_sqrt"], eps, avg_keep, avg_take,
-        AVERAGE=avg is not None, BLOCK_SIZE=BLOCK, num_warps=NUM_WARPS,
+        p,
+        g,
+        m,
+        v,
+        avg if avg is not None else p,
+        scale,
+        n,
+        s["wd_factor"],
+        s["one_minus_beta1"],
+        beta2,
+        s["one_minus_beta2"],
+        s["step_size"],
+        s["bc2_sqrt"],
+        eps,
+        avg_keep,
+        avg_take,
+        AVERAGE=avg is not None,
+        BLOCK_SIZE=BLOCK,
+        num_warps=NUM_WARPS,
     )
 
 
@@ -201,7 +217,7 @@ class _Flat:
 
     def view(self, buf: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
         off, n = self.slices[i]
-        return buf[off:off + n].view(like.shape)
+        return buf[off : off + n].view(like.shape)
 
 
 class FusedAdamW(torch.optim.Optimizer):
@@ -237,9 +253,17 @@ class FusedAdamW(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self.last_grad_norm: float | None = None
         self._pending_scale: torch.Tensor | None = None
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, average=average,
-                        average_interval=average_interval, average_horizon=average_horizon,
-                        ema_decay=ema_decay, step=0)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            average=average,
+            average_interval=average_interval,
+            average_horizon=average_horizon,
+            ema_decay=ema_decay,
+            step=0,
+        )
         _check_hparams(defaults)
         super().__init__(params, defaults)
 
@@ -251,7 +275,9 @@ class FusedAdamW(torch.optim.Optimizer):
         params = group["params"]
         for p in params:
             if p.dtype != torch.float32:
-                raise TypeError(f"FusedAdamW needs float32 params, got {p.dtype} (shape {tuple(p.shape)})")
+                raise TypeError(
+                    f"FusedAdamW needs float32 params, got {p.dtype} (shape {tuple(p.shape)})"
+                )
             if p.is_sparse:
                 raise TypeError("FusedAdamW does not support sparse params")
         if len({p.device for p in params}) > 1:
@@ -267,7 +293,10 @@ class FusedAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _state_views(flat: _Flat, i: int, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        st = {"exp_avg": flat.view(flat.exp_avg, i, p), "exp_avg_sq": flat.view(flat.exp_avg_sq, i, p)}
+        st = {
+            "exp_avg": flat.view(flat.exp_avg, i, p),
+            "exp_avg_sq": flat.view(flat.exp_avg_sq, i, p),
+        }
         if flat.avg is not None:
             st["avg"] = flat.view(flat.avg, i, p)
         return st
@@ -284,7 +313,9 @@ class FusedAdamW(torch.optim.Optimizer):
             if g is not None and g.dtype not in (torch.float32, torch.bfloat16):
                 raise TypeError(f"FusedAdamW grads must be float32 or bfloat16, got {g.dtype}")
             if g is not None and g.shape != p.shape:
-                raise ValueError(f"grad shape {tuple(g.shape)} does not match param shape {tuple(p.shape)}")
+                raise ValueError(
+                    f"grad shape {tuple(g.shape)} does not match param shape {tuple(p.shape)}"
+                )
             if g is not None and g.is_sparse:
                 raise TypeError("FusedAdamW does not support sparse grads")
         want = torch.bfloat16 if all(g.dtype == torch.bfloat16 for g in present) else torch.float32
@@ -312,7 +343,8 @@ class FusedAdamW(torch.optim.Optimizer):
             return
         for group, flat in zip(self.param_groups, self._flats):
             if flat.grad is not None and all(
-                p.grad is not None and p.grad.data_ptr() == flat.view(flat.grad, i, p).data_ptr()
+                p.grad is not None
+                and p.grad.data_ptr() == flat.view(flat.grad, i, p).data_ptr()
                 and p.grad.dtype == flat.grad.dtype
                 for i, p in enumerate(group["params"])
             ):
@@ -366,14 +398,42 @@ class FusedAdamW(torch.optim.Optimizer):
             avg = flat.avg if take is not None else None
             if use_triton(flat.param):
                 s = _scalars(lr, beta1, beta2, eps, wd, t + 1)
-                sc = scale.to(flat.param.device) if scale is not None else torch.ones(
-                    1, dtype=torch.float32, device=flat.param.device)
-                _launch_adamw(flat.param, flat.grad, flat.exp_avg, flat.exp_avg_sq, avg, sc, flat.n,
-                              s, beta2, eps, keep or 0.0, take or 0.0)
+                sc = (
+                    scale.to(flat.param.device)
+                    if scale is not None
+                    else torch.ones(1, dtype=torch.float32, device=flat.param.device)
+                )
+                _launch_adamw(
+                    flat.param,
+                    flat.grad,
+                    flat.exp_avg,
+                    flat.exp_avg_sq,
+                    avg,
+                    sc,
+                    flat.n,
+                    s,
+                    beta2,
+                    eps,
+                    keep or 0.0,
+                    take or 0.0,
+                )
             else:
-                adamw_ref(flat.param, flat.grad, flat.exp_avg, flat.exp_avg_sq, lr=lr, beta1=beta1,
-                          beta2=beta2, eps=eps, weight_decay=wd, step=t + 1, grad_scale=scale,
-                          avg=avg, avg_keep=keep or 0.0, avg_take=take or 0.0)
+                adamw_ref(
+                    flat.param,
+                    flat.grad,
+                    flat.exp_avg,
+                    flat.exp_avg_sq,
+                    lr=lr,
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=eps,
+                    weight_decay=wd,
+                    step=t + 1,
+                    grad_scale=scale,
+                    avg=avg,
+                    avg_keep=keep or 0.0,
+                    avg_take=take or 0.0,
+                )
             group["step"] = t + 1
         return loss
 
@@ -414,7 +474,9 @@ class FusedAdamW(torch.optim.Optimizer):
             for group, flat in zip(self.param_groups, self._flats):
                 _check_hparams(group)
                 if (group["average"] is None) != (flat.avg is None):
-                    raise ValueError("loaded state changes 'average' on/off for a group; rebuild the optimizer")
+                    raise ValueError(
+                        "loaded state changes 'average' on/off for a group; rebuild the optimizer"
+                    )
                 for i, p in enumerate(group["params"]):
                     loaded = self.state.get(p, {})
                     views = self._state_views(flat, i, p)
@@ -467,7 +529,9 @@ def _check_hparams(g: dict[str, Any]) -> None:
         if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
             raise ValueError(f"average_horizon must be a positive int or None, got {horizon!r}")
         if horizon % interval != 0:
-            raise ValueError(f"average_interval ({interval}) must divide average_horizon ({horizon})")
+            raise ValueError(
+                f"average_interval ({interval}) must divide average_horizon ({horizon})"
+            )
     if not 0.0 <= g["ema_decay"] < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {g['ema_decay']}")
 
@@ -478,34 +542,56 @@ def aot_specs() -> list[dict]:
     specs = []
     for gdt in ("fp32", "bf16"):
         for avg in (False, True):
-            specs.append({
-                "kernel": "adamw" + ("_avg" if avg else ""),
-                "fn": _adamw_kernel,
+            specs.append(
+                {
+                    "kernel": "adamw" + ("_avg" if avg else ""),
+                    "fn": _adamw_kernel,
+                    "signature": {
+                        "p_ptr": "*fp32",
+                        "g_ptr": f"*{gdt}",
+                        "m_ptr": "*fp32",
+                        "v_ptr": "*fp32",
+                        "avg_ptr": "*fp32",
+                        "scale_ptr": "*fp32",
+                        "n_elements": "i32",
+                        "wd_factor": "fp32",
+                        "one_minus_beta1": "fp32",
+                        "beta2": "fp32",
+                        "one_minus_beta2": "fp32",
+                        "step_size": "fp32",
+                        "bc2_sqrt": "fp32",
+                        "eps": "fp32",
+                        "avg_keep": "fp32",
+                        "avg_take": "fp32",
+                        "AVERAGE": "constexpr",
+                        "BLOCK_SIZE": "constexpr",
+                    },
+                    "constexprs": {"AVERAGE": avg, "BLOCK_SIZE": BLOCK},
+                    "num_warps": NUM_WARPS,
+                    "divisible": ["p_ptr", "g_ptr", "m_ptr", "v_ptr", "avg_ptr", "n_elements"],
+                    "dtype": gdt,
+                    "hidden": BLOCK,
+                    "note": f"fp32 params/states, {gdt} grads, "
+                    + ("with" if avg else "no")
+                    + " averaging",
+                }
+            )
+        specs.append(
+            {
+                "kernel": "adamw_gradnorm",
+                "fn": _sumsq_kernel,
                 "signature": {
-                    "p_ptr": "*fp32", "g_ptr": f"*{gdt}", "m_ptr": "*fp32", "v_ptr": "*fp32",
-                    "avg_ptr": "*fp32", "scale_ptr": "*fp32", "n_elements": "i32",
-                    "wd_factor": "fp32", "one_minus_beta1": "fp32", "beta2": "fp32",
-                    "one_minus_beta2": "fp32", "step_size": "fp32", "bc2_sqrt": "fp32", "eps": "fp32",
-                    "avg_keep": "fp32", "avg_take": "fp32",
-                    "AVERAGE": "constexpr", "BLOCK_SIZE": "constexpr",
+                    "g_ptr": f"*{gdt}",
+                    "partial_ptr": "*fp32",
+                    "n_elements": "i32",
+                    "BLOCK_SIZE": "constexpr",
                 },
-                "constexprs": {"AVERAGE": avg, "BLOCK_SIZE": BLOCK},
+                "constexprs": {"BLOCK_SIZE": NORM_BLOCK},
                 "num_warps": NUM_WARPS,
-                "divisible": ["p_ptr", "g_ptr", "m_ptr", "v_ptr", "avg_ptr", "n_elements"],
+                "divisible": ["g_ptr", "partial_ptr", "n_elements"],
                 "dtype": gdt,
-                "hidden": BLOCK,
-                "note": f"fp32 params/states, {gdt} grads, " + ("with" if avg else "no") + " averaging",
-            })
-        specs.append({
-            "kernel": "adamw_gradnorm",
-            "fn": _sumsq_kernel,
-            "signature": {"g_ptr": f"*{gdt}", "partial_ptr": "*fp32", "n_elements": "i32",
-                          "BLOCK_SIZE": "constexpr"},
-            "constexprs": {"BLOCK_SIZE": NORM_BLOCK},
-            "num_warps": NUM_WARPS,
-            "divisible": ["g_ptr", "partial_ptr", "n_elements"],
-            "dtype": gdt,
-            "hidden": NORM_BLOCK,
-            "note": f"{gdt} grads, per-program partial sums of squares",
-        })
+                "hidden": NORM_BLOCK,
+                "note": f"{gdt} grads, per-program partial sums of squares",
+            }
+        )
     return specs

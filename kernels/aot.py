@@ -31,8 +31,19 @@ from typing import Any
 
 _SPEC_MODULES = ("kernels.rmsnorm", "kernels.swiglu", "kernels.adamw")
 _ARCHS = {"sm_90": 90, "sm_80": 80}
-COLUMNS = ("kernel", "dtype", "hidden", "num_warps", "registers", "spill_bytes", "local_bytes",
-           "shared_bytes", "ld_global_bits", "st_global_bits", "note")
+COLUMNS = (
+    "kernel",
+    "dtype",
+    "hidden",
+    "num_warps",
+    "registers",
+    "spill_bytes",
+    "local_bytes",
+    "shared_bytes",
+    "ld_global_bits",
+    "st_global_bits",
+    "note",
+)
 
 
 def _bin(name: str) -> Path:
@@ -60,9 +71,12 @@ def compile_spec(spec: dict, arch: str) -> Any:
 
     names = list(spec["signature"])
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in spec.get("divisible", [])}
-    src = ASTSource(fn=spec["fn"], signature=dict(spec["signature"]),
-                    constexprs={(names.index(k),): v for k, v in spec.get("constexprs", {}).items()},
-                    attrs=attrs)
+    src = ASTSource(
+        fn=spec["fn"],
+        signature=dict(spec["signature"]),
+        constexprs={(names.index(k),): v for k, v in spec.get("constexprs", {}).items()},
+        attrs=attrs,
+    )
     target = GPUTarget("cuda", _ARCHS[arch], 32)
     return triton.compile(src, target=target, options={"num_warps": spec.get("num_warps", 4)})
 
@@ -113,10 +127,18 @@ def analyze(compiled: Any, arch: str) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        res = subprocess.run([str(_bin("cuobjdump")), "-res-usage", str(cubin)],
-                             capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(_bin("cuobjdump")), "-sass", str(cubin)],
-                              capture_output=True, text=True, check=True).stdout
+        res = subprocess.run(
+            [str(_bin("cuobjdump")), "-res-usage", str(cubin)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        sass = subprocess.run(
+            [str(_bin("cuobjdump")), "-sass", str(cubin)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     r = _RES_RE.search(res)
     if r is None:
         raise RuntimeError(f"could not parse cuobjdump -res-usage output: {res[:200]!r}")
@@ -140,8 +162,12 @@ def report(arch: str = "sm_90", only: str | None = None) -> list[dict]:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(_ARCHS)}")
     rows = []
     for spec in collect_specs(only):
-        row = {"kernel": spec["kernel"], "dtype": spec.get("dtype", ""), "hidden": spec.get("hidden", ""),
-               "num_warps": spec.get("num_warps", 4)}
+        row = {
+            "kernel": spec["kernel"],
+            "dtype": spec.get("dtype", ""),
+            "hidden": spec.get("hidden", ""),
+            "num_warps": spec.get("num_warps", 4),
+        }
         row.update(analyze(compile_spec(spec, arch), arch))
         row["note"] = spec.get("note", "")
         row["arch"] = arch
@@ -167,13 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="only kernels whose name contains this")
     args = ap.parse_args(argv)
     if args.arch not in _ARCHS:
-        print(f"error: unknown --arch {args.arch!r}; choose from {', '.join(sorted(_ARCHS))}",
-              file=sys.stderr)
+        print(
+            f"error: unknown --arch {args.arch!r}; choose from {', '.join(sorted(_ARCHS))}",
+            file=sys.stderr,
+        )
         return 2
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         # The interpreter swaps JITFunctions for interpreted ones at import; compile in a clean child.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        cmd = [sys.executable, "-m", "kernels.aot"] + (list(argv) if argv is not None else sys.argv[1:])
+        cmd = [sys.executable, "-m", "kernels.aot"] + (
+            list(argv) if argv is not None else sys.argv[1:]
+        )
         return subprocess.run(cmd, env=env).returncode
     try:
         rows = report(args.arch, args.only)

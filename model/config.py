@@ -7,16 +7,67 @@ Field names follow the seed code's CLI flags (epfml/schedules-and-scaling, spec/
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 KERNELS = ("torch", "triton")
 ATTENTIONS = ("sdpa", "flash")
 
 
-class ConfigError(ValueError):
-    """A config that cannot be built; the message is one line meant for the user."""
+class UserError(ValueError):
+    """Bad input from the user: printed by every CLI as one `error: ...` line, exit code 2.
+
+    The one error type of steptime's command lines (train, bench, timemodel). Library code raises
+    it for anything the user typed or pointed at (a flag, a file, a config); programming errors stay
+    ordinary exceptions.
+    """
+
+
+ConfigError = UserError  # the historical name, kept so `except ConfigError` reads naturally
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with one-line errors (raised as UserError) and every default shown in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # argparse's usage dump is noise on a bad flag
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def run_cli(
+    body: Callable[[Sequence[str]], int | None],
+    argv: Sequence[str] | None,
+    *,
+    interrupted: str = "",
+) -> int:
+    """Run a CLI body with steptime's one error path.
+
+    UserError (parsing included) and OSError print one `error: ...` line and return 2; Ctrl-C prints
+    one line (plus `interrupted`, e.g. how to resume) and returns 130. Anything else is a bug and
+    keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(body(argv) or 0)
+    except UserError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        what = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        print(f"error: {what}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return 130
 
 
 def seed_ffn_hidden(n_embd: int, multiple_of: int = 256) -> int:
@@ -54,15 +105,11 @@ class ModelConfig:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name} must be a positive integer or None, got {v!r}")
         if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
-            )
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.head_dim % 2:
             raise ConfigError(f"head dim n_embd/n_head={self.head_dim} must be even for RoPE")
         if self.n_head % self.kv_heads:
-            raise ConfigError(
-                f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}"
-            )
+            raise ConfigError(f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}")
         if not (self.norm_eps > 0):
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         if not (self.rope_theta > 0):
@@ -158,6 +205,4 @@ def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown preset {name!r}; choose from {', '.join(PRESETS)}"
-        ) from None
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None

@@ -36,7 +36,16 @@ PEAK_FLOPS: dict[str, float] = {
 _BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float64": 8}
 
 FLOP_KEYS = ("exact", "kaplan", "porian", "chinchilla", "palm")
-TRAFFIC_KEYS = ("matmul", "norm", "activation", "attention", "embedding_head", "optimizer", "other", "total")
+TRAFFIC_KEYS = (
+    "matmul",
+    "norm",
+    "activation",
+    "attention",
+    "embedding_head",
+    "optimizer",
+    "other",
+    "total",
+)
 
 
 def _nbytes(dtype: str) -> int:
@@ -46,15 +55,33 @@ def _nbytes(dtype: str) -> int:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(_BYTES)}") from None
 
 
-def _terms(V, L, d, H, G, f, T, B, tie, *, dtype="float32", param_dtype="float32", kernels="torch",
-           attention="sdpa", optimizer="fused_adamw", average=None) -> dict:
+def _terms(
+    V,
+    L,
+    d,
+    H,
+    G,
+    f,
+    T,
+    B,
+    tie,
+    *,
+    dtype="float32",
+    param_dtype="float32",
+    kernels="torch",
+    attention="sdpa",
+    optimizer="fused_adamw",
+    average=None,
+) -> dict:
     """All counts for one config. Works on ints or numpy arrays (pure arithmetic, no branching on values)."""
     hd = d // H
     kvd = G * hd
     N = B * T
     gqa = (G < H) * 1  # 0/1; a comparison, not an `if`, so arrays work
     # ---- parameters -------------------------------------------------------------------------
-    layer = d * (d + 2 * kvd) + d * d + 3 * d * f + 2 * d  # c_attn, c_proj, w1, w2, mlp.c_proj, two norms
+    layer = (
+        d * (d + 2 * kvd) + d * d + 3 * d * f + 2 * d
+    )  # c_attn, c_proj, w1, w2, mlp.c_proj, two norms
     embed = V * d
     head = V * d * (1 - tie)  # a tied head shares wte's matrix
     params = L * layer + embed + head + d  # + final norm
@@ -67,11 +94,21 @@ def _terms(V, L, d, H, G, f, T, B, tie, *, dtype="float32", param_dtype="float32
         "exact": 3 * (lin_fwd + att_fwd),
         "kaplan": 6 * nonembed * N,
         "porian": 6 * (nonembed + V * d) * N,
-        "chinchilla": 3 * B * (
+        "chinchilla": 3
+        * B
+        * (
             2 * T * V * d
-            + L * (2 * T * d * (d + 2 * kvd) + 2 * T * T * d + 3 * H * T * T + 2 * T * T * d + 2 * T * d * d
-                   + 2 * T * 3 * d * f)
-            + 2 * T * d * V),
+            + L
+            * (
+                2 * T * d * (d + 2 * kvd)
+                + 2 * T * T * d
+                + 3 * H * T * T
+                + 2 * T * T * d
+                + 2 * T * d * d
+                + 2 * T * 3 * d * f
+            )
+            + 2 * T * d * V
+        ),
         "palm": (6 * params + 12 * L * H * hd * T) * N,
     }
     # ---- memory traffic (bytes) ---------------------------------------------------------------
@@ -82,13 +119,17 @@ def _terms(V, L, d, H, G, f, T, B, tie, *, dtype="float32", param_dtype="float32
     matmul = s * (L * (lin(d, d + 2 * kvd) + lin(d, d) + 2 * lin(d, f) + lin(f, d)) + lin(d, V))
     # Loss: log_softmax fwd (2NV) + bwd (3NV), nll fwd (NV) + bwd (2NV); fp32 logits as the model upcasts.
     loss = 8 * N * V * 4 + s * N * V * (s != 4) * 2
-    emb = p * 2 * V * d + 2 * s * N * d + 2 * 8 * N + 3 * p * V * d * tie  # gather reads all of wte (as counted)
+    emb = (
+        p * 2 * V * d + 2 * s * N * d + 2 * 8 * N + 3 * p * V * d * tie
+    )  # gather reads all of wte (as counted)
     if kernels == "triton":
         # Fused RMSNorm: fwd reads x, w, writes y, rstd; bwd reads x, dy, w, rstd, writes dx (+ dw partials).
         norm = (2 * L + 1) * (5 * s * N * d + 8 * N)
         # Fused SwiGLU: fwd reads gate, up, writes h; bwd reads gate, up, dh, writes dgate, dup.
         act = L * 8 * s * N * f
-        rope = L * s * (6 * N * d + 6 * N * kvd)  # eager RoPE: read/write q,k fwd and bwd (fp32 math in regs)
+        rope = (
+            L * s * (6 * N * d + 6 * N * kvd)
+        )  # eager RoPE: read/write q,k fwd and bwd (fp32 math in regs)
         resid = L * 2 * 3 * s * N * d * 2  # residual adds fwd and grad accumulation bwd
         elementwise_other = rope + resid
     else:
@@ -99,8 +140,9 @@ def _terms(V, L, d, H, G, f, T, B, tie, *, dtype="float32", param_dtype="float32
         # also carries the RoPE and residual-add traffic, which scale the same way.
         norm = s * (L * 84 * N * d + 32 * N * d - 25.5 * N + L * 45.5 * N + L * 8 * d)
         act = s * L * (5 * N * f + 9 * N * f)  # silu fwd/bwd + swiglu mul and grad-accumulation
-        elementwise_other = s * (L * 47.5 * N * kvd + L * 1.5 * T * hd + gqa * L * (24 * N * d - 12 * N * kvd)
-                                 + 346)
+        elementwise_other = s * (
+            L * 47.5 * N * kvd + L * 1.5 * T * hd + gqa * L * (24 * N * d - 12 * N * kvd) + 346
+        )
     if attention == "flash" or kernels == "triton":
         # Flash: reads q, k, v, writes o, lse; bwd reads q, k, v, o, do, lse, writes dq, dk, dv.
         # Omitted: re-reads of K/V tiles across query blocks (served from L2/SRAM when they fit).
@@ -129,13 +171,29 @@ def _terms(V, L, d, H, G, f, T, B, tie, *, dtype="float32", param_dtype="float32
         "other": other + elementwise_other,
     }
     traffic["total"] = sum(traffic[k] for k in TRAFFIC_KEYS[:-1])
-    return {"params": params, "nonembed": nonembed, "embed": embed, "head": head, "flops": flops,
-            "traffic": traffic}
+    return {
+        "params": params,
+        "nonembed": nonembed,
+        "embed": embed,
+        "head": head,
+        "flops": flops,
+        "traffic": traffic,
+    }
 
 
 def _cfg_terms(cfg: ModelConfig, batch_size: int, **impl) -> dict:
-    return _terms(cfg.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.hidden,
-                  cfg.sequence_length, batch_size, int(cfg.tie_embeddings), **impl)
+    return _terms(
+        cfg.vocab_size,
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.kv_heads,
+        cfg.hidden,
+        cfg.sequence_length,
+        batch_size,
+        int(cfg.tie_embeddings),
+        **impl,
+    )
 
 
 def num_params(cfg: ModelConfig) -> int:
@@ -145,9 +203,14 @@ def num_params(cfg: ModelConfig) -> int:
 
 def param_breakdown(cfg: ModelConfig) -> dict:
     t = _cfg_terms(cfg, 1)
-    return {"total": t["params"], "non_embedding": t["nonembed"], "embedding": t["embed"],
-            "lm_head": t["head"], "per_layer": (t["nonembed"] - cfg.n_embd) // cfg.n_layer,
-            "final_norm": cfg.n_embd}
+    return {
+        "total": t["params"],
+        "non_embedding": t["nonembed"],
+        "embedding": t["embed"],
+        "lm_head": t["head"],
+        "per_layer": (t["nonembed"] - cfg.n_embd) // cfg.n_layer,
+        "final_norm": cfg.n_embd,
+    }
 
 
 def train_flops(cfg: ModelConfig, batch_size: int) -> dict:
@@ -159,9 +222,17 @@ def flops_per_token(cfg: ModelConfig) -> dict:
     return {k: v / cfg.sequence_length for k, v in train_flops(cfg, 1).items()}
 
 
-def memory_traffic(cfg: ModelConfig, batch_size: int, *, dtype: str = "float32", param_dtype: str = "float32",
-                   kernels: str | None = None, attention: str | None = None, optimizer: str = "fused_adamw",
-                   average: str | None = None) -> dict:
+def memory_traffic(
+    cfg: ModelConfig,
+    batch_size: int,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    kernels: str | None = None,
+    attention: str | None = None,
+    optimizer: str = "fused_adamw",
+    average: str | None = None,
+) -> dict:
     """Bytes read + written in device memory by one training step, by op class.
 
     kernels/attention default to cfg's. Counted like model.traffic.measure_traffic: each op reads its
@@ -170,9 +241,16 @@ def memory_traffic(cfg: ModelConfig, batch_size: int, *, dtype: str = "float32",
     other than per-tensor AdamW steps), gradient zeroing (set_to_none), data loading and host copies,
     and cache effects (a fused kernel's reuse of K/V tiles is not charged twice).
     """
-    t = _cfg_terms(cfg, batch_size, dtype=dtype, param_dtype=param_dtype,
-                   kernels=kernels or cfg.kernels, attention=attention or cfg.attention,
-                   optimizer=optimizer, average=average)
+    t = _cfg_terms(
+        cfg,
+        batch_size,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernels=kernels or cfg.kernels,
+        attention=attention or cfg.attention,
+        optimizer=optimizer,
+        average=average,
+    )
     return {k: float(v) for k, v in t["traffic"].items()}
 
 
@@ -187,9 +265,33 @@ def mfu(tokens_per_second: float, cfg: ModelConfig, device_name: str | None) -> 
     return None
 
 
-def vectorized(vocab_size, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, sequence_length, batch_size,
-               tie_embeddings=0, **impl) -> dict:
+def vectorized(
+    vocab_size,
+    n_layer,
+    n_embd,
+    n_head,
+    n_kv_head,
+    ffn_hidden,
+    sequence_length,
+    batch_size,
+    tie_embeddings=0,
+    **impl,
+) -> dict:
     """params, exact FLOPs and total traffic for arrays of configs (numpy arrays or scalars)."""
-    t = _terms(vocab_size, n_layer, n_embd, n_head, n_kv_head, ffn_hidden, sequence_length, batch_size,
-               tie_embeddings * 1, **impl)
-    return {"params": t["params"], "flops": t["flops"]["exact"], "memory_traffic": t["traffic"]["total"]}
+    t = _terms(
+        vocab_size,
+        n_layer,
+        n_embd,
+        n_head,
+        n_kv_head,
+        ffn_hidden,
+        sequence_length,
+        batch_size,
+        tie_embeddings * 1,
+        **impl,
+    )
+    return {
+        "params": t["params"],
+        "flops": t["flops"]["exact"],
+        "memory_traffic": t["traffic"]["total"],
+    }

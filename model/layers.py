@@ -63,10 +63,14 @@ class SwiGLUMLP(nn.Module):
         return self.c_proj(_swiglu_fn(self.backend)(self.w1(x), self.w2(x)))
 
 
-def rope_cache(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cache(
+    cfg: ModelConfig, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 (T, head_dim) cos and sin tables in rotate-half layout (frequency i on lanes i and i+hd/2)."""
     hd = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd))
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
+    )
     t = torch.arange(cfg.sequence_length, dtype=torch.float64, device=device)
     ang = torch.outer(t, inv_freq)
     ang = torch.cat([ang, ang], dim=-1)
@@ -112,7 +116,10 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim)
         k = k.view(B, T, self.kv_heads, self.head_dim)
         v = v.view(B, T, self.kv_heads, self.head_dim)
-        cos_t, sin_t = cos[:T, None, :], sin[:T, None, :]  # broadcast over heads in (B, T, H, hd) layout
+        cos_t, sin_t = (
+            cos[:T, None, :],
+            sin[:T, None, :],
+        )  # broadcast over heads in (B, T, H, hd) layout
         q = apply_rope(q, cos_t, sin_t)
         k = apply_rope(k, cos_t, sin_t)
         flash = _flash_attn_func() if (self.attention == "flash" and x.is_cuda) else None

@@ -17,16 +17,51 @@ from torch.utils._pytree import tree_flatten
 
 # Views, reshapes and metadata queries: they alias storage and launch no kernel.
 _NO_TRAFFIC = {
-    "view", "_unsafe_view", "reshape", "expand", "t", "transpose", "permute", "as_strided",
-    "detach", "alias", "slice", "select", "split", "split_with_sizes", "unsqueeze", "squeeze",
-    "_reshape_alias", "unbind", "chunk", "narrow", "view_as", "lift_fresh", "numpy_T",
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_to_copy_noop",
-    "is_same_size", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "set_", "_local_scalar_dense",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "expand",
+    "t",
+    "transpose",
+    "permute",
+    "as_strided",
+    "detach",
+    "alias",
+    "slice",
+    "select",
+    "split",
+    "split_with_sizes",
+    "unsqueeze",
+    "squeeze",
+    "_reshape_alias",
+    "unbind",
+    "chunk",
+    "narrow",
+    "view_as",
+    "lift_fresh",
+    "numpy_T",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "_to_copy_noop",
+    "is_same_size",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "sym_storage_offset",
+    "set_",
+    "_local_scalar_dense",
 }
 
 
 def _op_name(func) -> str:
-    return func.overloadpacket.__name__.rstrip("_") if func.overloadpacket.__name__ not in ("copy_",) else "copy_"
+    return (
+        func.overloadpacket.__name__.rstrip("_")
+        if func.overloadpacket.__name__ not in ("copy_",)
+        else "copy_"
+    )
 
 
 class _TrafficMode(TorchDispatchMode):
@@ -60,7 +95,9 @@ class _TrafficMode(TorchDispatchMode):
         return out
 
 
-def measure_traffic(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], optimizer=None) -> dict:
+def measure_traffic(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], optimizer=None
+) -> dict:
     """One training step (forward, loss.backward(), optimizer.step() if given) under the byte counter.
 
     Returns {"total": bytes, "bytes": {op: bytes}, "counts": {op: calls}}. Gradients are zeroed
@@ -74,4 +111,8 @@ def measure_traffic(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Ten
         loss.backward()
         if optimizer is not None:
             optimizer.step()
-    return {"total": int(sum(mode.bytes.values())), "bytes": dict(mode.bytes), "counts": dict(mode.counts)}
+    return {
+        "total": int(sum(mode.bytes.values())),
+        "bytes": dict(mode.bytes),
+        "counts": dict(mode.counts),
+    }

@@ -47,7 +47,9 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         T = idx.shape[1]
         if T > self.cfg.sequence_length:
-            raise ValueError(f"sequence of length {T} exceeds sequence_length={self.cfg.sequence_length}")
+            raise ValueError(
+                f"sequence of length {T} exceeds sequence_length={self.cfg.sequence_length}"
+            )
         x = self.wte(idx)
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         for block in self.blocks:

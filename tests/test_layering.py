@@ -90,7 +90,7 @@ def test_nothing_imports_cli_or_top_layers():
                 top = mod.split(".")[0]
                 if top in ("bench", "timemodel") and top != pkg:
                     bad.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
-                if mod.endswith(".cli") and not (f.name in ("__main__.py", "cli.py")):
+                if mod.endswith(".cli") and f.name not in ("__main__.py", "cli.py"):
                     bad.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
     assert not bad, "\n".join(bad)
 
@@ -100,8 +100,11 @@ def test_stdlib_only_modules(rel):
     path = ROOT / rel
     assert path.is_file(), f"{rel} is missing"
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    bad = [f"{rel}:{line} imports {mod}" for mod, line in _imports(path)
-           if mod.split(".")[0] not in stdlib and not mod.startswith("model.config")]
+    bad = [
+        f"{rel}:{line} imports {mod}"
+        for mod, line in _imports(path)
+        if mod.split(".")[0] not in stdlib and not mod.startswith("model.config")
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -118,6 +121,7 @@ def test_timemodel_never_imports_torch():
         "assert not heavy, heavy\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]

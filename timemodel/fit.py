@@ -48,7 +48,9 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
-def cross_validate(df: pd.DataFrame, features: list[str], y: np.ndarray, folds: int, seed: int = 0) -> dict:
+def cross_validate(
+    df: pd.DataFrame, features: list[str], y: np.ndarray, folds: int, seed: int = 0
+) -> dict:
     """Held-out predictions for every row from a k-fold split; metrics computed on those predictions."""
     X = df[features].to_numpy(float)
     pred = np.empty_like(y)

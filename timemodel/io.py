@@ -39,11 +39,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
         else:
-            raise InputError(f"{path}: unsupported file type {suffix!r} (use .csv, .jsonl, .parquet)")
+            raise InputError(
+                f"{path}: unsupported file type {suffix!r} (use .csv, .jsonl, .parquet)"
+            )
     except InputError:
         raise
     except Exception as exc:  # pandas raises many types; the user needs one line, not a traceback
-        raise InputError(f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise InputError(
+            f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if len(df) == 0:
         raise InputError(f"{path}: no rows")
     return df
@@ -62,7 +66,9 @@ def positive_numeric(df: pd.DataFrame, cols: list[str], what: str) -> pd.DataFra
         v = pd.to_numeric(out[c], errors="coerce")
         bad = ~(v > 0) | ~pd.Series(v).apply(lambda z: z == z and abs(z) != float("inf"))
         if bad.any():
-            raise InputError(f"{what}: column {c} has {int(bad.sum())} non-positive or non-numeric value(s)")
+            raise InputError(
+                f"{what}: column {c} has {int(bad.sum())} non-positive or non-numeric value(s)"
+            )
         out[c] = v.astype(float)
     return out
 

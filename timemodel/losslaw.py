@@ -35,7 +35,9 @@ def huber(r: np.ndarray, delta: float = DELTA) -> np.ndarray:
 DEFAULT_MAX_STARTS = 100
 
 
-def _objective(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray) -> tuple[float, np.ndarray]:
+def _objective(
+    theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray
+) -> tuple[float, np.ndarray]:
     """Σ Huber(LSE(a - α logN, b - β logD, e) - log L) and its gradient in (a, b, e, α, β), both divided by δ.
 
     The three-term LSE is written out by hand (max-shifted) instead of scipy's logsumexp: this runs ~60k
@@ -56,10 +58,14 @@ def _objective(theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.n
 
 def grid_starts() -> np.ndarray:
     """All 4500 starts as rows (a, b, e, alpha, beta)."""
-    return np.array(list(itertools.product(GRID["a"], GRID["b"], GRID["e"], GRID["alpha"], GRID["beta"])))
+    return np.array(
+        list(itertools.product(GRID["a"], GRID["b"], GRID["e"], GRID["alpha"], GRID["beta"]))
+    )
 
 
-def fit_chinchilla(N: np.ndarray, D: np.ndarray, L: np.ndarray, max_starts: int | None = DEFAULT_MAX_STARTS) -> dict:
+def fit_chinchilla(
+    N: np.ndarray, D: np.ndarray, L: np.ndarray, max_starts: int | None = DEFAULT_MAX_STARTS
+) -> dict:
     """Fit E, A, B, alpha, beta; `objective` is reported unscaled (the plain Huber sum)."""
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
     starts = grid_starts()
@@ -82,9 +88,16 @@ def fit_chinchilla(N: np.ndarray, D: np.ndarray, L: np.ndarray, max_starts: int 
     if best is None:
         raise RuntimeError("no L-BFGS start converged")
     a, b, e, alpha, beta = best.x
-    return {"A": float(np.exp(a)), "B": float(np.exp(b)), "E": float(np.exp(e)),
-            "alpha": float(alpha), "beta": float(beta), "objective": float(best.fun) * DELTA, "n": int(len(N)),
-            "starts": int(len(order))}
+    return {
+        "A": float(np.exp(a)),
+        "B": float(np.exp(b)),
+        "E": float(np.exp(e)),
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "objective": float(best.fun) * DELTA,
+        "n": int(len(N)),
+        "starts": int(len(order)),
+    }
 
 
 def compute_optimal(law: dict, C: float) -> dict:
@@ -110,4 +123,6 @@ def bootstrap(N, D, L, n_boot: int, seed: int = 0, max_starts: int | None = 200)
         f = fit_chinchilla(N[idx], D[idx], L[idx], max_starts=max_starts)
         for k in keys:
             vals[k].append(f[k])
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in vals.items()}
+    return {
+        k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in vals.items()
+    }

@@ -26,14 +26,21 @@ AXES = ("n_layer", "n_embd", "head", "ffn", "batch_size")
 # "default": 64 * 64 * 4 * 6 * 10 = 983,040 grid points (the issue's 1e6 scale); vocab/T from the CLI.
 SPACES = {
     "default": "n_layer=1:64,n_embd=64:4096:64,head_dim=16,32,64,128,ffn_mult=1,1.5,2,2.667,3,4,"
-               "batch_size=1,2,4,8,16,32,64,128,256,512",
+    "batch_size=1,2,4,8,16,32,64,128,256,512",
     # Tiny CPU models (vocab 256, T 64) for the demo: 6 * 16 * 3 * 4 * 4 = 4,608 candidates.
     "small": "n_layer=1:6,n_embd=16:256:16,head_dim=8,16,32,ffn_mult=1,2,2.667,4,batch_size=4,8,16,32",
 }
 SMALL_DEFAULTS = {"vocab_size": 256, "sequence_length": 64}
 
-_KEYS = {"n_layer": "n_layer", "n_embd": "n_embd", "n_head": "head", "head_dim": "head", "ffn_mult": "ffn",
-         "ffn_hidden": "ffn", "batch_size": "batch_size"}
+_KEYS = {
+    "n_layer": "n_layer",
+    "n_embd": "n_embd",
+    "n_head": "head",
+    "head_dim": "head",
+    "ffn_mult": "ffn",
+    "ffn_hidden": "ffn",
+    "batch_size": "batch_size",
+}
 
 
 def _values(key: str, text: str) -> np.ndarray:
@@ -78,7 +85,9 @@ def parse_space(text: str) -> dict:
             space[_KEYS[key]].append(_values(key, tok))
     for axis in AXES:
         if axis not in space:
-            raise ValueError(f"--space needs {axis if axis not in ('head', 'ffn') else axis + ' (n_head|head_dim, ffn_hidden|ffn_mult)'}")
+            raise ValueError(
+                f"--space needs {axis if axis not in ('head', 'ffn') else axis + ' (n_head|head_dim, ffn_hidden|ffn_mult)'}"
+            )
         vals = np.unique(np.concatenate(space[axis]))
         if np.any(vals <= 0):
             raise ValueError(f"--space {axis} values must be positive")
@@ -101,14 +110,29 @@ def candidates(space: dict) -> dict:
     else:
         n_head, head_dim = h, d / h
     if space["ffn_mode"] == "ffn_mult":
-        ffn = np.maximum(8.0, 8.0 * np.round(f * d / 8.0))  # SwiGLU width rounded to a multiple of 8
+        ffn = np.maximum(
+            8.0, 8.0 * np.round(f * d / 8.0)
+        )  # SwiGLU width rounded to a multiple of 8
     else:
         ffn = f
     # ModelConfig's rules: n_head divides n_embd, and the head dim is even (RoPE rotates pairs).
-    ok = (n_head == np.round(n_head)) & (head_dim == np.round(head_dim)) & (np.round(head_dim) % 2 == 0) & (n_head >= 1)
+    ok = (
+        (n_head == np.round(n_head))
+        & (head_dim == np.round(head_dim))
+        & (np.round(head_dim) % 2 == 0)
+        & (n_head >= 1)
+    )
     # ffn_mult values can round two multipliers to the same width: keep one copy of each config.
-    cand = {"n_layer": L[ok], "n_embd": d[ok], "n_head": n_head[ok], "ffn_hidden": ffn[ok], "batch_size": b[ok]}
-    key = np.stack([cand[k] for k in ("n_layer", "n_embd", "n_head", "ffn_hidden", "batch_size")], axis=1)
+    cand = {
+        "n_layer": L[ok],
+        "n_embd": d[ok],
+        "n_head": n_head[ok],
+        "ffn_hidden": ffn[ok],
+        "batch_size": b[ok],
+    }
+    key = np.stack(
+        [cand[k] for k in ("n_layer", "n_embd", "n_head", "ffn_hidden", "batch_size")], axis=1
+    )
     _, first = np.unique(key, axis=0, return_index=True)
     if len(first) < len(key):
         first.sort()
@@ -129,14 +153,45 @@ def law_params(params, vocab_size, n_embd, tie: bool, convention: str):
     return nonembed if convention == "kaplan" else nonembed + vd
 
 
-def score(cand: dict, tm: dict, law: dict, *, hours: float, vocab_size: int, sequence_length: int,
-          tie: bool = False, max_memory_gb: float | None = None, impl: dict | None = None) -> dict:
+def score(
+    cand: dict,
+    tm: dict,
+    law: dict,
+    *,
+    hours: float,
+    vocab_size: int,
+    sequence_length: int,
+    tie: bool = False,
+    max_memory_gb: float | None = None,
+    impl: dict | None = None,
+) -> dict:
     """Add params/flops/traffic/step_s/tokens/memory/loss arrays; drop configs over memory or the budget."""
-    c = costs.vectorized(vocab_size, cand["n_layer"], cand["n_embd"], cand["n_head"], cand["n_head"],
-                         cand["ffn_hidden"], sequence_length, cand["batch_size"], int(tie), **(impl or {}))
-    feats = {"params": c["params"], "flops_per_step": c["flops"], "memory_traffic": c["memory_traffic"]}
+    c = costs.vectorized(
+        vocab_size,
+        cand["n_layer"],
+        cand["n_embd"],
+        cand["n_head"],
+        cand["n_head"],
+        cand["ffn_hidden"],
+        sequence_length,
+        cand["batch_size"],
+        int(tie),
+        **(impl or {}),
+    )
+    feats = {
+        "params": c["params"],
+        "flops_per_step": c["flops"],
+        "memory_traffic": c["memory_traffic"],
+    }
     step = np.broadcast_to(np.asarray(predict_seconds(tm, feats), dtype=float), c["params"].shape)
-    mem = memory_bytes(c["params"], cand["n_layer"], cand["n_embd"], cand["batch_size"], sequence_length, vocab_size)
+    mem = memory_bytes(
+        c["params"],
+        cand["n_layer"],
+        cand["n_embd"],
+        cand["batch_size"],
+        sequence_length,
+        vocab_size,
+    )
     budget = hours * 3600.0
     # At least one full step must fit in the budget (a time model with a zero intercept can predict ~0 s).
     ok = (step > 0) & (step <= budget)

@@ -37,9 +37,7 @@ def embedded_corpus(max_bytes: int = EMBEDDED_MAX_BYTES) -> np.ndarray:
     for dirpath, dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         # site-packages differs per venv; the test suites are huge and repetitive: leave them out.
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _SKIP_DIRS
-        )
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         for f in filenames:
             if f.endswith(".py"):
                 paths.append(os.path.normpath(os.path.join(rel, f)))

@@ -176,10 +176,15 @@ def run(
     # (an EMA asked for beside it then runs as a separate pass in WeightAverager), else EMA.
     fused_avg = "swa" if a.weight_average else ("ema" if a.exponential_moving_average else None)
     opt = build_optimizer(
-        raw, lr=a.lr, weight_decay=a.weight_decay, beta1=a.beta1, beta2=a.beta2,
+        raw,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        beta1=a.beta1,
+        beta2=a.beta2,
         average=fused_avg,
         wa_interval=a.wa_interval if fused_avg == "swa" else a.ema_interval,
-        wa_horizon=a.wa_horizon, ema_decay=a.ema_decay,
+        wa_horizon=a.wa_horizon,
+        ema_decay=a.ema_decay,
     )
     sampler = Sampler(
         train_tok, a.batch_size, cfg.sequence_length, seed=a.data_seed, rank=rank, world_size=world
@@ -252,8 +257,11 @@ def run(
     if master and a.wa_save_windows and a.weight_average:
         n_files = max(0, end // a.wa_horizon - step0 // a.wa_horizon)
         mb = n_params * 4 / 2**20  # windows are stored in fp32
-        print(f"warning: --wa-save-windows writes {n_files} window file(s) of {mb:.1f} MB each "
-              f"({n_files * mb / 1024:.2f} GB) to {os.path.join(a.out, 'avgs')}", file=sys.stderr)
+        print(
+            f"warning: --wa-save-windows writes {n_files} window file(s) of {mb:.1f} MB each "
+            f"({n_files * mb / 1024:.2f} GB) to {os.path.join(a.out, 'avgs')}",
+            file=sys.stderr,
+        )
     val_sampler = Sampler(val_tok, a.batch_size, cfg.sequence_length, seed=a.data_seed)
 
     def run_eval(step: int) -> dict:
@@ -311,8 +319,14 @@ def run(
         m = mfu_of(tok_s, cfg, device_name)
         if master:
             rec = {
-                "kind": "train", "step": done, "loss": stats.loss, "lr": lr,
-                "grad_norm": stats.grad_norm, "step_ms": dt * 1e3, "tokens_per_s": tok_s, "mfu": m,
+                "kind": "train",
+                "step": done,
+                "loss": stats.loss,
+                "lr": lr,
+                "grad_norm": stats.grad_norm,
+                "step_ms": dt * 1e3,
+                "tokens_per_s": tok_s,
+                "mfu": m,
             }
             metrics.write(json.dumps(rec) + "\n")
             if window is not None and a.wa_save_windows:
@@ -435,22 +449,28 @@ def cooldown_targets(a: argparse.Namespace, targets: list[int]) -> list[dict]:
         s = run(ca, start=payload)
         avg = {k: v for k, v in s.items() if k.startswith("val_loss_")}
         best = min(avg, key=avg.get) if avg else None
-        rows.append({
-            "target_steps": t,
-            "target_tokens": t * stable_summary["tokens_per_step"],
-            "branch_step": branches[t],
-            "val_loss": s.get("val_loss"),
-            "val_loss_avg": avg[best] if best else None,
-            "avg_kind": best[9:] if best else "",
-            "cooldown_flops": (t - branches[t]) * fps,
-            "scratch_flops": t * fps,
-            "saved_fraction": "",
-        })
+        rows.append(
+            {
+                "target_steps": t,
+                "target_tokens": t * stable_summary["tokens_per_step"],
+                "branch_step": branches[t],
+                "val_loss": s.get("val_loss"),
+                "val_loss_avg": avg[best] if best else None,
+                "avg_kind": best[9:] if best else "",
+                "cooldown_flops": (t - branches[t]) * fps,
+                "scratch_flops": t * fps,
+                "saved_fraction": "",
+            }
+        )
     recipe = max(branches.values()) * fps + sum(r["cooldown_flops"] for r in rows)
     scratch = sum(r["scratch_flops"] for r in rows)
     total = dict.fromkeys(rows[0], "")
-    total.update(target_steps="total", cooldown_flops=recipe, scratch_flops=scratch,
-                 saved_fraction=1 - recipe / scratch)
+    total.update(
+        target_steps="total",
+        cooldown_flops=recipe,
+        scratch_flops=scratch,
+        saved_fraction=1 - recipe / scratch,
+    )
     rows.append(total)
     if int(os.environ.get("RANK", "0")) == 0:
         path = os.path.join(a.out, "cooldown_table.csv")

@@ -18,7 +18,8 @@ def test_bytes_formulas():
     assert kb.bytes_moved("rmsnorm", "backward", (3, 5), e) == 3 * 15 * e + 2 * 5 * e + 4 * 3
     assert kb.bytes_moved("rmsnorm", "full", (3, 5), e) == (
         kb.bytes_moved("rmsnorm", "forward", (3, 5), e)
-        + kb.bytes_moved("rmsnorm", "backward", (3, 5), e))
+        + kb.bytes_moved("rmsnorm", "backward", (3, 5), e)
+    )
     assert kb.bytes_moved("swiglu", "forward", (4, 6), 4) == 3 * 24 * 4
     assert kb.bytes_moved("swiglu", "full", (4, 6), 4) == 8 * 24 * 4
     assert kb.bytes_moved("adamw", "full", (10,), 4) == 280
@@ -47,8 +48,13 @@ def test_cli_bad_shape_exits_2(capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU path times kernels instead")
 def test_no_gpu_prints_aot_report():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-m", "bench", "kernels", "--op", "rmsnorm"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "kernels", "--op", "rmsnorm"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no GPU" in r.stderr
     table = r.stdout.strip().splitlines()

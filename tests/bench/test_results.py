@@ -11,8 +11,14 @@ from bench.cli import main
 
 
 def _row(cid, status="ok", ms=1.0):
-    return {"config_id": cid, "status": status, "n_layer": 1, "step_ms_median": ms,
-            "mfu": math.nan, "message": ""}
+    return {
+        "config_id": cid,
+        "status": status,
+        "n_layer": 1,
+        "step_ms_median": ms,
+        "mfu": math.nan,
+        "message": "",
+    }
 
 
 def test_upsert_is_idempotent_and_keeps_position():
@@ -44,8 +50,10 @@ def test_merge_cli_dedupes(tmp_path, capsys):
     rows = results.load_rows(out)
     assert sorted(r["config_id"] for r in rows) == ["x", "y", "z"]
     assert next(r for r in rows if r["config_id"] == "y")["step_ms_median"] == 9.0
-    assert main(["show", out, "--sort", "step_ms_median", "--columns",
-                 "config_id,step_ms_median"]) == 0
+    assert (
+        main(["show", out, "--sort", "step_ms_median", "--columns", "config_id,step_ms_median"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert text.index("x") < text.index("y") and "9" in text
     assert main(["show", out, "--filter", "step_ms_median > 5", "--columns", "config_id"]) == 0

@@ -26,8 +26,17 @@ from bench.telemetry import COLUMNS as TELEMETRY
 ROOT = Path(__file__).resolve().parents[2]
 # Empty by design on a CPU: GPU telemetry/identity, and MFU (peak FLOPs are known for GPUs only).
 GPU_ONLY = set(TELEMETRY) | {"gpu_name", "driver", "cuda", "mfu"}
-TINY = ["--preset", "tiny", "--n-head", "2", "--n-kv-head", "2", "--batch-size", "4",
-        "--no-progress"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--n-head",
+    "2",
+    "--n-kv-head",
+    "2",
+    "--batch-size",
+    "4",
+    "--no-progress",
+]
 
 
 def _rows(d) -> list[dict]:
@@ -36,8 +45,20 @@ def _rows(d) -> list[dict]:
 
 def test_2x2_sweep_fills_every_column(tmp_path, capsys):
     out = tmp_path / "sweep"
-    rc = main(["sweep", "--minutes", "0.1", "--n-layer", "1,2", "--n-embd", "32,64", *TINY,
-               "--out", str(out)])
+    rc = main(
+        [
+            "sweep",
+            "--minutes",
+            "0.1",
+            "--n-layer",
+            "1,2",
+            "--n-embd",
+            "32,64",
+            *TINY,
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = _rows(out)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, rows
@@ -51,8 +72,7 @@ def test_2x2_sweep_fills_every_column(tmp_path, capsys):
     for r in rows:
         assert r["steps_timed"] >= 3 and r["step_ms_median"] > 0
         assert r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
-        assert r["tokens_per_s"] == pytest.approx(
-            4 * 64 / (r["step_ms_median"] / 1e3), rel=1e-6)
+        assert r["tokens_per_s"] == pytest.approx(4 * 64 / (r["step_ms_median"] / 1e3), rel=1e-6)
         assert 0.8 <= r["timed_fraction"] <= 1.05
         assert math.isfinite(r["val_loss"]) and r["loss_end"] < r["loss_start"]
         assert r["params"] > 0 and r["flops_per_step"] > 0 and r["memory_traffic"] > 0
@@ -78,8 +98,24 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path):
     g = tmp_path / "grid.json"
     g.write_text(json.dumps(grid))
     out = tmp_path / "out"
-    rc = main(["sweep", "--minutes", "0.02", "--preset", "tiny", "--grid", str(g), "--out",
-               str(out), "--timeout-factor", "1", "--timeout-grace", "30", "--no-progress"])
+    rc = main(
+        [
+            "sweep",
+            "--minutes",
+            "0.02",
+            "--preset",
+            "tiny",
+            "--grid",
+            str(g),
+            "--out",
+            str(out),
+            "--timeout-factor",
+            "1",
+            "--timeout-grace",
+            "30",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = _rows(out)
     status = {(r.get("inject"), r["lr"], r["n_embd"]): r for r in rows}
@@ -96,11 +132,30 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path):
 
 def test_sigkill_then_resume_runs_every_config_once(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "bench", "sweep", "--minutes", "0.01", "--n-layer", "1,2,3",
-           "--n-embd", "32", *TINY, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "sweep",
+        "--minutes",
+        "0.01",
+        "--n-layer",
+        "1,2,3",
+        "--n-embd",
+        "32",
+        *TINY,
+        "--out",
+        str(out),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(_rows(out)) < 1:
@@ -133,8 +188,15 @@ def test_shard_plans_partition_the_cli_grid():
     from bench.grid import config_id, expand
     from bench.sweep import SweepOptions, plan
 
-    rows = expand({"n_layer": ["1", "2", "3"], "n_embd": ["32", "64"], "batch_size": ["2", "4"],
-                   "n_head": ["2", "3"]}, "tiny")  # n_head 3 rows are invalid -> skipped
+    rows = expand(
+        {
+            "n_layer": ["1", "2", "3"],
+            "n_embd": ["32", "64"],
+            "batch_size": ["2", "4"],
+            "n_head": ["2", "3"],
+        },
+        "tiny",
+    )  # n_head 3 rows are invalid -> skipped
     everything = {config_id(r) for r in rows}
     seen: list[str] = []
     for i in range(3):
@@ -143,19 +205,24 @@ def test_shard_plans_partition_the_cli_grid():
     assert sorted(seen) == sorted(everything) and len(everything) == 24
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--n-layer", "four"], "n_layer: cannot read 'four'"),
-    (["--n-embd", "30", "--n-head", "4"], "every config is invalid"),
-    (["--grid", "EMPTY"], "the grid is empty"),
-    (["--shard", "3/2"], "--shard"),
-    (["--depth", "2"], "unrecognized arguments"),
-], ids=["unknown-value", "all-invalid", "empty", "bad-shard", "bad-flag"])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--n-layer", "four"], "n_layer: cannot read 'four'"),
+        (["--n-embd", "30", "--n-head", "4"], "every config is invalid"),
+        (["--grid", "EMPTY"], "the grid is empty"),
+        (["--shard", "3/2"], "--shard"),
+        (["--depth", "2"], "unrecognized arguments"),
+    ],
+    ids=["unknown-value", "all-invalid", "empty", "bad-shard", "bad-flag"],
+)
 def test_bad_grids_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     argv = [str(empty) if a == "EMPTY" else a for a in argv]
-    rc = main(["sweep", "--minutes", "0.1", "--preset", "tiny", *argv, "--out",
-               str(tmp_path / "o")])
+    rc = main(
+        ["sweep", "--minutes", "0.1", "--preset", "tiny", *argv, "--out", str(tmp_path / "o")]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err

@@ -31,8 +31,10 @@ def _grads(step: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
 
 def _groups(params: list[torch.nn.Parameter]) -> list[dict]:
     # Two groups with different hyperparameters: the default one and a no-decay one.
-    return [{"params": params[:2]},
-            {"params": params[2:], "weight_decay": 0.0, "betas": (0.8, 0.99), "eps": 1e-6}]
+    return [
+        {"params": params[:2]},
+        {"params": params[2:], "weight_decay": 0.0, "betas": (0.8, 0.99), "eps": 1e-6},
+    ]
 
 
 def _lr(i: int) -> float:
@@ -48,8 +50,9 @@ def _run_pair(grad_dtype: torch.dtype, steps: int = 20, clip: float | None = Non
     ours = [torch.nn.Parameter(p.clone()) for p in init]
     ref = [torch.nn.Parameter(p.clone()) for p in init]
     opt = FusedAdamW(_groups(ours), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
-    topt = torch.optim.AdamW(_groups(ref), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1,
-                             foreach=False)
+    topt = torch.optim.AdamW(
+        _groups(ref), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False
+    )
     if grad_dtype != torch.float32:
         for p in ours:
             p.grad_dtype = grad_dtype  # torch >= 2.10 pins grad dtype to param dtype unless told
@@ -83,8 +86,12 @@ def test_matches_torch_adamw_fp32():
     # exp_avg / exp_avg_sq agree too (state views into the flat buffers)
     topt = _run_pair.last_torch_opt
     for key in ("exp_avg", "exp_avg_sq"):
-        torch.testing.assert_close([opt.state[p][key] for p in ours], [topt.state[q][key] for q in ref],
-                                   rtol=1e-6, atol=1e-6)  # m can cancel to ~0
+        torch.testing.assert_close(
+            [opt.state[p][key] for p in ours],
+            [topt.state[q][key] for q in ref],
+            rtol=1e-6,
+            atol=1e-6,
+        )  # m can cancel to ~0
 
 
 def test_bf16_grads_match_adamw_on_upcast_grads():
@@ -117,8 +124,9 @@ def test_max_grad_norm_in_constructor_clips_each_step():
     assert _max_rel(ours, ref) <= 1e-6
 
 
-def _explicit_average(snapshots: list[torch.Tensor], kind: str, interval: int, horizon: int | None,
-                      decay: float) -> torch.Tensor:
+def _explicit_average(
+    snapshots: list[torch.Tensor], kind: str, interval: int, horizon: int | None, decay: float
+) -> torch.Tensor:
     """The definitions, evaluated literally on the param snapshots after each step t."""
     avg = None
     for t, p in enumerate(snapshots):
@@ -132,14 +140,27 @@ def _explicit_average(snapshots: list[torch.Tensor], kind: str, interval: int, h
     return avg
 
 
-@pytest.mark.parametrize("kind,interval,horizon", [
-    ("swa", 1, 4), ("swa", 2, 6), ("swa", 3, None), ("ema", 1, 500), ("ema", 2, None),
-])
+@pytest.mark.parametrize(
+    "kind,interval,horizon",
+    [
+        ("swa", 1, 4),
+        ("swa", 2, 6),
+        ("swa", 3, None),
+        ("ema", 1, 500),
+        ("ema", 2, None),
+    ],
+)
 def test_average_equals_definition(kind, interval, horizon):
     init = _params()
     ours = [torch.nn.Parameter(p.clone()) for p in init]
-    opt = FusedAdamW(_groups(ours), lr=1e-2, average=kind, average_interval=interval,
-                     average_horizon=horizon, ema_decay=0.7)
+    opt = FusedAdamW(
+        _groups(ours),
+        lr=1e-2,
+        average=kind,
+        average_interval=interval,
+        average_horizon=horizon,
+        ema_decay=0.7,
+    )
     snaps: list[list[torch.Tensor]] = [[] for _ in ours]
     for i in range(13):
         for p, g in zip(ours, _grads(i)):
@@ -177,8 +198,9 @@ def test_use_averaged_weights_swaps_and_restores_even_on_error():
 def test_state_dict_round_trip_mid_window_is_bitwise(kind):
     def make():
         ps = [torch.nn.Parameter(p.clone()) for p in _params()]
-        return ps, FusedAdamW(_groups(ps), lr=1e-2, average=kind, average_interval=2,
-                              average_horizon=6, ema_decay=0.9)
+        return ps, FusedAdamW(
+            _groups(ps), lr=1e-2, average=kind, average_interval=2, average_horizon=6, ema_decay=0.9
+        )
 
     def run(ps, opt, steps):
         for i in steps:
@@ -245,17 +267,20 @@ def test_params_stay_the_same_objects_and_zero_grad_keeps_views():
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("kwargs,err", [
-    ({"lr": -1.0}, "lr"),
-    ({"eps": -1e-8}, "eps"),
-    ({"weight_decay": -0.1}, "weight_decay"),
-    ({"betas": (0.9, 1.0)}, "betas"),
-    ({"betas": (-0.1, 0.9)}, "betas"),
-    ({"average": "swa", "average_interval": 3, "average_horizon": 10}, "divide"),
-    ({"average": "polyak"}, "average"),
-    ({"average": "ema", "ema_decay": 1.0}, "ema_decay"),
-    ({"max_grad_norm": -1.0}, "max_grad_norm"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"betas": (-0.1, 0.9)}, "betas"),
+        ({"average": "swa", "average_interval": 3, "average_horizon": 10}, "divide"),
+        ({"average": "polyak"}, "average"),
+        ({"average": "ema", "ema_decay": 1.0}, "ema_decay"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+    ],
+)
 def test_bad_hyperparameters(kwargs, err):
     with pytest.raises(ValueError, match=err):
         FusedAdamW([torch.nn.Parameter(torch.zeros(3))], **kwargs)
@@ -292,12 +317,24 @@ def test_kernel_agrees_with_reference_fast_path(average):
     k = [b.clone() for b in bufs]
     r = [b.clone() for b in bufs]
     hp = dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=4)
-    s = kadamw._scalars(hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"], hp["step"])
+    s = kadamw._scalars(
+        hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"], hp["step"]
+    )
     scale = torch.tensor([0.5])
-    kadamw._launch_adamw(k[0], k[1], k[2], k[3], k[4] if average else None, scale, n, s, 0.95, 1e-8,
-                         0.75, 0.25)
-    kadamw.adamw_ref(r[0], r[1], r[2], r[3], grad_scale=scale, avg=r[4] if average else None,
-                     avg_keep=0.75, avg_take=0.25, **hp)
+    kadamw._launch_adamw(
+        k[0], k[1], k[2], k[3], k[4] if average else None, scale, n, s, 0.95, 1e-8, 0.75, 0.25
+    )
+    kadamw.adamw_ref(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        grad_scale=scale,
+        avg=r[4] if average else None,
+        avg_keep=0.75,
+        avg_take=0.25,
+        **hp,
+    )
     for a, b in zip(k, r):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert not torch.equal(k[0], p)  # the step really changed the params

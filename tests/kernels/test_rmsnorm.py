@@ -41,8 +41,9 @@ def _inputs(shape, dtype, w_dtype):
 def test_fp32_matches_fp64(shape, close):
     x, w, dy = _inputs(shape, torch.float32, torch.float32)
     y, dx, dw = _grads(lambda a, b: rms_norm(a, b, 1e-6), x, w, dy)
-    y64, dx64, dw64 = _grads(lambda a, b: rms_norm_ref(a, b, 1e-6), x.double(), w.double(),
-                             dy.double())
+    y64, dx64, dw64 = _grads(
+        lambda a, b: rms_norm_ref(a, b, 1e-6), x.double(), w.double(), dy.double()
+    )
     assert y.dtype == torch.float32 and dx.dtype == torch.float32 and dw.dtype == torch.float32
     close(y, y64, 1e-5, "y")
     close(dx, dx64, 1e-5, "dx")
@@ -64,8 +65,9 @@ def test_low_precision_oracle(dtype, w_dtype, shape, close, lowp_tol):
     y, dx, dw = _grads(lambda a, b: rms_norm(a, b, 1e-6), x, w, dy)
     assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == w_dtype
     # fp64 oracle and torch's own same-dtype computation (plain autograd, no fp32 upcast).
-    y64, dx64, dw64 = _grads(lambda a, b: rms_norm_ref(a, b, 1e-6), x.double(), w.double(),
-                             dy.double())
+    y64, dx64, dw64 = _grads(
+        lambda a, b: rms_norm_ref(a, b, 1e-6), x.double(), w.double(), dy.double()
+    )
 
     def torch_lowp(a, b):
         return a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-6) * b.to(a.dtype)
@@ -118,10 +120,18 @@ def test_grid_fills_sms(monkeypatch):
     [
         (torch.randn(4, 8), torch.randn(7), ValueError, "weight shape"),
         (torch.randn(4, 8).double(), torch.randn(8).double(), TypeError, "unsupported"),
-        (torch.ones(4, 8, dtype=torch.int32), torch.ones(8, dtype=torch.int32), TypeError,
-         "unsupported"),
-        (torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(8, dtype=torch.float16), TypeError,
-         "weight dtype"),
+        (
+            torch.ones(4, 8, dtype=torch.int32),
+            torch.ones(8, dtype=torch.int32),
+            TypeError,
+            "unsupported",
+        ),
+        (
+            torch.randn(4, 8, dtype=torch.bfloat16),
+            torch.randn(8, dtype=torch.float16),
+            TypeError,
+            "weight dtype",
+        ),
         (torch.randn(2, 65537), torch.randn(65537), ValueError, "last dim"),
         (torch.randn(4, 8), torch.randn(2, 4), ValueError, "weight shape"),
     ],
@@ -152,6 +162,7 @@ def test_dispatch_uses_reference_without_interpreter():
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]

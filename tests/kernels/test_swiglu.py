@@ -89,8 +89,12 @@ def test_saves_only_gate_and_up():
     [
         (torch.randn(4, 8), torch.randn(4, 7), ValueError, "shape"),
         (torch.randn(4, 8).double(), torch.randn(4, 8).double(), TypeError, "unsupported"),
-        (torch.ones(4, 8, dtype=torch.int64), torch.ones(4, 8, dtype=torch.int64), TypeError,
-         "unsupported"),
+        (
+            torch.ones(4, 8, dtype=torch.int64),
+            torch.ones(4, 8, dtype=torch.int64),
+            TypeError,
+            "unsupported",
+        ),
         (torch.randn(4, 8), torch.randn(4, 8, dtype=torch.bfloat16), TypeError, "dtype"),
     ],
     ids=["shape", "float64", "int", "mixed-dtype"],
@@ -119,6 +123,7 @@ def test_dispatch_uses_reference_without_interpreter():
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]

@@ -26,9 +26,14 @@ def _configs(n: int = 8, seed: int = 5) -> list[tuple[ModelConfig, int]]:
         H = rng.choice([2, 4])
         hd = rng.choice([8, 16])
         cfg = ModelConfig(
-            vocab_size=rng.choice([64, 256]), n_layer=rng.choice([1, 2, 3]), n_embd=H * hd, n_head=H,
-            n_kv_head=rng.choice([g for g in (1, 2, 4) if H % g == 0]), ffn_hidden=rng.choice([32, 64]),
-            sequence_length=rng.choice([16, 32]), tie_embeddings=rng.choice([False, True]),
+            vocab_size=rng.choice([64, 256]),
+            n_layer=rng.choice([1, 2, 3]),
+            n_embd=H * hd,
+            n_head=H,
+            n_kv_head=rng.choice([g for g in (1, 2, 4) if H % g == 0]),
+            ffn_hidden=rng.choice([32, 64]),
+            sequence_length=rng.choice([16, 32]),
+            tie_embeddings=rng.choice([False, True]),
         )
         out.append((cfg, rng.choice([1, 2])))
     return out
@@ -38,7 +43,10 @@ CONFIGS = _configs()
 
 
 def test_configs_cover_the_axes():
-    assert len({c.n_layer for c, _ in CONFIGS}) > 1 and len({c.kv_heads < c.n_head for c, _ in CONFIGS}) == 2
+    assert (
+        len({c.n_layer for c, _ in CONFIGS}) > 1
+        and len({c.kv_heads < c.n_head for c, _ in CONFIGS}) == 2
+    )
     assert len({c.tie_embeddings for c, _ in CONFIGS}) == 2 and len({b for _, b in CONFIGS}) == 2
 
 
@@ -103,7 +111,10 @@ def test_traffic_classes_and_fused_paths_move_fewer_bytes():
     assert abs(sum(v for k, v in fused.items() if k != "total") - fused["total"]) < 1
     assert fused["total"] < torch_path["total"]
     assert fused["norm"] < costs.memory_traffic(cfg, 8, dtype="bfloat16")["norm"]
-    assert costs.memory_traffic(cfg, 8, average="ema")["optimizer"] > costs.memory_traffic(cfg, 8)["optimizer"]
+    assert (
+        costs.memory_traffic(cfg, 8, average="ema")["optimizer"]
+        > costs.memory_traffic(cfg, 8)["optimizer"]
+    )
 
 
 def test_other_conventions():
@@ -115,7 +126,9 @@ def test_other_conventions():
     assert f["porian"] == 6 * (ne + cfg.vocab_size * cfg.n_embd)
     assert f["palm"] == 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.sequence_length
     # spec/seeds.md §1.9: 210M (vocab 50257 there) is ~1.597e9 FLOPs/token under the App. F count.
-    assert abs(costs.flops_per_token(cfg.replace(vocab_size=50257))["chinchilla"] / 1.597e9 - 1) < 0.01
+    assert (
+        abs(costs.flops_per_token(cfg.replace(vocab_size=50257))["chinchilla"] / 1.597e9 - 1) < 0.01
+    )
     assert costs.train_flops(cfg, 4)["exact"] == 4 * costs.train_flops(cfg, 1)["exact"]
 
 
@@ -132,14 +145,26 @@ def test_vectorized_agrees_with_scalar():
     cfgs = [c for c, _ in CONFIGS] + [PRESETS["360M"]]
     B = np.arange(1, len(cfgs) + 1)
     arr = lambda f: np.array([f(c) for c in cfgs])  # noqa: E731
-    out = costs.vectorized(arr(lambda c: c.vocab_size), arr(lambda c: c.n_layer), arr(lambda c: c.n_embd),
-                           arr(lambda c: c.n_head), arr(lambda c: c.kv_heads), arr(lambda c: c.hidden),
-                           arr(lambda c: c.sequence_length), B, arr(lambda c: int(c.tie_embeddings)),
-                           dtype="bfloat16", kernels="triton", attention="flash")
+    out = costs.vectorized(
+        arr(lambda c: c.vocab_size),
+        arr(lambda c: c.n_layer),
+        arr(lambda c: c.n_embd),
+        arr(lambda c: c.n_head),
+        arr(lambda c: c.kv_heads),
+        arr(lambda c: c.hidden),
+        arr(lambda c: c.sequence_length),
+        B,
+        arr(lambda c: int(c.tie_embeddings)),
+        dtype="bfloat16",
+        kernels="triton",
+        attention="flash",
+    )
     for i, c in enumerate(cfgs):
         assert out["params"][i] == costs.num_params(c)
         assert out["flops"][i] == costs.train_flops(c, int(B[i]))["exact"]
-        ref = costs.memory_traffic(c, int(B[i]), dtype="bfloat16", kernels="triton", attention="flash")["total"]
+        ref = costs.memory_traffic(
+            c, int(B[i]), dtype="bfloat16", kernels="triton", attention="flash"
+        )["total"]
         assert out["memory_traffic"][i] == pytest.approx(ref, rel=1e-12)
 
 

@@ -15,7 +15,9 @@ from model.transformer import Transformer
 
 
 def test_forward_shapes_and_loss():
-    cfg = ModelConfig(vocab_size=32, n_layer=1, n_embd=16, n_head=2, n_kv_head=1, ffn_hidden=32, sequence_length=8)
+    cfg = ModelConfig(
+        vocab_size=32, n_layer=1, n_embd=16, n_head=2, n_kv_head=1, ffn_hidden=32, sequence_length=8
+    )
     m = Transformer(cfg)
     x = torch.randint(0, 32, (3, 8))
     logits, loss = m(x)
@@ -27,8 +29,15 @@ def test_forward_shapes_and_loss():
 
 
 def test_tied_embeddings_share_storage_and_init_scale():
-    cfg = ModelConfig(vocab_size=32, n_layer=8, n_embd=32, n_head=2, ffn_hidden=64, sequence_length=8,
-                      tie_embeddings=True)
+    cfg = ModelConfig(
+        vocab_size=32,
+        n_layer=8,
+        n_embd=32,
+        n_head=2,
+        ffn_hidden=64,
+        sequence_length=8,
+        tie_embeddings=True,
+    )
     m = Transformer(cfg)
     assert m.lm_head.weight is m.wte.weight
     proj = torch.cat([b.attn.c_proj.weight.flatten() for b in m.blocks])
@@ -37,7 +46,9 @@ def test_tied_embeddings_share_storage_and_init_scale():
 
 def test_overfits_one_batch():
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=32, n_layer=1, n_embd=32, n_head=4, n_kv_head=2, ffn_hidden=64, sequence_length=8)
+    cfg = ModelConfig(
+        vocab_size=32, n_layer=1, n_embd=32, n_head=4, n_kv_head=2, ffn_hidden=64, sequence_length=8
+    )
     m = Transformer(cfg)
     x = torch.randint(0, 32, (2, 8))
     y = torch.randint(0, 32, (2, 8))
@@ -72,19 +83,24 @@ def test_backends_agree_under_interpreter():
         print("ok", err)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(n_embd=30, n_head=4), "divisible by n_head"),
-    (dict(n_embd=36, n_head=4), "even"),
-    (dict(n_head=4, n_kv_head=3), "n_kv_head"),
-    (dict(n_layer=0), "n_layer"),
-    (dict(kernels="cuda"), "kernels"),
-    (dict(attention="xformers"), "attention"),
-    (dict(norm_eps=0.0), "norm_eps"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(n_embd=30, n_head=4), "divisible by n_head"),
+        (dict(n_embd=36, n_head=4), "even"),
+        (dict(n_head=4, n_kv_head=3), "n_kv_head"),
+        (dict(n_layer=0), "n_layer"),
+        (dict(kernels="cuda"), "kernels"),
+        (dict(attention="xformers"), "attention"),
+        (dict(norm_eps=0.0), "norm_eps"),
+    ],
+)
 def test_bad_configs(kw, needle):
     with pytest.raises(ConfigError) as e:
         ModelConfig(**kw)

@@ -17,11 +17,13 @@ from timemodel.cli import main
 
 def _synthetic_times(n: int = 60, noise: float = 0.02, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame({
-        "params": rng.uniform(1e6, 5e8, n),
-        "flops_per_step": rng.uniform(1e12, 1e15, n),
-        "memory_traffic": rng.uniform(1e9, 5e11, n),
-    })
+    df = pd.DataFrame(
+        {
+            "params": rng.uniform(1e6, 5e8, n),
+            "flops_per_step": rng.uniform(1e12, 1e15, n),
+            "memory_traffic": rng.uniform(1e9, 5e11, n),
+        }
+    )
     true = {"c0": 0.01, "params": 2e-10, "flops_per_step": 1.5e-15, "memory_traffic": 4e-12}
     t = true["c0"] + sum(true[f] * df[f] for f in tfit.FEATURES)
     df["step_ms_median"] = t * (1 + noise * rng.standard_normal(n)) * 1e3
@@ -95,8 +97,21 @@ def test_no_torch_import():
 def test_epoch_replication(tmp_path, capsys):
     """Epoch's exact replication on the digitised Chinchilla points (spec/seeds.md §4.2)."""
     out = tmp_path / "law.json"
-    rc = main(["fit-loss", "/work/shared/data/chinchilla/epoch_svg_extracted_data.csv", "--out", str(out),
-               "--params-col", "Model Size", "--tokens-from-flops", "--drop-highest", "5", "--max-starts", "2"])
+    rc = main(
+        [
+            "fit-loss",
+            "/work/shared/data/chinchilla/epoch_svg_extracted_data.csv",
+            "--out",
+            str(out),
+            "--params-col",
+            "Model Size",
+            "--tokens-from-flops",
+            "--drop-highest",
+            "5",
+            "--max-starts",
+            "2",
+        ]
+    )
     assert rc == 0
     law = json.loads(out.read_text())
     assert law["n"] == 240

@@ -1,6 +1,5 @@
 """Bad input: one `error: ...` line on stderr and exit code 2, never a traceback."""
 
-import os
 import subprocess
 import sys
 
@@ -8,8 +7,19 @@ import pytest
 
 from train.cli import main
 
-BASE = ["--preset", "tiny", "--iterations", "3", "--warmup-steps", "1", "--batch-size", "2",
-        "--acc-steps", "1", "--no-progress"]
+BASE = [
+    "--preset",
+    "tiny",
+    "--iterations",
+    "3",
+    "--warmup-steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--acc-steps",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.mark.parametrize(
@@ -44,14 +54,27 @@ def test_corrupt_checkpoint(tmp_path, capsys):
 def test_subprocess_no_traceback(tmp_path):
     # the real entry path: a fresh interpreter, as a user runs it
     r = subprocess.run(
-        [sys.executable, "-m", "train", *BASE, "--out", str(tmp_path / "r"),
-         "--scheduler", "wsd", "--decay-type", "exp"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "train",
+            *BASE,
+            "--out",
+            str(tmp_path / "r"),
+            "--scheduler",
+            "wsd",
+            "--decay-type",
+            "exp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    h = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True, text=True,
-                       timeout=120)
+    h = subprocess.run(
+        [sys.executable, "-m", "train", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert h.returncode == 0
     assert "--wsd-fract-decay" in h.stdout and "--cooldown-targets" in h.stdout

@@ -10,9 +10,25 @@ import torch
 
 from train.cli import main
 
-TINY = ["--preset", "tiny", "--batch-size", "4", "--acc-steps", "2", "--warmup-steps", "3",
-        "--lr", "3e-3",
-        "--eval-batches", "2", "--eval-interval", "10", "--log-interval", "5", "--no-progress"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--batch-size",
+    "4",
+    "--acc-steps",
+    "2",
+    "--warmup-steps",
+    "3",
+    "--lr",
+    "3e-3",
+    "--eval-batches",
+    "2",
+    "--eval-interval",
+    "10",
+    "--log-interval",
+    "5",
+    "--no-progress",
+]
 
 
 def _losses(run_dir):
@@ -42,8 +58,19 @@ def _assert_same_state(a, b):
 
 def test_resume_is_bitwise(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    common = TINY + ["--scheduler", "cos", "--iterations", "20", "--latest-ckpt-interval", "10",
-                     "--weight-average", "--wa-interval", "2", "--wa-horizon", "4"]
+    common = TINY + [
+        "--scheduler",
+        "cos",
+        "--iterations",
+        "20",
+        "--latest-ckpt-interval",
+        "10",
+        "--weight-average",
+        "--wa-interval",
+        "2",
+        "--wa-horizon",
+        "4",
+    ]
     assert main(common + ["--out", a, "--permanent-ckpt-interval", "10"]) == 0
     assert os.path.isfile(os.path.join(a, "ckpts", "10", "ckpt.pt"))
     assert main(["--resume-from", os.path.join(a, "ckpts", "10"), "--out", b]) == 0
@@ -59,11 +86,26 @@ def test_resume_is_bitwise(tmp_path):
 def test_cooldown_branch_equals_straight_wsd(tmp_path, capsys):
     straight, stable = str(tmp_path / "straight"), str(tmp_path / "stable")
     wsd = ["--iterations", "20", "--wsd-fract-decay", "0.4", "--decay-type", "sqrt"]
-    assert main(TINY + ["--scheduler", "wsd", *wsd, "--out", straight, "--latest-ckpt-interval",
-                        "20"]) == 0
-    assert main(TINY + ["--scheduler", "constant", "--iterations", "30",
-                        "--permanent-ckpt-interval", "12",
-                        "--out", stable]) == 0
+    assert (
+        main(TINY + ["--scheduler", "wsd", *wsd, "--out", straight, "--latest-ckpt-interval", "20"])
+        == 0
+    )
+    assert (
+        main(
+            TINY
+            + [
+                "--scheduler",
+                "constant",
+                "--iterations",
+                "30",
+                "--permanent-ckpt-interval",
+                "12",
+                "--out",
+                stable,
+            ]
+        )
+        == 0
+    )
     before = sorted(os.listdir(stable))
     ck = os.path.join(stable, "ckpts", "12")
     assert main(["--cooldown-from", ck, *wsd, "--latest-ckpt-interval", "20"]) == 0
@@ -71,8 +113,9 @@ def test_cooldown_branch_equals_straight_wsd(tmp_path, capsys):
     assert sorted(os.listdir(stable)) == sorted(before + ["cooldown_20_sqrt_0.4"])  # untouched
     ls, lb = _losses(straight), _losses(branch)
     assert sorted(lb) == list(range(13, 21)) and all(ls[s] == lb[s] for s in lb)
-    _assert_same_state(_state(os.path.join(straight, "latest")), _state(os.path.join(branch,
-                                                                                     "latest")))
+    _assert_same_state(
+        _state(os.path.join(straight, "latest")), _state(os.path.join(branch, "latest"))
+    )
     # a checkpoint at the wrong step for these boundaries is refused in one line
     capsys.readouterr()
     assert main(["--cooldown-from", ck, "--iterations", "30", "--wsd-fract-decay", "0.2"]) == 2
@@ -82,9 +125,25 @@ def test_cooldown_branch_equals_straight_wsd(tmp_path, capsys):
 
 def test_cooldown_targets_recipe(tmp_path, capsys):
     out = str(tmp_path / "recipe")
-    args = TINY + ["--scheduler", "wsd", "--wsd-fract-decay", "0.2", "--decay-type", "sqrt",
-                   "--cooldown-targets", "10,20", "--iterations", "20", "--out", out,
-                   "--exponential-moving-average", "--ema-interval", "1", "--ema-decay", "0.9"]
+    args = TINY + [
+        "--scheduler",
+        "wsd",
+        "--wsd-fract-decay",
+        "0.2",
+        "--decay-type",
+        "sqrt",
+        "--cooldown-targets",
+        "10,20",
+        "--iterations",
+        "20",
+        "--out",
+        out,
+        "--exponential-moving-average",
+        "--ema-interval",
+        "1",
+        "--ema-decay",
+        "0.9",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "saved" in printed
@@ -102,8 +161,24 @@ def test_cooldown_targets_recipe(tmp_path, capsys):
     assert rows[0]["avg_kind"] == "ema" and float(rows[0]["val_loss_avg"]) > 0
     # the 20-step branch replays a straight WSD run exactly
     straight = str(tmp_path / "straight")
-    assert main(TINY + ["--scheduler", "wsd", "--wsd-fract-decay", "0.2", "--decay-type", "sqrt",
-                        "--iterations", "20", "--out", straight]) == 0
+    assert (
+        main(
+            TINY
+            + [
+                "--scheduler",
+                "wsd",
+                "--wsd-fract-decay",
+                "0.2",
+                "--decay-type",
+                "sqrt",
+                "--iterations",
+                "20",
+                "--out",
+                straight,
+            ]
+        )
+        == 0
+    )
     s1 = json.load(open(os.path.join(straight, "summary.json")))
     s2 = json.load(open(os.path.join(out, "cooldown_20", "summary.json")))
     assert s1["val_loss"] == s2["val_loss"]
@@ -114,11 +189,31 @@ def test_cooldown_targets_recipe(tmp_path, capsys):
 
 def test_outputs_logs_and_averages(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert main(TINY + ["--scheduler", "wsd", "--iterations", "16", "--out", out,
-                        "--weight-average",
-                        "--wa-interval", "2", "--wa-horizon", "4", "--wa-sweep-horizon",
-                        "--max-num-wa-sweeps", "3", "--wa-save-windows",
-                        "--eval-interval", "8"]) == 0
+    assert (
+        main(
+            TINY
+            + [
+                "--scheduler",
+                "wsd",
+                "--iterations",
+                "16",
+                "--out",
+                out,
+                "--weight-average",
+                "--wa-interval",
+                "2",
+                "--wa-horizon",
+                "4",
+                "--wa-sweep-horizon",
+                "--max-num-wa-sweeps",
+                "3",
+                "--wa-save-windows",
+                "--eval-interval",
+                "8",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: --wa-save-windows writes 4 window file(s)" in err
     line = [ln for ln in err.splitlines() if ln.startswith("step 15/16")][0]
@@ -127,13 +222,24 @@ def test_outputs_logs_and_averages(tmp_path, capsys):
     assert parts[3].endswith(" ms") and parts[4].endswith("tok/s") and parts[5] == "MFU n/a"
     recs = [json.loads(ln) for ln in open(os.path.join(out, "metrics.jsonl"))]
     train = [r for r in recs if r["kind"] == "train"]
-    assert len(train) == 16 and {"loss", "lr", "grad_norm", "step_ms", "tokens_per_s",
-                                 "mfu"} <= set(train[0])
+    assert len(train) == 16 and {
+        "loss",
+        "lr",
+        "grad_norm",
+        "step_ms",
+        "tokens_per_s",
+        "mfu",
+    } <= set(train[0])
     evals = [r for r in recs if r["kind"] == "eval"]
     assert [e["step"] for e in evals] == [8, 16]
     # 4 windows complete by step 16; sweep keeps the last 3
-    assert {"val_loss", "val_loss_swa", "val_loss_swa_k1", "val_loss_swa_k2",
-            "val_loss_swa_k3"} == set(evals[1]) - {"kind", "step"}
+    assert {
+        "val_loss",
+        "val_loss_swa",
+        "val_loss_swa_k1",
+        "val_loss_swa_k2",
+        "val_loss_swa_k3",
+    } == set(evals[1]) - {"kind", "step"}
     assert evals[1]["val_loss_swa"] == evals[1]["val_loss_swa_k1"]
     assert sorted(os.listdir(os.path.join(out, "avgs"))) == ["12.pt", "16.pt", "4.pt", "8.pt"]
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -142,10 +248,36 @@ def test_outputs_logs_and_averages(tmp_path, capsys):
 
 def test_tiny_demo_loss_falls(tmp_path):
     out = str(tmp_path / "demo")
-    assert main(["--preset", "tiny", "--scheduler", "wsd", "--iterations", "150",
-                 "--warmup-steps", "15",
-                 "--lr", "3e-3", "--batch-size", "16", "--acc-steps", "1", "--eval-interval", "0",
-                 "--eval-batches", "4", "--out", out, "--no-progress", "--log-interval", "0"]) == 0
+    assert (
+        main(
+            [
+                "--preset",
+                "tiny",
+                "--scheduler",
+                "wsd",
+                "--iterations",
+                "150",
+                "--warmup-steps",
+                "15",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "16",
+                "--acc-steps",
+                "1",
+                "--eval-interval",
+                "0",
+                "--eval-batches",
+                "4",
+                "--out",
+                out,
+                "--no-progress",
+                "--log-interval",
+                "0",
+            ]
+        )
+        == 0
+    )
     losses = _losses(out)
     assert losses[1] > 5.0 and sum(losses[s] for s in range(141, 151)) / 10 < 3.2
 
@@ -161,8 +293,16 @@ def test_window_average_runs_through_the_fused_optimizer():
 
     torch.manual_seed(0)
     model = Transformer(PRESETS["tiny"])
-    opt = build_optimizer(model, lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95,
-                          average="swa", wa_interval=2, wa_horizon=4)
+    opt = build_optimizer(
+        model,
+        lr=1e-2,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        average="swa",
+        wa_interval=2,
+        wa_horizon=4,
+    )
     avg = WeightAverager(model, swa=True, interval=2, horizon=4, max_windows=2, optimizer=opt)
     assert avg.swa_fused and avg.window == []  # nothing kept outside the optimizer
     idx = torch.randint(0, 256, (2, 16))

@@ -78,8 +78,14 @@ def test_one_cycle_matches_torch(strategy, warmup):
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=iters, pct_start=warmup / iters, anneal_strategy=strategy,
-        cycle_momentum=False, div_factor=1e2, final_div_factor=0.1,
+        opt,
+        max_lr=lr,
+        total_steps=iters,
+        pct_start=warmup / iters,
+        anneal_strategy=strategy,
+        cycle_momentum=False,
+        div_factor=1e2,
+        final_div_factor=0.1,
     )
     for t in range(iters):
         got = lr_factor(t, scheduler=strategy, iterations=iters, warmup_steps=warmup)
@@ -107,8 +113,9 @@ def test_cos_inf_and_constant():
     assert lr_factor(10, **kw) == pytest.approx(1.0)
     assert lr_factor(50, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lr_factor(90, **kw) == pytest.approx(0.1) and lr_factor(109, **kw) == pytest.approx(0.1)
-    assert lr_factor(5, scheduler="constant", iterations=50,
-                     warmup_steps=10) == pytest.approx(0.505)
+    assert lr_factor(5, scheduler="constant", iterations=50, warmup_steps=10) == pytest.approx(
+        0.505
+    )
     assert lr_factor(49, scheduler="constant", iterations=50, warmup_steps=10) == 1.0
 
 
@@ -119,9 +126,21 @@ def test_fraction_outside_unit_interval(f):
 
 
 def test_print_schedule_csv(capsys):
-    rc = main(["--print-schedule", "--scheduler", "wsd", "--iterations", "10", "--warmup-steps",
-               "2",
-               "--wsd-fract-decay", "0.4", "--decay-type", "sqrt"])
+    rc = main(
+        [
+            "--print-schedule",
+            "--scheduler",
+            "wsd",
+            "--iterations",
+            "10",
+            "--warmup-steps",
+            "2",
+            "--wsd-fract-decay",
+            "0.4",
+            "--decay-type",
+            "sqrt",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "step,lr_factor" and len(lines) == 12
@@ -133,13 +152,27 @@ def test_print_schedule_csv(capsys):
 
 def test_print_schedule_warmup_tokens_params(capsys):
     # tiny preset: warmup steps = ceil(params / (batch * acc * seq)); > 1 so the warmup shows
-    rc = main(["--print-schedule", "--scheduler", "constant", "--iterations", "400", "--preset",
-               "tiny",
-               "--batch-size", "8", "--acc-steps", "1", "--warmup-tokens", "params"])
+    rc = main(
+        [
+            "--print-schedule",
+            "--scheduler",
+            "constant",
+            "--iterations",
+            "400",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "8",
+            "--acc-steps",
+            "1",
+            "--warmup-tokens",
+            "params",
+        ]
+    )
     assert rc == 0
     vals = [float(ln.split(",")[1]) for ln in capsys.readouterr().out.strip().splitlines()[1:]]
-    from train.loop import count_params
     from model.config import PRESETS
+    from train.loop import count_params
 
     w = math.ceil(count_params(PRESETS["tiny"]) / (8 * 64))
     assert vals[w - 1] < 1.0 and vals[w] == 1.0
