@@ -8,11 +8,14 @@ Field names follow the seed code's CLI flags (epfml/schedules-and-scaling, spec/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 KERNELS = ("torch", "triton")
 ATTENTIONS = ("sdpa", "flash")
@@ -206,3 +209,48 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Small stdlib helpers shared by every package (timemodel may import only this file and costs.py).
+
+
+def atomic_write(path: str, data: str | bytes | Callable[[Any], None]) -> None:
+    """Write `path` all-or-nothing: a temp file beside it, fsync, then `os.replace`.
+
+    `data` is text, bytes, or a callable that writes into the open binary file (e.g. torch.save).
+    On any failure the temp file is removed and the old `path` is left untouched; an OSError becomes
+    a one-line UserError naming the path (a full disk, a read-only folder, a file where a folder
+    should be).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            why = e.strerror or str(e).splitlines()[0]
+            raise UserError(f"cannot write {path}: {why}") from None
+        if isinstance(e, RuntimeError) and "inline_container" in str(e):  # torch.save's disk error
+            raise UserError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
+        raise
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The q-quantile (q in [0, 1]) with linear interpolation (numpy's default); NaN if empty."""
+    s = sorted(xs)
+    if not s:
+        return math.nan
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
