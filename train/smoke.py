@@ -1,0 +1,69 @@
+"""`STEPTIME_SMOKE=1`: run any documented command at CPU-smoke size, unchanged on the command line.
+
+The README's H100 commands (124M models, 5-minute sweeps, 15000 steps) cannot run in CI, yet every
+shell block of the README must be shown to work (tests/test_readme.py runs them all). With
+STEPTIME_SMOKE=1 in the environment, `train` and `bench sweep` keep every flag's meaning but shrink
+sizes: at most 2 layers of width 64, 64-token sequences, batches of 4, 40 steps, 1-second budgets
+and 2 configs per sweep. Nothing else reads the variable, and it is off by default.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+SMOKE_LIMITS = {
+    "n_layer": 2,
+    "n_embd": 64,
+    "n_head": 2,
+    "sequence_length": 64,
+    "batch_size": 4,
+    "acc_steps": 1,
+    "eval_batches": 2,
+}
+SMOKE_ITERATIONS = 40
+SMOKE_MINUTES = 1.0 / 60
+SMOKE_CONFIGS = 2
+
+
+def enabled() -> bool:
+    return os.environ.get("STEPTIME_SMOKE", "") not in ("", "0")
+
+
+def scale_train(flat: dict[str, Any]) -> dict[str, Any]:
+    """Shrink a flat training-settings dict (TrainConfig.from_flat form) in smoke mode."""
+    if not enabled():
+        return flat
+    out = dict(flat)
+    if out.get("preset") not in (None, "tiny"):
+        out["preset"] = "tiny"
+    for k, cap in SMOKE_LIMITS.items():  # unset sizes would mean the seed's 24 x 768 model
+        out[k] = cap if out.get(k) is None else min(int(out[k]), cap)
+    out["n_head"] = SMOKE_LIMITS["n_head"]
+    if out.get("iterations") is not None:
+        out["iterations"] = min(int(out["iterations"]), SMOKE_ITERATIONS)
+    if out.get("minutes") is not None:
+        out["minutes"] = min(float(out["minutes"]), SMOKE_MINUTES)
+    out["dtype"] = out.get("dtype") if out.get("dtype") != "float16" else "bfloat16"
+    return out
+
+
+def scale_grid(lists: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Shrink a sweep's {flag: [values]} grid: values capped, at most SMOKE_CONFIGS configs."""
+    if not enabled():
+        return lists
+    out: dict[str, list[str]] = {}
+    budget = SMOKE_CONFIGS
+    for k, values in lists.items():
+        cap = SMOKE_LIMITS.get(k)
+        vals = [str(min(int(float(v)), cap)) for v in values] if cap else list(values)
+        vals = list(dict.fromkeys(vals))[: max(1, budget)]
+        budget = max(1, budget // len(vals))
+        out[k] = vals
+    if "n_embd" in out or "n_head" in out:
+        out["n_head"] = ["2"]
+    return out
+
+
+def scale_minutes(minutes: float) -> float:
+    return min(minutes, SMOKE_MINUTES) if enabled() else minutes
