@@ -1,56 +1,68 @@
 """Sweep grids: comma lists -> Cartesian product of configs, validated up front, sharded.
 
 A grid row is one benchmark point: every `ModelConfig` field plus the run settings
-(`batch_size, acc_steps, dtype, compile, device, lr`). Rows are validated with `ModelConfig`
-before any process starts, so a bad config becomes a "skipped" row with its reason instead of
-a crashed worker. `config_id` is a stable hash of config + settings (resume/shard/merge key).
+(`batch_size, acc_steps, dtype, compile, device, lr`). Value types come from the dataclass fields
+of `ModelConfig` and `train.config.TrainConfig`, so a field added there is a grid key here with
+no second copy of its type. Rows are validated with `ModelConfig` before any process starts, so a
+bad config becomes a "skipped" row with its reason instead of a crashed worker. `config_id` is a
+stable hash of config + settings (the resume/shard/merge key).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 
-from model.config import PRESETS, ConfigError, ModelConfig, field_names
+from model.config import PRESETS, ModelConfig, UserError, field_names
+from train import config as tconfig
 
-
-class GridError(ValueError):
-    """A grid that cannot be run at all; the message is one line for the user."""
-
-
-# Settings that are not ModelConfig fields, with their type and default.
-SETTINGS: dict[str, tuple[type, object]] = {
-    "batch_size": (int, 16),
-    "acc_steps": (int, 1),
-    "dtype": (str, "float32"),
-    "compile": (bool, False),
-    "device": (str, "cpu"),
-    "lr": (float, 1e-3),
+# Run settings that are not ModelConfig fields; their types and docs come from TrainConfig. The
+# defaults are the sweep's own: a small micro-batch, one micro-step, whatever device is here.
+SETTING_DEFAULTS: dict[str, object] = {
+    "batch_size": 16,
+    "acc_steps": 1,
+    "dtype": tconfig.field_default("dtype"),
+    "compile": False,
+    "device": "auto",
+    "lr": tconfig.field_default("lr"),
 }
+SETTINGS = tuple(SETTING_DEFAULTS)
 DTYPES = ("float32", "bfloat16", "float16")
+# The sweep resolves "auto" per machine (triton on CUDA, torch on CPU) and records what ran.
+KERNEL_CHOICES = ("auto", "torch", "triton")
 # Hidden per-row key for tests: make a worker fail on purpose ("error", "hang", "oom").
 INJECT_KEY = "inject"
 INJECTIONS = ("error", "hang", "oom")
+DEFAULT_MAX_CONFIGS = 10_000
 
-_FIELD_TYPES: dict[str, type] = {
-    "vocab_size": int,
-    "n_layer": int,
-    "n_embd": int,
-    "n_head": int,
-    "n_kv_head": int,
-    "ffn_hidden": int,
-    "multiple_of": int,
-    "sequence_length": int,
-    "tie_embeddings": bool,
-    "norm_eps": float,
-    "rope_theta": float,
-    "init_std": float,
-    "kernels": str,
-    "attention": str,
-}
+
+def _types() -> dict[str, tuple[type, bool]]:
+    """{key: (python type, nullable)} from the dataclass annotations (strings or types)."""
+    out: dict[str, tuple[type, bool]] = {}
+    fields = list(dataclasses.fields(ModelConfig))
+    where = tconfig.field_index()
+    for name in SETTINGS:
+        cls = tconfig.SECTIONS[where[name]]
+        fields += [f for f in dataclasses.fields(cls) if f.name == name]
+    for f in fields:
+        text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        parts = [p.strip() for p in text.split("|")]
+        base = next(p for p in parts if p != "None")
+        out[f.name] = ({"int": int, "float": float, "bool": bool}.get(base, str), "None" in parts)
+    out[INJECT_KEY] = (str, True)
+    return out
+
+
+_TYPES = _types()
+
+
+def known_keys() -> list[str]:
+    return field_names() + list(SETTINGS) + [INJECT_KEY]
 
 
 def _parse_bool(text: str) -> bool:
@@ -64,19 +76,19 @@ def _parse_bool(text: str) -> bool:
 
 def parse_value(name: str, text: object) -> object:
     """Convert one grid value (a string from the CLI/CSV, or a JSON value) to the field's type."""
-    typ = _FIELD_TYPES.get(name) or SETTINGS.get(name, (str, None))[0]
-    if name == INJECT_KEY:
-        typ = str
+    if name not in _TYPES:
+        raise UserError(f"unknown grid key {name!r}")
+    typ, nullable = _TYPES[name]
     if text is None or (isinstance(text, str) and text.strip().lower() in ("", "none", "null")):
-        if name in ("n_kv_head", "ffn_hidden", INJECT_KEY):
+        if nullable:
             return None
-        raise GridError(f"{name}: a value is required")
+        raise UserError(f"{name}: a value is required")
     try:
         if typ is bool:
             return text if isinstance(text, bool) else _parse_bool(str(text))
+        if isinstance(text, (bool, list, dict)):
+            raise ValueError(text)
         if typ is int:
-            if isinstance(text, bool):
-                raise ValueError(text)
             if isinstance(text, float):
                 if not text.is_integer():
                     raise ValueError(text)
@@ -85,21 +97,48 @@ def parse_value(name: str, text: object) -> object:
         if typ is float:
             return float(str(text).strip())
         return str(text).strip()
-    except ValueError:
-        raise GridError(f"{name}: cannot read {text!r} as {typ.__name__}") from None
+    except (ValueError, OverflowError):
+        raise UserError(f"{name}: cannot read {text!r} as {typ.__name__}") from None
 
 
-def known_keys() -> list[str]:
-    return field_names() + list(SETTINGS) + [INJECT_KEY]
+def base_row(preset: str | None = None) -> dict:
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    cfg = PRESETS[preset] if preset else ModelConfig()
+    row = cfg.to_dict()
+    row["kernels"] = "auto"
+    row.update(SETTING_DEFAULTS)
+    return row
 
 
-def expand(lists: dict[str, list[str]], preset: str | None = None) -> list[dict]:
-    """Cartesian product of comma-list values over a base (a preset or ModelConfig defaults)."""
+def grid_size(lists: dict[str, list[str]]) -> int:
+    """Number of configs the lists expand to, without expanding them."""
+    return math.prod(len(v) for v in lists.values())
+
+
+def check_size(n: int, max_configs: int, what: str = "the grid") -> None:
+    if n > max_configs:
+        raise UserError(
+            f"{what} has {n} configs, more than --max-configs {max_configs}: shrink it or raise "
+            "--max-configs"
+        )
+
+
+def expand(
+    lists: dict[str, list[str]],
+    preset: str | None = None,
+    max_configs: int = DEFAULT_MAX_CONFIGS,
+) -> list[dict]:
+    """Cartesian product of comma-list values over a base (a preset or ModelConfig defaults).
+
+    The size is checked against `max_configs` before anything is expanded.
+    """
     for name, values in lists.items():
         if name not in known_keys():
-            raise GridError(f"unknown grid key {name!r}")
+            raise UserError(f"unknown grid key {name!r}")
         if not values:
-            raise GridError(f"{name}: empty value list")
+            raise UserError(f"{name}: empty value list")
+    check_size(grid_size(lists), max_configs)
     base = base_row(preset)
     names = list(lists)
     parsed = [[parse_value(n, v) for v in lists[n]] for n in names]
@@ -111,64 +150,89 @@ def expand(lists: dict[str, list[str]], preset: str | None = None) -> list[dict]
     return rows
 
 
-def base_row(preset: str | None = None) -> dict:
-    if preset is not None and preset not in PRESETS:
-        raise GridError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    cfg = PRESETS[preset] if preset else ModelConfig()
-    row = cfg.to_dict()
-    row.update({k: d for k, (_, d) in SETTINGS.items()})
-    return row
-
-
-def read_grid_file(path: str, preset: str | None = None) -> list[dict]:
+def read_grid_file(
+    path: str, preset: str | None = None, max_configs: int = DEFAULT_MAX_CONFIGS
+) -> list[dict]:
     """Rows from a JSON list of objects or a CSV with a header; missing keys use the base."""
     if not os.path.isfile(path):
-        raise GridError(f"grid file not found: {path}")
+        raise UserError(f"grid file not found: {path}")
     try:
-        if path.endswith(".json"):
-            with open(path) as fh:
-                raw = json.load(fh)
-            if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-                raise GridError(f"{path}: expected a JSON list of objects")
-        else:
-            with open(path, newline="") as fh:
-                raw = list(csv.DictReader(fh))
-    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as e:
-        raise GridError(f"{path}: cannot parse grid file ({e})") from None
+        raw = _read_json_grid(path) if path.endswith(".json") else _read_csv_grid(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: cannot parse grid file ({e})") from None
+    check_size(len(raw), max_configs, f"grid file {path}")
     base = base_row(preset)
     rows = []
-    for r in raw:
+    for n, r in enumerate(raw, 1):
         unknown = sorted(set(r) - set(known_keys()))
         if unknown:
-            raise GridError(f"{path}: unknown grid key(s) {', '.join(unknown)}")
+            raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)} (row {n})")
         row = dict(base)
         row.update({k: parse_value(k, v) for k, v in r.items()})
         rows.append(row)
     return rows
 
 
+def _read_json_grid(path: str) -> list[dict]:
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: cannot parse grid file ({e})") from None
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise UserError(f"{path}: expected a JSON list of objects")
+    return raw
+
+
+def _read_csv_grid(path: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            for r in reader:
+                if None in r:  # csv puts extra values under the key None
+                    raise UserError(
+                        f"{path} line {reader.line_num}: more values than header columns "
+                        f"({', '.join(reader.fieldnames or [])}); add a header name for each column"
+                    )
+                rows.append(r)
+    except csv.Error as e:
+        raise UserError(f"{path}: cannot parse grid file ({e})") from None
+    return rows
+
+
 def config_id(row: dict) -> str:
     """Stable 12-hex hash of the config and settings (the injection key is part of it)."""
-    keys = field_names() + list(SETTINGS) + [INJECT_KEY]
-    payload = json.dumps({k: row.get(k) for k in keys}, sort_keys=True, default=str)
+    payload = json.dumps({k: row.get(k) for k in known_keys()}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def model_config(row: dict, kernels: str | None = None) -> ModelConfig:
+    """The row's ModelConfig; `kernels` replaces the row's value (e.g. "auto" once resolved)."""
+    d = {k: row[k] for k in field_names()}
+    if kernels is not None or d["kernels"] == "auto":
+        d["kernels"] = kernels or "torch"
+    return ModelConfig.from_dict(d)
 
 
 def validate(row: dict) -> str | None:
     """None if the row can run, else a one-line reason."""
+    if row.get("kernels") not in KERNEL_CHOICES:
+        return f"kernels must be one of {KERNEL_CHOICES}, got {row.get('kernels')!r}"
     try:
-        ModelConfig.from_dict({k: row[k] for k in field_names()})
-    except ConfigError as e:
-        return str(e)
+        model_config(row)
+    except (UserError, TypeError) as e:
+        return str(e).splitlines()[0]
     for name in ("batch_size", "acc_steps"):
         if row[name] <= 0:
             return f"{name} must be a positive integer, got {row[name]}"
-    if not row["lr"] > 0:
-        return f"lr must be > 0, got {row['lr']}"
+    if not (math.isfinite(row["lr"]) and row["lr"] > 0):
+        return f"lr must be a finite number > 0, got {row['lr']}"
     if row["dtype"] not in DTYPES:
         return f"dtype must be one of {DTYPES}, got {row['dtype']!r}"
-    if row["device"] not in ("cpu", "cuda"):
-        return f"device must be cpu or cuda, got {row['device']!r}"
+    dev = row["device"]
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        return f"device must be auto, cpu, cuda or cuda:N, got {dev!r}"
     if row.get(INJECT_KEY) not in (None,) + INJECTIONS:
         return f"inject must be one of {INJECTIONS}, got {row[INJECT_KEY]!r}"
     return None
@@ -179,9 +243,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(p) for p in text.split("/"))
     except ValueError:
-        raise GridError(f"--shard must look like i/n, got {text!r}") from None
+        raise UserError(f"--shard must look like i/n, got {text!r}") from None
     if n <= 0 or not 0 <= i < n:
-        raise GridError(f"--shard needs 0 <= i < n, got {text!r}")
+        raise UserError(f"--shard needs 0 <= i < n, got {text!r}")
     return i, n
 
 

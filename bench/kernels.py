@@ -1,17 +1,21 @@
 """`bench kernels`: micro-benchmarks of RMSNorm, SwiGLU and AdamW(+averaging) against baselines.
 
 Providers: ours (`kernels`), the pure-torch reference eager and under `torch.compile`, Liger and
-apex when importable, and for AdamW `torch.optim.AdamW(fused=True)` + a separate averaging pass.
+apex when importable, and for AdamW `torch.optim.AdamW(fused=True)` + a separate SWA pass.
 Timing (GPU only): CUDA events around each rep, untimed warmup, L2 flushed before every rep by
 writing a 256 MB buffer, median/p20/p80. Bandwidth = bytes_moved() / median time, also shown as a
 percentage of the device copy bandwidth measured in the same run with a large `dst.copy_(src)`.
-Without a GPU this module says so and prints the AOT compile report (`kernels.aot`) instead.
+Without a GPU the command says so and prints the AOT compile report (`kernels.aot`) for the asked
+op and dtype instead, and writes it into --out (aot_report.md, aot_report.json).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import sys
 
 OPS = ("rmsnorm", "swiglu", "adamw")
 MODES = ("forward", "backward", "full")
@@ -22,29 +26,10 @@ DEFAULT_SHAPES = {
     "adamw": ["1000000", "16777216", "124000000"],
 }
 COLUMNS = (
-    "op",
-    "provider",
-    "mode",
-    "dtype",
-    "shape",
-    "numel",
-    "p20_ms",
-    "p50_ms",
-    "p80_ms",
-    "bytes",
-    "gbps",
-    "pct_copy_bw",
-    "copy_gbps",
-    "max_abs_err",
-    "status",
-    "message",
-    "gpu_name",
-    "torch",
-    "triton",
-    "cuda",
-    "git_sha",
-    "timestamp",
-)
+    "op", "provider", "mode", "dtype", "shape", "numel", "p20_ms", "p50_ms", "p80_ms", "bytes",
+    "gbps", "pct_copy_bw", "copy_gbps", "max_abs_err", "status", "message", "gpu_name", "torch",
+    "triton", "cuda", "git_sha", "timestamp",
+)  # fmt: skip
 
 
 def parse_shape(op: str, text: str) -> tuple[int, ...]:
@@ -142,17 +127,6 @@ def _fn(op: str, provider: str):
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def _percentiles(ms: list[float]) -> tuple[float, float, float]:
-    s = sorted(ms)
-
-    def q(p):
-        k = (len(s) - 1) * p
-        lo, hi = math.floor(k), math.ceil(k)
-        return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-    return q(0.2), q(0.5), q(0.8)
-
-
 def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float]:
     """p20/p50/p80 ms of fn() with CUDA events; the L2 is flushed (256 MB write) before each rep."""
     import torch
@@ -170,7 +144,9 @@ def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float
         b.record()
         torch.cuda.synchronize()
         ms.append(a.elapsed_time(b))
-    return _percentiles(ms)
+    from model.config import percentile
+
+    return percentile(ms, 0.2), percentile(ms, 0.5), percentile(ms, 0.8)
 
 
 def copy_bandwidth_gbps() -> float:
@@ -218,35 +194,60 @@ def _bench_adamw(provider, shape, average: bool):
 
     (n,) = shape
     p = torch.randn(n, device="cuda")
-    grad = torch.randn(n, device="cuda") * 1e-2
     param = torch.nn.Parameter(p.clone())
-    param.grad = grad.clone()
+    param.grad = torch.randn(n, device="cuda") * 1e-2
     avg = p.clone()
     if provider == "ours":
         from kernels import FusedAdamW
 
-        opt = FusedAdamW([param], lr=1e-3, average="ema" if average else None)
-        step = opt.step
-    elif provider == "torch_fused":
+        # swa_interval=1: every timed step moves the window mean, in the same pass as the update
+        opt = FusedAdamW([param], lr=1e-3, swa=average, swa_interval=1, swa_horizon=None)
+        return time_cuda(opt.step, reps=20, warmup=5), math.nan
+    if provider == "torch_fused":
         opt = torch.optim.AdamW([param], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-
-        def step():
-            opt.step()
-            if average:  # the separate averaging pass fused optimizers make you pay for
-                torch._foreach_lerp_([avg], [param.data], 1 - 0.999)
     elif provider == "apex":
         from apex.optimizers import FusedAdam
 
         opt = FusedAdam([param], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, adam_w_mode=True)
-
-        def step():
-            opt.step()
-            if average:
-                torch._foreach_lerp_([avg], [param.data], 1 - 0.999)
     else:
         raise ValueError(f"unknown provider {provider!r}")
+
+    def step():
+        opt.step()
+        if average:  # the separate averaging pass other optimizers make you pay for
+            torch._foreach_lerp_([avg], [param.data], 0.5)
+
     # No error column for AdamW: its numerics are covered by the kernel tests against adamw_ref.
     return time_cuda(step, reps=20, warmup=5), math.nan
+
+
+def _cases(ops: list[str], shapes: dict[str, list[str]]):
+    """(op, shape text, provider, mode, average) of every row to measure."""
+    for op in ops:
+        for shape_text in shapes[op]:
+            for provider in providers(op):
+                for mode in ("full",) if op == "adamw" else MODES:
+                    for average in (False, True) if op == "adamw" else (False,):
+                        yield op, shape_text, provider, mode, average
+
+
+def _measure(op, shape, provider, mode, average, tdtype, nbytes: int, copy: float) -> dict:
+    """Timing columns of one row; a failure becomes status 'oom'/'error' with a message."""
+    try:
+        if op == "adamw":
+            (p20, p50, p80), err = _bench_adamw(provider, shape, average)
+        else:
+            (p20, p50, p80), err = _bench_elementwise(op, provider, mode, shape, tdtype)
+    except Exception as e:  # noqa: BLE001  (one provider must not stop the run)
+        status = "oom" if "out of memory" in str(e) else "error"
+        message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        nan = math.nan
+        return dict(p20_ms=nan, p50_ms=nan, p80_ms=nan, bytes=nbytes, gbps=nan,
+                    pct_copy_bw=nan, max_abs_err=nan, status=status, message=message)  # fmt: skip
+    gbps = nbytes / (p50 * 1e-3) / 1e9
+    pct = 100 * gbps / copy
+    return dict(p20_ms=p20, p50_ms=p50, p80_ms=p80, bytes=nbytes, gbps=gbps,
+                pct_copy_bw=pct, max_abs_err=err, status="ok", message="")  # fmt: skip
 
 
 def run_kernels(
@@ -261,61 +262,27 @@ def run_kernels(
     copy = copy_bandwidth_gbps()
     log(f"device copy bandwidth: {copy:.0f} GB/s")
     rows = []
-    for op in ops:
-        for shape_text in shapes[op]:
-            shape = parse_shape(op, shape_text)
-            modes = ("full",) if op == "adamw" else MODES
-            for provider in providers(op):
-                for mode in modes:
-                    for average in (False, True) if op == "adamw" else (False,):
-                        row = {
-                            "op": op + ("+avg" if average else ""),
-                            "provider": provider,
-                            "mode": mode,
-                            "dtype": "fp32" if op == "adamw" else dtype,
-                            "shape": shape_text,
-                            "numel": math.prod(shape),
-                            "copy_gbps": copy,
-                            **env,
-                            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        }
-                        nbytes = bytes_moved(op, mode, shape, DTYPE_BYTES[row["dtype"]], average)
-                        try:
-                            if op == "adamw":
-                                (p20, p50, p80), err = _bench_adamw(provider, shape, average)
-                            else:
-                                (p20, p50, p80), err = _bench_elementwise(
-                                    op, provider, mode, shape, tdtype
-                                )
-                            gbps = nbytes / (p50 * 1e-3) / 1e9
-                            row.update(
-                                p20_ms=p20,
-                                p50_ms=p50,
-                                p80_ms=p80,
-                                bytes=nbytes,
-                                gbps=gbps,
-                                pct_copy_bw=100 * gbps / copy,
-                                max_abs_err=err,
-                                status="ok",
-                                message="",
-                            )
-                        except Exception as e:  # noqa: BLE001  (one provider must not stop the run)
-                            row.update(
-                                p20_ms=math.nan,
-                                p50_ms=math.nan,
-                                p80_ms=math.nan,
-                                bytes=nbytes,
-                                gbps=math.nan,
-                                pct_copy_bw=math.nan,
-                                max_abs_err=math.nan,
-                                status="oom" if "out of memory" in str(e) else "error",
-                                message=f"{type(e).__name__}: {e}".splitlines()[0][:300],
-                            )
-                        rows.append({c: row.get(c) for c in COLUMNS})
-                        log(
-                            f"{op:8s} {provider:14s} {mode:8s} {shape_text:>12s} "
-                            f"{row['p50_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}"
-                        )
+    for op, shape_text, provider, mode, average in _cases(ops, shapes):
+        shape = parse_shape(op, shape_text)
+        row_dtype = "fp32" if op == "adamw" else dtype
+        nbytes = bytes_moved(op, mode, shape, DTYPE_BYTES[row_dtype], average)
+        row = {
+            "op": op + ("+swa" if average else ""),
+            "provider": provider,
+            "mode": mode,
+            "dtype": row_dtype,
+            "shape": shape_text,
+            "numel": math.prod(shape),
+            "copy_gbps": copy,
+            **env,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        row.update(_measure(op, shape, provider, mode, average, tdtype, nbytes, copy))
+        rows.append({c: row.get(c) for c in COLUMNS})
+        log(
+            f"{op:8s} {provider:14s} {mode:8s} {shape_text:>12s} "
+            f"{row['p50_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}"
+        )
     return rows
 
 
@@ -334,3 +301,90 @@ def plot_kernels(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def add_parser(sub) -> None:
+    """The `bench kernels` subcommand (bench/cli.py calls this when it builds its parser)."""
+    k = sub.add_parser(
+        "kernels",
+        help="kernel micro-benchmarks (GPU; the AOT compile report otherwise)",
+        description=__doc__.splitlines()[0],
+    )
+    k.add_argument("--op", default="all", choices=[*OPS, "all"], help="kernel(s) to time")
+    k.add_argument(
+        "--dtype", default="bf16", choices=list(DTYPE_BYTES), help="RMSNorm/SwiGLU data type"
+    )
+    k.add_argument(
+        "--shapes", default=None, metavar="LIST", help="comma list: MxN (rmsnorm/swiglu) or N"
+    )
+    k.add_argument(
+        "--out", default=None, metavar="DIR", help="folder for the results (created if missing)"
+    )
+    k.add_argument(
+        "--arch", default="sm_90", choices=["sm_90", "sm_80"], help="AOT target without a GPU"
+    )
+    k.set_defaults(func=command)
+
+
+def command(a) -> int:
+    """`bench kernels`: time on a GPU; without one, the static report for --op and --dtype."""
+    import torch
+
+    from model.config import UserError
+
+    ops = list(OPS) if a.op == "all" else [a.op]
+    shapes = {op: list(DEFAULT_SHAPES[op]) for op in ops}
+    if a.shapes:
+        if len(ops) != 1:
+            raise UserError("--shapes needs a single --op")
+        shapes[ops[0]] = [s.strip() for s in a.shapes.split(",") if s.strip()]
+    for op in ops:
+        for s in shapes[op]:
+            try:
+                parse_shape(op, s)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+    if not torch.cuda.is_available():
+        return _static(a)
+    from .envinfo import env_info
+
+    env = env_info("cuda")
+    env = {k: env.get(k) for k in ("gpu_name", "torch", "triton", "cuda", "git_sha")}
+    rows = run_kernels(ops, a.dtype, shapes, env, log=lambda m: print(m, file=sys.stderr))
+    if a.out:
+        import io
+
+        import pandas as pd
+
+        from model.config import atomic_write
+
+        buf = io.StringIO()
+        pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(buf, index=False)
+        atomic_write(os.path.join(a.out, "kernels.csv"), buf.getvalue())
+        plot_kernels(rows, os.path.join(a.out, "kernels.png"))
+        print(f"wrote {os.path.join(a.out, 'kernels.csv')}", file=sys.stderr)
+    return 0
+
+
+def _static(a) -> int:
+    """No GPU: print (and with --out write) the AOT compile report of --op at --dtype."""
+    from kernels import aot
+    from model.config import atomic_write
+
+    from .gpu_report import static_markdown
+
+    print("no GPU here: kernel timings need CUDA; the AOT compile report instead", file=sys.stderr)
+    only = None if a.op == "all" else a.op
+    try:
+        rows = aot.report(a.arch, only, (a.dtype,))
+    except (ImportError, RuntimeError, OSError) as e:
+        print(f"error: the AOT report failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(aot.format_report(rows))
+    if a.out:
+        text = static_markdown(rows, "no CUDA device: timings need a GPU")
+        atomic_write(os.path.join(a.out, "aot_report.md"), text)
+        lines = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write(os.path.join(a.out, "aot_report.json"), lines)
+        print(f"wrote {os.path.join(a.out, 'aot_report.md')}", file=sys.stderr)
+    return 0

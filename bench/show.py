@@ -1,11 +1,12 @@
-"""`bench show DIR`: the results table, sorted/filtered with pandas."""
+"""`bench show DIR`: the results table, filtered (`bench.filters`) and sorted."""
 
 from __future__ import annotations
 
-import os
+from model.config import UserError
 
 DEFAULT_COLUMNS = [
     "config_id",
+    "repeat",
     "status",
     "n_layer",
     "n_embd",
@@ -14,9 +15,11 @@ DEFAULT_COLUMNS = [
     "sequence_length",
     "params",
     "step_ms_median",
+    "step_spread",
+    "host_ms",
     "tokens_per_s",
     "mfu",
-    "loss_end",
+    "val_loss",
     "timed_fraction",
     "message",
 ]
@@ -25,28 +28,38 @@ DEFAULT_COLUMNS = [
 def load_frame(out_dir: str):
     import pandas as pd
 
-    from .results import load_rows
+    from .results import has_results, load_rows
 
-    if not os.path.isfile(os.path.join(out_dir, "results.jsonl")):
-        raise FileNotFoundError(f"no results.jsonl in {out_dir}")
+    if not has_results(out_dir):
+        raise UserError(f"no bench results in {out_dir} (expected results.jsonl or rows/*.jsonl)")
     return pd.DataFrame(load_rows(out_dir))
 
 
 def format_table(
-    df, sort: str | None = None, query: str | None = None, columns: list[str] | None = None
+    df,
+    sort: str | None = None,
+    query: str | None = None,
+    columns: list[str] | None = None,
+    descending: bool = False,
 ) -> str:
-    """The table as text; raises ValueError with a one-line reason for a bad column or query."""
+    """The table as text. `sort` "-col" sorts descending, like `descending=True`.
+
+    Raises UserError with a one-line reason for a bad column or filter.
+    """
+    from .filters import apply
+
     if query:
-        try:
-            df = df.query(query)
-        except Exception as e:  # noqa: BLE001  (pandas raises many types for a bad expression)
-            raise ValueError(f"bad --filter {query!r}: {e}".splitlines()[0]) from None
+        df = apply(df, query)
+    if sort and sort.startswith("-"):
+        sort, descending = sort[1:], True
     cols = columns or [c for c in DEFAULT_COLUMNS if c in df.columns]
     missing = [c for c in cols + ([sort] if sort else []) if c not in df.columns]
     if missing:
-        raise ValueError(f"unknown column(s): {', '.join(missing)}")
+        raise UserError(f"unknown column(s): {', '.join(missing)} (see the columns of results.csv)")
     if sort:
-        df = df.sort_values(sort)
+        df = df.sort_values(sort, ascending=not descending, kind="stable", na_position="last")
     if df.empty:
         return "(no rows)"
-    return df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    table = df[cols]
+    table = table.where(table.notna(), float("nan"))  # JSON nulls print as NaN, not None
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -1,10 +1,15 @@
-"""Run a sweep: one subprocess per config, rows upserted atomically, resumable, shardable.
+"""Run a sweep: one worker process per config, rows appended safely, resumable, shardable.
 
 The parent never imports torch for the measurement itself: each config runs in
-`python -m bench.worker` with a wall-clock timeout, so a crash, OOM, NaN or hang becomes a row
-with that status and the sweep goes on. After every config the whole results dir is rewritten
-atomically; rerunning the same command skips configs whose config_id already has a final
-status, so a SIGKILLed sweep resumes with every config exactly once.
+`python -m bench.worker SPEC RESULT` (or under torchrun for multi-process configs) in its own
+process group with a wall-clock timeout, so a crash, OOM, NaN or hang becomes a row with that
+status and the sweep goes on; workers die with the sweep (see `bench.proc`). Rows go through
+`bench.results.append_row`, so shards and Slurm array tasks can share one folder. Rerunning the
+same command runs only the configs without a final row: `error`/`timeout` rows (failures of the
+harness) are retried, `oom`/`nan` rows only with `--retry oom,nan`.
+
+Public API (also used by `bench.executors`): `plan(rows, opts) -> specs`, `run_config(spec,
+out_dir) -> row`, `run_sweep(rows, opts) -> rows`.
 """
 
 from __future__ import annotations
@@ -12,108 +17,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
+import queue
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
 
-from model.config import ModelConfig, field_names
+from model.config import atomic_write
 
-from . import results
-from .grid import INJECT_KEY, config_id, in_shard, validate
+from . import drift, proc, results
+from .grid import config_id, in_shard, validate
+from .options import SweepOptions, measurement_settings, start_folder
+from .rowbuild import failure_row, finish_row, summary_line
 
-
-@dataclass
-class SweepOptions:
-    out_dir: str
-    minutes: float  # timed budget per config
-    timeout_factor: float = 3.0  # per-config timeout = factor * budget + grace
-    timeout_grace_s: float = 120.0  # process start, build, warmup, eval
-    shard: tuple[int, int] | None = None
-    gpus: list[str] = field(default_factory=list)
-    warmup_steps: int = 2
-    data: str | None = None
-    threads: int | None = None  # torch threads per worker; None = 1 on CPU, torch default on GPU
-    progress: bool = True
+# ---------------------------------------------------------------------------------- planning
 
 
-def static_columns(row: dict) -> dict:
-    """Columns known before running: params, flops_per_step (costs 'exact'), memory_traffic."""
-    from model import costs
-
-    cfg = ModelConfig.from_dict({k: row[k] for k in field_names()})
-    tokens_bs = row["batch_size"] * row["acc_steps"]
-    dtype = row["dtype"]
-    return {
-        "params": costs.num_params(cfg),
-        "flops_per_step": costs.train_flops(cfg, tokens_bs)["exact"],
-        "memory_traffic": costs.memory_traffic(cfg, tokens_bs, dtype=dtype)["total"],
-    }
-
-
-def _base_row(row: dict, cid: str, env: dict) -> dict:
-    out = {k: row[k] for k in field_names()}
-    out.update({k: row[k] for k in ("batch_size", "acc_steps", "dtype", "compile", "device", "lr")})
-    if row.get(INJECT_KEY) is not None:
-        out[INJECT_KEY] = row[INJECT_KEY]
-    out["config_id"] = cid
-    out.update(env)
-    return out
-
-
-MEASURED = (
-    "step_ms_median",
-    "step_ms_p10",
-    "step_ms_p90",
-    "step_ms_mean",
-    "step_ms_std",
-    "tokens_per_s",
-    "mfu",
-    "peak_mem_mb",
-    "loss_start",
-    "loss_end",
-    "val_loss",
-    "steps_timed",
-    "timed_s",
-    "timed_fraction",
-    "overhead_s",
-    "wall_s",
-    "threads",
-    "loss_curve",
-)
-
-
-def finish_row(base: dict, static: dict, measured: dict) -> dict:
-    from .telemetry import COLUMNS
-
-    row = dict(base)
-    row.update(static)
-    for c in MEASURED + COLUMNS:
-        row[c] = measured.get(c, math.nan)
-    row["status"] = measured.get("status", "error")
-    row["message"] = measured.get("message", "")
-    row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return row
-
-
-@dataclass
-class _Job:
-    row: dict
-    cid: str
-    base: dict
-    static: dict
-    proc: subprocess.Popen
-    result_path: str
-    started: float
-    timeout_s: float
-    gpu: str | None
-
-
-def plan(
-    rows: list[dict], opts: SweepOptions
-) -> tuple[list[tuple[dict, str]], list[tuple[dict, str, str]]]:
-    """(runnable [(row, id)], skipped [(row, id, reason)]) within this shard, deduplicated."""
-    runnable, skipped, seen = [], [], set()
+def prepare(rows: list[dict], opts: SweepOptions) -> tuple[list[tuple[dict, str]], list]:
+    """(valid [(row, id)], invalid [(row, id, reason)]) within this shard, deduplicated."""
+    valid, invalid, seen = [], [], set()
     for r in rows:
         cid = config_id(r)
         if cid in seen or (opts.shard and not in_shard(cid, opts.shard)):
@@ -121,125 +42,115 @@ def plan(
         seen.add(cid)
         reason = validate(r)
         if reason:
-            skipped.append((r, cid, reason))
+            invalid.append((r, cid, reason))
         else:
-            runnable.append((r, cid))
-    return runnable, skipped
+            valid.append((r, cid))
+    return valid, invalid
 
 
-def run_sweep(rows: list[dict], opts: SweepOptions, env: dict, log=None) -> list[dict]:
-    """Run every config of `rows` not already final in opts.out_dir; returns all rows of the dir."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    os.makedirs(opts.out_dir, exist_ok=True)
-    work = os.path.join(opts.out_dir, ".work")
-    os.makedirs(work, exist_ok=True)
-    have = results.load_rows(opts.out_dir)
-    done = results.done_ids(have)
-    runnable, skipped = plan(rows, opts)
-    for r, cid, reason in skipped:
-        if cid not in done:
-            have = results.upsert(
-                have,
-                finish_row(_base_row(r, cid, env), {}, {"status": "skipped", "message": reason}),
-            )
-        log(f"skipped {cid}: {reason}")
-    if skipped:
-        results.write_rows(opts.out_dir, have)
-    todo = [(r, cid) for r, cid in runnable if cid not in done]
-    if len(runnable) != len(todo):
-        log(f"resume: {len(runnable) - len(todo)} config(s) already done in {opts.out_dir}")
-    budget_s = 60.0 * opts.minutes
-    slots: list[str | None] = list(opts.gpus) if opts.gpus else [None]
-    bar = _progress(len(todo), opts.progress)
-    pending = list(todo)
-    running: list[_Job] = []
-    free = list(slots)
-    while pending or running:
-        while pending and free:
-            r, cid = pending.pop(0)
-            running.append(_start(r, cid, env, opts, budget_s, work, free.pop(0)))
-        time.sleep(0.05)
-        for job in list(running):
-            rc = job.proc.poll()
-            over = time.perf_counter() - job.started > job.timeout_s
-            if rc is None and not over:
-                continue
-            if rc is None:
-                job.proc.kill()
-                job.proc.wait()
-                measured = {
-                    "status": "timeout",
-                    "message": f"no result after {job.timeout_s:.0f}s (killed)",
-                }
-            else:
-                measured = _read_result(job, rc)
-            # Whole cost of the config as the sweep saw it (spawn to exit): timed_s / wall_s is
-            # the share of sweep time spent in timed steps.
-            measured["wall_s"] = time.perf_counter() - job.started
-            row = finish_row(job.base, job.static, measured)
-            have = results.upsert(have, row)
-            results.write_rows(opts.out_dir, have)
-            running.remove(job)
-            free.append(job.gpu)
-            bar.update(1)
-            bar.write(summary_line(row))
-    bar.close()
-    return have
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, unit="config", disable=not enabled, file=sys.stderr, dynamic_ncols=True
-    )
-
-
-def _start(row, cid, env, opts, budget_s, work, gpu) -> _Job:
-    base = _base_row(row, cid, env)
-    static = static_columns(row)
-    spec = {
-        "row": row,
-        "budget_s": budget_s,
-        "warmup_steps": opts.warmup_steps,
-        "data": opts.data,
-        "threads": opts.threads,
-        "spawn_epoch": time.time(),
-        "device_name": env.get("device_name", ""),
-        # NVML numbers GPUs physically and ignores CUDA_VISIBLE_DEVICES, so pass the id.
-        "nvml_index": int(gpu) if gpu is not None and gpu.isdigit() else None,
+def make_spec(row: dict, cid: str, repeat: int, opts: SweepOptions, kind: str = "config") -> dict:
+    """Everything a worker needs to measure one (config, repeat): plain JSON, absolute paths."""
+    return {
+        "config_id": cid,
+        "repeat": repeat,
+        "kind": kind,
+        "row": dict(row),
+        "settings": measurement_settings(opts),
+        "timeout_s": opts.timeout_s,
+        "nproc_per_config": opts.nproc_per_config,
+        "cpu_slot": opts.shard[0] if opts.shard else 0,  # shards on one machine pin apart
+        "gpu": None,
+        "ref_group": drift.ref_group(opts.shard) if opts.reference_every else None,
     }
-    spec_path = os.path.join(work, f"{cid}.spec.json")
-    result_path = os.path.join(work, f"{cid}.result.json")
-    with open(spec_path, "w") as fh:
-        json.dump(spec, fh)
+
+
+def plan(rows: list[dict], opts: SweepOptions, have: list[dict] | None = None) -> list[dict]:
+    """Specs of the (config, repeat) pairs still pending in opts.out_dir: missing or retryable.
+
+    Repeats are interleaved (every config once, then every config again), not back to back.
+    """
+    valid, _ = prepare(rows, opts)
+    have = results.load_rows(opts.out_dir) if have is None else have
+    final = results.final_keys(have, opts.retry)
+    return [
+        make_spec(row, cid, rep, opts)
+        for rep in range(opts.repeat)
+        for row, cid in valid
+        if (cid, rep) not in final
+    ]
+
+
+# ---------------------------------------------------------------------------------- one config
+
+
+def key_of(spec: dict) -> str:
+    rep = int(spec.get("repeat") or 0)
+    return f"{spec['config_id']}-r{rep}" if rep else str(spec["config_id"])
+
+
+def worker_command(spec: dict, spec_path: str, result_path: str) -> list[str]:
+    n = int(spec.get("nproc_per_config") or 1)
+    worker = ["-m", "bench.worker", spec_path, result_path]
+    if n <= 1:
+        return [sys.executable, *worker]
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}"]
+    nnodes = int(spec.get("nnodes") or 1)
+    if nnodes > 1:  # multi-node (bench.executors fills these in per Slurm node)
+        run += [f"--nnodes={nnodes}", f"--node-rank={int(spec.get('node_rank') or 0)}"]
+        run += [f"--master-addr={spec['master_addr']}", f"--master-port={spec['master_port']}"]
+    else:
+        run += ["--standalone", "--nnodes=1"]
+    return run + worker
+
+
+def run_config(spec: dict, out_dir: str) -> dict:
+    """Measure one config in a child process (torchrun when spec["nproc_per_config"] > 1).
+
+    The child runs in its own process group, in the caller's cwd, with this checkout on its
+    PYTHONPATH; it is killed at spec["timeout_s"] and dies if this process dies. The row is
+    written with `results.append_row` and returned ({} on a non-zero node of a multi-node job).
+    """
+    target = os.path.join(os.path.abspath(out_dir), spec.get("subdir") or "")
+    work = os.path.join(target, ".work")
+    os.makedirs(work, exist_ok=True)
+    key = key_of(spec)
+    spec_path = os.path.join(work, f"{key}.spec.json")
+    result_path = os.path.join(work, f"{key}.result.json")
+    node_rank = int(spec.get("node_rank") or 0)
+    if node_rank:  # every node needs its own files; only node 0 reports
+        spec_path = spec_path.replace(".spec.json", f".node{node_rank}.spec.json")
+        result_path = result_path.replace(".result.json", f".node{node_rank}.result.json")
+    spec = dict(spec, spawn_epoch=time.time())
+    atomic_write(spec_path, json.dumps(spec))
     if os.path.exists(result_path):
-        os.remove(result_path)  # a stale result from a killed earlier sweep must not be reused
-    child_env = dict(os.environ)
-    if gpu is not None:
-        child_env["CUDA_VISIBLE_DEVICES"] = gpu
-    log_path = os.path.join(work, f"{cid}.log")
-    with open(log_path, "w") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", spec_path, result_path],
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            env=child_env,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-    timeout = opts.timeout_factor * budget_s + opts.timeout_grace_s
-    return _Job(row, cid, base, static, proc, result_path, time.perf_counter(), timeout, gpu)
+        os.remove(result_path)  # a stale result of a killed earlier run must not be reused
+    extra = {"CUDA_VISIBLE_DEVICES": str(spec["gpu"])} if spec.get("gpu") is not None else {}
+    cmd = worker_command(spec, spec_path, result_path)
+    log_path = os.path.join(work, f"{key}.log")
+    started = time.perf_counter()
+    child = proc.spawn(cmd, log_path, proc.child_env(extra))
+    timeout_s = float(spec.get("timeout_s") or math.inf)
+    rc = proc.wait_or_kill(child, timeout_s if math.isfinite(timeout_s) else None)
+    results.remove_stale_temps(work)
+    if node_rank:
+        return {}
+    if rc is None:
+        measured = {"status": "timeout", "message": f"no result after {timeout_s:.0f}s (killed)"}
+    else:
+        measured = _read_result(result_path, log_path, rc)
+    measured["wall_s"] = time.perf_counter() - started  # spawn to exit, as the sweep saw it
+    row = finish_row(spec, measured)
+    return results.append_row(target, row)
 
 
-def _read_result(job: _Job, rc: int) -> dict:
+def _read_result(result_path: str, log_path: str, rc: int) -> dict:
     try:
-        with open(job.result_path) as fh:
+        with open(result_path) as fh:
             return json.load(fh)
     except (OSError, json.JSONDecodeError):
         tail = ""
-        log = job.result_path.replace(".result.json", ".log")
         try:
-            with open(log) as fh:
+            with open(log_path, errors="replace") as fh:
                 lines = [x.strip() for x in fh.read().splitlines() if x.strip()]
             tail = lines[-1] if lines else ""
         except OSError:
@@ -248,14 +159,123 @@ def _read_result(job: _Job, rc: int) -> dict:
         return {"status": status, "message": f"worker exited {rc} without a result: {tail}"[:500]}
 
 
-def summary_line(row: dict) -> str:
-    def f(v, fmt):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+# ---------------------------------------------------------------------------------- the sweep
 
-    return (
-        f"[{row['status']:>7}] {row['config_id']} L{row['n_layer']} d{row['n_embd']} "
-        f"h{row['n_head']} b{row['batch_size']}x{row['acc_steps']} T{row['sequence_length']} "
-        f"step {f(row.get('step_ms_median'), '.1f')} ms, "
-        f"{f(row.get('tokens_per_s'), '.0f')} tok/s, loss {f(row.get('loss_end'), '.3f')}"
-        + (f"  ({row['message']})" if row.get("message") else "")
-    )
+
+def _queue_with_references(specs: list[dict], rows, opts: SweepOptions) -> list[dict]:
+    """The specs with the reference config re-timed first, every N configs and last."""
+    if not opts.reference_every or not specs:
+        return specs
+    ref_row = drift.reference_row(rows)
+    seq = drift.next_seq(opts.out_dir, opts.shard)
+
+    def ref() -> dict:
+        nonlocal seq
+        spec = make_spec(ref_row, config_id(ref_row), seq, opts, kind="reference")
+        spec["subdir"] = spec["ref_group"]
+        seq += 1
+        return spec
+
+    out = []
+    for i, s in enumerate(specs):
+        if i % opts.reference_every == 0:
+            out.append(ref())
+        out.append(s)
+    out.append(ref())
+    return out
+
+
+def run_sweep(rows: list[dict], opts: SweepOptions, log=None) -> dict:
+    """Run every pending config of `rows` into opts.out_dir.
+
+    Returns {"rows": all rows of the folder, "ran": rows written by this call, "drift": report}.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    start_folder(opts)
+    have = results.load_rows(opts.out_dir)
+    _write_skipped(rows, opts, have, log)
+    specs = plan(rows, opts, have)
+    valid, _ = prepare(rows, opts)
+    n_done = len(valid) * opts.repeat - len(specs)
+    if n_done:
+        log(f"resume: {n_done} config(s) already done in {opts.out_dir}")
+    todo = _queue_with_references(specs, rows, opts)
+    ran = _run_local(todo, opts, log)
+    report = drift.report(opts, log) if opts.reference_every else None
+    return {"rows": results.load_rows(opts.out_dir), "ran": ran, "drift": report}
+
+
+def _write_skipped(rows, opts: SweepOptions, have: list[dict], log) -> None:
+    _, invalid = prepare(rows, opts)
+    known = {(r["config_id"], r.get("status")) for r in have}
+    for r, cid, reason in invalid:
+        if (cid, "skipped") not in known:
+            results.append_row(opts.out_dir, failure_row(r, cid, "skipped", reason))
+        log(f"skipped {cid}: {reason}")
+
+
+def _run_local(todo: list[dict], opts: SweepOptions, log) -> list[dict]:
+    """Run specs on the local slots (one per --gpus id, else one), in queue order."""
+    slots: list[str | None] = list(opts.gpus) if opts.gpus else [None]
+    jobs: queue.Queue = queue.Queue()
+    for s in todo:
+        jobs.put(s)
+    done: list[dict] = []
+    bar = _progress(sum(1 for s in todo if s["kind"] == "config"), opts.progress)
+    errors: list[BaseException] = []
+
+    def slot_loop(gpu: str | None) -> None:
+        while not errors:
+            try:
+                spec = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                row = run_config(dict(spec, gpu=gpu), opts.out_dir)
+            except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
+                errors.append(e)
+                return
+            if spec["kind"] == "config":
+                done.append(row)
+                bar.update(1)
+            bar.write(summary_line(row))
+
+    try:
+        if len(slots) == 1:
+            slot_loop(slots[0])
+        else:
+            threads = [threading.Thread(target=slot_loop, args=(g,), daemon=True) for g in slots]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)  # short joins keep Ctrl-C responsive
+    except BaseException:
+        errors.append(RuntimeError("stopped"))  # the other slots take no new config
+        proc.kill_all()
+        raise
+    finally:
+        bar.close()
+    if errors:
+        raise errors[0]
+    return done
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def write(self, msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar on a terminal only; redirected logs get plain lines."""
+    if not (enabled and sys.stderr.isatty()):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="config", file=sys.stderr, dynamic_ncols=True)

@@ -1,9 +1,14 @@
 """One sweep config in its own process: `python -m bench.worker SPEC.json RESULT.json`.
 
-Builds the model, optimizer and data exactly as training does, runs untimed warmup steps, then
-timed real `train_step`s (device synchronised around each) until the budget is spent, and writes
-one JSON result atomically. Running in a child process means a crash, OOM, NaN or hang costs one
-row, never the sweep. Process start + build + warmup are reported as `overhead_s`.
+The run is the trainer's: a `train.config.TrainConfig` built from the sweep row (the optimizer
+settings, clipping and seeds are TrainConfig's defaults), the trainer's optimizer
+(`train.optim.optimizer_for`), data sampler and `train.step.train_step`. Untimed steps come first,
+then timed windows until the budget is spent (`bench.timing` documents the method), then one
+validation pass. The JSON result is written atomically by rank 0. Running in a child process means
+a crash, OOM, NaN or hang costs one row, never the sweep; the worker dies with the sweep
+(`bench.proc.die_with_parent`). Under torchrun (WORLD_SIZE > 1) the ranks form a gloo (CPU) or
+NCCL (CUDA) process group, gradients are all-reduced in the optimizer's flat buffers, and the
+row reports the world size and the global tokens/s.
 """
 
 from __future__ import annotations
@@ -13,177 +18,133 @@ import math
 import os
 import sys
 import time
+import traceback
 
 _T0 = time.perf_counter()  # as early as possible: process start counts as overhead
 
 
-def _atomic_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, default=str)
-    os.replace(tmp, path)
+def effective(row: dict, cuda_available: bool) -> tuple[str, str, str]:
+    """(device, kernels, dtype) that actually run for a row on this machine.
+
+    device auto -> cuda when available. Triton kernels run on CUDA (or where TRITON_INTERPRET=1);
+    elsewhere `kernels.rms_norm`/`swiglu` fall back to the torch references, so kernels auto or
+    triton is torch there. The trainer autocasts on CUDA only, so a CPU step is float32.
+    """
+    device = row["device"]
+    if device == "auto":
+        device = "cuda" if cuda_available else "cpu"
+    on_cuda = device.startswith("cuda")
+    kernels = row["kernels"]
+    if kernels in ("auto", "triton"):
+        kernels = "triton" if on_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+    dtype = row["dtype"] if on_cuda else "float32"
+    return device, kernels, dtype
 
 
-def _percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    if not s:
-        return math.nan
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+def train_config(spec: dict, row: dict):
+    """The TrainConfig of this run: the row's settings over TrainConfig's own defaults."""
+    from train.config import TrainConfig
+
+    s = spec.get("settings") or {}
+    flat = {
+        "lr": row["lr"],
+        "batch_size": row["batch_size"],
+        "acc_steps": row["acc_steps"],
+        "dtype": row["dtype"],
+        "compile": bool(row["compile"]),
+        "data": s.get("data"),
+        "scheduler": s.get("scheduler") or "constant",
+        "warmup_steps": int(s.get("warmup_steps") or 0),
+        "iterations": 1,  # set by the time budget as the run goes
+    }
+    if flat["scheduler"] == "wsd":
+        flat.update(wsd_fract_decay=s["wsd_fract_decay"], decay_type=s["decay_type"])
+        flat["wsd_final_lr_scale"] = s.get("wsd_final_lr_scale") or 0.0
+    return TrainConfig.from_flat(flat)
 
 
-def run(spec: dict) -> dict:
-    """Measure one config; returns the measurement columns (status ok|oom|nan|error)."""
-    import torch
-
-    from model import costs
-    from model.config import ModelConfig, field_names
-    from model.transformer import Transformer
-    from train.data import Sampler, get_data
-    from train.optim import build_optimizer
-    from train.step import evaluate, train_step
-
-    from .telemetry import Telemetry, empty
-
-    row = spec["row"]
-    budget_s = float(spec["budget_s"])
-    warmup_steps = int(spec.get("warmup_steps", 2))
+def _inject(row: dict) -> None:
     inject = row.get("inject")
     if inject == "error":
         raise RuntimeError("injected error (test hook)")
     if inject == "hang":
         time.sleep(10**6)
     if inject == "oom":
+        import torch
+
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
-    torch.manual_seed(int(spec.get("seed", 0)))
-    # On CPU default to one thread: with several, BLAS threads spin-wait whenever the machine is
-    # shared, and a small matmul measured 50x slower on a loaded 2-core box (timings become noise).
-    threads = spec.get("threads") or (1 if row["device"] == "cpu" else None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    cfg = ModelConfig.from_dict({k: row[k] for k in field_names()})
-    device = torch.device(row["device"])
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    autocast = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[row["dtype"]]
-    model = Transformer(cfg).to(device)
-    opt = build_optimizer(model, lr=row["lr"], weight_decay=0.1, beta1=0.9, beta2=0.95)
-    step_model = torch.compile(model) if row["compile"] else model
-    train_tok, val_tok, vocab = get_data(spec.get("data"))
-    if vocab > cfg.vocab_size:
-        raise ValueError(f"data vocab {vocab} > vocab_size {cfg.vocab_size}")
-    sampler = Sampler(train_tok, row["batch_size"], cfg.sequence_length, seed=1337)
-    val_sampler = Sampler(val_tok, row["batch_size"], cfg.sequence_length, seed=4242)
-    val_batches = [val_sampler.next_batch(device) for _ in range(int(spec.get("val_batches", 2)))]
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
+def run(spec: dict) -> dict:
+    """Measure one config; returns the result columns (status ok|oom|nan|error)."""
+    from .runsetup import setup
+    from .timing import Clock, Schedule, run_windows, summarize
 
-    def one_step() -> float:
-        mbs = [sampler.next_batch(device) for _ in range(row["acc_steps"])]
-        st = train_step(step_model, opt, mbs, lr=row["lr"], grad_clip=1.0, autocast_dtype=autocast)
-        return st.loss
-
-    losses: list[float] = []
-    for _ in range(warmup_steps):
-        losses.append(one_step())
-    sync()
-    loss_start = losses[0] if losses else math.nan
-    # Process spawn (parent's clock) + imports + build + warmup; falls back to this process only.
-    spawn = spec.get("spawn_epoch")
-    overhead_s = time.time() - spawn if spawn else time.perf_counter() - _T0
-
-    times: list[float] = []
-    curve: list[tuple[float, float]] = []  # (timed seconds so far, loss) for loss-vs-wall plots
-    status, message = "ok", ""
-    timed = 0.0
-    nvml_index = spec.get("nvml_index")
-    if nvml_index is None and cuda:
-        nvml_index = torch.cuda.current_device()
-    with Telemetry(nvml_index if cuda else None) as tele:
-        # Stop when the *next* step would likely overrun, so timed time stays within the budget.
-        while timed < budget_s:
-            sync()
-            t = time.perf_counter()
-            loss = one_step()  # float(loss) inside syncs the device too
-            sync()
-            dt = time.perf_counter() - t
-            times.append(dt)
-            timed += dt
-            losses.append(loss)
-            curve.append((round(timed, 4), loss))
-            if not math.isfinite(loss):
-                status, message = "nan", f"non-finite loss {loss} at timed step {len(times)}"
-                break
-            # Running mean, not a median: re-sorting every step made untimed work grow as n^2.
-            if timed + timed / len(times) > budget_s and len(times) >= 3:
-                break
-    tel = tele.summary() if cuda else empty()
-
-    val_loss = evaluate(step_model, val_batches, autocast) if status == "ok" else math.nan
-    tokens_per_step = row["batch_size"] * row["acc_steps"] * cfg.sequence_length
-    med_s = _percentile(times, 0.5)
-    tps = tokens_per_step / med_s if med_s > 0 else math.nan
-    n = len(times)
-    mean = sum(times) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in times) / (n - 1)) if n > 1 else 0.0
-    out = {
-        "status": status,
-        "message": message,
-        "step_ms_median": 1e3 * med_s,
-        "step_ms_p10": 1e3 * _percentile(times, 0.1),
-        "step_ms_p90": 1e3 * _percentile(times, 0.9),
-        "step_ms_mean": 1e3 * mean,
-        "step_ms_std": 1e3 * std,
-        "tokens_per_s": tps,
-        "peak_mem_mb": (torch.cuda.max_memory_allocated() / 2**20) if cuda else _rss_peak_mb(),
-        "loss_start": loss_start,
-        "loss_end": losses[-1],
-        "val_loss": val_loss,
-        "steps_timed": n,
-        "timed_s": timed,
-        "timed_fraction": timed / budget_s if budget_s > 0 else math.nan,
-        "overhead_s": overhead_s,
-        "threads": torch.get_num_threads(),
-        "loss_curve": json.dumps(curve[:: max(1, len(curve) // 200)]),  # <= ~200 points
-    }
-    out.update(tel)
-    # costs.mfu knows peak FLOPs of GPUs only; on CPU it gives None, written as NaN.
-    mfu = costs.mfu(tps, cfg, torch.cuda.get_device_name() if cuda else spec.get("device_name", ""))
-    out["mfu"] = math.nan if mfu is None else mfu
+    _inject(spec["row"])
+    r = setup(spec, train_config(spec, spec["row"]))
+    s = spec.get("settings") or {}
+    sched = Schedule(
+        scheduler=r.tcfg.schedule.scheduler,
+        warmup_steps=r.tcfg.schedule.warmup_steps,
+        wsd_fract_decay=r.tcfg.schedule.wsd_fract_decay,
+        decay_type=r.tcfg.schedule.decay_type,
+        wsd_final_lr_scale=r.tcfg.schedule.wsd_final_lr_scale,
+    )
+    budget_s = float(s.get("budget_s") or spec.get("budget_s"))
+    overhead_s = time.time() - spec["spawn_epoch"] if spec.get("spawn_epoch") else None
+    with r.telemetry() as tele:
+        timed = run_windows(
+            r.launch,
+            r.read,
+            Clock(r.cuda),
+            sched,
+            budget_s=budget_s,
+            untimed_steps=int(s.get("untimed_steps", 2)),
+            synced=s.get("timing") == "synced",
+            agree=r.agree if r.world > 1 else None,
+        )
+    out = summarize(timed, budget_s, r.tokens_per_step)
+    out.update(status=timed.status, message=timed.message, scheduler=sched.scheduler)
+    out["val_loss"] = r.evaluate() if timed.status == "ok" else math.nan
+    out["loss_curve"] = json.dumps(timed.curve[:: max(1, len(timed.curve) // 200)])
+    out["overhead_s"] = overhead_s if overhead_s is not None else time.perf_counter() - _T0
+    out["steps_total"] = timed.total if timed.status == "ok" else timed.steps
+    out.update(r.columns(out["tokens_per_s"]))
+    out.update(tele.summary() if r.cuda else {})
     return out
-
-
-def _rss_peak_mb() -> float:
-    # On CPU the peak resident set of this process is the closest analogue of peak GPU memory.
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _is_oom(e: BaseException) -> bool:
     return "out of memory" in str(e).lower() or type(e).__name__ == "OutOfMemoryError"
 
 
+def _write(path: str, result: dict) -> None:
+    from model.config import atomic_write
+
+    atomic_write(path, json.dumps(result, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .proc import die_with_parent
+
+    die_with_parent()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print("error: usage: python -m bench.worker SPEC.json RESULT.json", file=sys.stderr)
         return 2
     with open(argv[0]) as fh:
         spec = json.load(fh)
+    rank = int(os.environ.get("RANK", "0"))
     try:
         result = run(spec)
     except BaseException as e:  # noqa: BLE001  (every failure becomes a row, not a crash)
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         status = "oom" if _is_oom(e) else "error"
         result = {"status": status, "message": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
-    _atomic_json(argv[1], result)
+        traceback.print_exc()  # into the config's log, OUT/.work/<config>.log
+    if rank == 0:
+        _write(argv[1], result)
     return 0
 
 

@@ -1,12 +1,14 @@
-"""Fused Triton kernels: RMSNorm, SwiGLU and AdamW with fused weight averaging.
+"""Fused Triton kernels: RMSNorm, SwiGLU and AdamW with fused clipping, loss scaling and averaging.
 
 CUDA tensors run Triton; CPU tensors run Triton under TRITON_INTERPRET=1 and the pure-torch
-references in `kernels.reference` otherwise (see `kernels._utils.use_triton`).
+references in `kernels.reference` otherwise (see `kernels._utils.use_triton`). Importing this
+package (or `kernels.reference`) imports torch only: triton is imported by the `_*_kernels`
+modules, on the first call that runs a Triton kernel, so a torch-backend model never needs it.
 """
 
 from . import reference
-from .adamw import FusedAdamW
+from .adamw import DynamicLossScaler, FusedAdamW
 from .rmsnorm import rms_norm
 from .swiglu import swiglu
 
-__all__ = ["FusedAdamW", "reference", "rms_norm", "swiglu"]
+__all__ = ["DynamicLossScaler", "FusedAdamW", "reference", "rms_norm", "swiglu"]

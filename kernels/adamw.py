@@ -1,38 +1,39 @@
-"""FusedAdamW: torch.optim.AdamW's update plus SWA/EMA weight averaging in one Triton pass per group.
+"""FusedAdamW: torch.optim.AdamW's update, grad clipping, loss-scale skip, SWA and EMA in one pass.
 
 Design (why it looks like this):
 
-* **Flat buffers.** At construction every parameter group gets one contiguous fp32 buffer for the
-  params, one each for the first/second moments (m, v) and, when averaging, one for the average.
-  Each ``p.data`` is rebound to a view of the group's param buffer, so the model keeps the very same
-  ``Parameter`` objects while one kernel launch can update the whole group (one launch per group per
-  step, however many tensors it holds). Buffers are padded to a multiple of ``_PAD`` elements with
-  zeros (a zero param with zero grad stays exactly zero under AdamW), which lets the kernel assume
-  ``n % 16 == 0`` and so issue 128-bit loads/stores even under the ``offs < n`` mask.
-* **Gradients.** The kernel reads one flat grad buffer per group. ``_gather_grads`` makes every
-  ``p.grad`` a view of it: grads already living there cost nothing; others (fresh tensors created by
-  autograd after ``zero_grad(set_to_none=True)``) are copied in once and ``p.grad`` is re-pointed to
-  the view. ``zero_grad(set_to_none=False)`` zeroes each group's buffer with one fill and keeps the
-  views, so the next backward accumulates straight into the flat buffer (the zero-copy path).
-  If all grads of a group are bf16 the buffer is bf16 (the kernel upcasts right after the load);
-  otherwise it is fp32. A parameter whose grad is None is stepped with a zero gradient (its moments
-  and weight decay still advance), unlike torch.optim.AdamW which skips it; a group with no grads at
-  all is skipped.
-* **Each element read once, written once.** read p, g, m, v (+avg), write p, m, v (+avg). The
-  averaging variant is a separate compiled kernel (``AVERAGE`` constexpr) so non-averaging steps
-  neither read nor write the average.
-* **Clipping.** The global grad norm is a fused reduction (fp32 per-program partial sums of squares,
-  then a deterministic ``torch.sum`` over the partials; no atomics, no per-tensor loop). The clip
-  coefficient min(1, max_norm / (norm + 1e-6)) lives in a 1-element device tensor that the AdamW
-  kernel multiplies into g after loading it, so clipping costs no extra pass over the grads and no
-  host sync for the scale. Note: ``clip_grad_norm_`` therefore does NOT rescale ``p.grad``; the scale
-  is applied by the next ``step()``.
-* **Step count.** t (0, 1, 2, ... = optimizer steps already taken) is per group, stored as
-  ``group["step"]`` so it travels in ``state_dict()``. Per-parameter state holds views
-  ``{"exp_avg", "exp_avg_sq"(, "avg")}`` into the flat buffers; ``load_state_dict`` copies loaded
-  values back into the buffers and restores the views, so a resumed run continues bitwise.
-* **Dispatch.** ``use_triton`` (CUDA, or CPU under TRITON_INTERPRET=1) runs the kernel; otherwise
-  ``adamw_ref`` runs the same arithmetic in the same order with torch ops on the same buffers.
+* **Flat buffers.** Every parameter group gets one contiguous fp32 buffer each for the params, the
+  moments (m, v) and each running average it keeps (SWA window mean, EMA). Each ``p.data`` is
+  rebound to a view of the group's param buffer, so the model keeps the very same ``Parameter``
+  objects while one kernel launch updates the whole group. Buffers are zero-padded to a multiple
+  of 1024 elements (a zero param with zero grad stays zero under AdamW), so the kernel may assume
+  ``n % 16 == 0`` and issue 128-bit accesses under its ``offs < n`` mask.
+* **Gradients.** The kernel reads one flat grad buffer per group. ``prepare_grads()`` (or the first
+  ``zero_grad(set_to_none=False)``) makes every ``p.grad`` a view of it, and backward then
+  accumulates straight into it: zero copies. ``grad_buffers()`` hands those buffers out for an
+  in-place all-reduce. Grads that do not live there (autograd's fresh tensors after
+  ``zero_grad(set_to_none=True)``) are copied in once per step. If all grads of a group are bf16
+  the buffer is bf16 (the kernel upcasts after loading). A parameter whose grad is None is stepped
+  with a zero gradient (its moments and weight decay still advance), unlike torch.optim.AdamW,
+  which skips it; a group with no grads at all is skipped.
+* **One pass.** Each element is read once and written once: p, g, m, v (+ swa, + ema) in; p, m, v
+  (+ swa, + ema) out. SWA and EMA are compile-time switches of one kernel, so a step that averages
+  neither touches neither buffer, and a step that averages both reads p's new value once.
+* **No host sync.** ``clip_grad_norm_`` returns the norm as a 0-dim device tensor: per-program
+  partial sums of squares, then one program sums them in a fixed order (deterministic, no
+  atomics) and writes the clip coefficient, which the AdamW kernel multiplies into g after loading
+  it. ``p.grad`` itself is never rescaled. With ``step(scaler=DynamicLossScaler)`` the inverse
+  loss scale joins that coefficient (clipping uses the unscaled norm), a step whose grads hold
+  inf/NaN is masked off on the device, and the scale is updated by the same one-program kernel.
+* **Step count.** ``group["step"]`` counts ``step()`` calls that had grads and drives the
+  averaging schedule. Bias correction uses the applied updates, ``step - skipped_steps``: a step
+  skipped by the loss scaler does not count, as with torch.amp.GradScaler. During loss scaling the
+  skipped count lives on the device; ``state_dict()`` reads it back.
+* **State.** Per-parameter state holds views {"exp_avg", "exp_avg_sq"(, "swa")(, "ema")} into the
+  flat buffers; ``load_state_dict`` copies loaded values back into the buffers and restores the
+  views, so a resumed run continues bitwise. States of the old one-average format load too.
+* **Dispatch.** ``use_triton`` (CUDA, or CPU under TRITON_INTERPRET=1) runs the Triton kernels;
+  otherwise `kernels.reference` runs the same arithmetic in the same order with torch ops.
 """
 
 from __future__ import annotations
@@ -43,195 +44,50 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import triton
-import triton.language as tl
 
+from ._adamw_state import (
+    AVERAGE_KINDS,
+    Flat,
+    check_hparams,
+    ema_weights,
+    normalize_loaded,
+    pick_kind,
+    swa_weights,
+    translate_legacy,
+)
 from ._utils import use_triton
+from .reference import adamw_ref, adamw_scalars, grad_norm_ref
+from .scaler import DynamicLossScaler
 
-BLOCK = 1024  # elements per program of the AdamW kernel: 8 fp32 per thread at 4 warps = 2x128-bit
-NUM_WARPS = 4
-NORM_BLOCK = 4096  # elements per program of the grad-norm partial-sum kernel
-_PAD = BLOCK  # flat buffers are padded to this many elements (a multiple of 16 for vector access)
-_AVERAGE_KINDS = (None, "swa", "ema")
-
-
-@triton.jit
-def _adamw_kernel(
-    p_ptr,
-    g_ptr,
-    m_ptr,
-    v_ptr,
-    avg_ptr,
-    scale_ptr,
-    n_elements,
-    wd_factor,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    step_size,
-    bc2_sqrt,
-    eps,
-    avg_keep,
-    avg_take,
-    AVERAGE: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = offs < n_elements
-    # Upcast right after the load: the interpreter emulates bf16 math poorly and fp32 is right on GPU.
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-    g = g * tl.load(scale_ptr)  # clip coefficient (1.0 when not clipping)
-    # Same operation order as torch.optim.AdamW (single-tensor path): decay, lerp m, v, addcdiv.
-    p = p * wd_factor
-    m = m + one_minus_beta1 * (g - m)
-    v = v * beta2 + one_minus_beta2 * g * g
-    denom = tl.sqrt(v) / bc2_sqrt + eps
-    p = p - (step_size * m) / denom  # addcdiv order: (value * t1) / t2
-    tl.store(p_ptr + offs, p, mask=mask)
-    tl.store(m_ptr + offs, m, mask=mask)
-    tl.store(v_ptr + offs, v, mask=mask)
-    if AVERAGE:
-        # SWA: keep = 1 - 1/(k+1), take = 1/(k+1); EMA: keep = decay, take = 1 - decay;
-        # a restart/first step has keep = 0, take = 1 (avg is finite, so this copies p exactly).
-        a = tl.load(avg_ptr + offs, mask=mask, other=0.0)
-        a = a * avg_keep + p * avg_take
-        tl.store(avg_ptr + offs, a, mask=mask)
+__all__ = ["DynamicLossScaler", "FusedAdamW"]
+_UNSET: Any = object()
 
 
-@triton.jit
-def _sumsq_kernel(g_ptr, partial_ptr, n_elements, BLOCK_SIZE: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    g = tl.load(g_ptr + offs, mask=offs < n_elements, other=0.0).to(tl.float32)
-    tl.store(partial_ptr + pid, tl.sum(g * g, axis=0))
+def _kernels():
+    from . import _adamw_kernels  # needs triton: imported on the first Triton step only
+
+    return _adamw_kernels
 
 
-def adamw_ref(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    step: int,
-    grad_scale: torch.Tensor | float | None = None,
-    avg: torch.Tensor | None = None,
-    avg_keep: float = 0.0,
-    avg_take: float = 1.0,
-) -> None:
-    """In-place AdamW step on fp32 tensors, same math and order as the kernel (the CPU fast path).
-
-    ``step`` is the 1-based step number used for bias correction. ``grad`` may be fp32 or bf16 (it is
-    upcast first). ``grad_scale`` multiplies the gradient (the clip coefficient). When ``avg`` is
-    given it is updated after the step as ``avg * avg_keep + param * avg_take``.
-    """
-    s = _scalars(lr, beta1, beta2, eps, weight_decay, step)
-    g = grad.float()
-    if grad_scale is not None:
-        g = g * grad_scale
-    param.mul_(s["wd_factor"])
-    exp_avg.add_(s["one_minus_beta1"] * (g - exp_avg))
-    exp_avg_sq.copy_(exp_avg_sq * beta2 + s["one_minus_beta2"] * g * g)
-    denom = exp_avg_sq.sqrt() / s["bc2_sqrt"] + eps
-    param.sub_((s["step_size"] * exp_avg) / denom)
-    if avg is not None:
-        avg.copy_(avg * avg_keep + param * avg_take)
-
-
-def _scalars(lr: float, beta1: float, beta2: float, eps: float, wd: float, step: int) -> dict:
-    """Per-step fp64 host scalars (rounded to fp32 at the kernel boundary), as torch computes them."""
-    bc1 = 1.0 - beta1**step
-    bc2 = 1.0 - beta2**step
-    return {
-        "wd_factor": 1.0 - lr * wd,
-        "one_minus_beta1": 1.0 - beta1,
-        "one_minus_beta2": 1.0 - beta2,
-        "step_size": lr / bc1,
-        "bc2_sqrt": math.sqrt(bc2),
-    }
-
-
-def _launch_adamw(
-    p, g, m, v, avg, scale, n, s: dict, beta2: float, eps: float, avg_keep: float, avg_take: float
-) -> None:
+def _launch_adamw(bufs: dict, coef: torch.Tensor, n: int, hp: dict, device_step=None) -> None:
     """Launch the AdamW kernel once over a whole flat group (tests wrap this to count launches)."""
-    grid = (triton.cdiv(n, BLOCK),)
-    _adamw_kernel[grid](
-        p,
-        g,
-        m,
-        v,
-        avg if avg is not None else p,
-        scale,
-        n,
-        s["wd_factor"],
-        s["one_minus_beta1"],
-        beta2,
-        s["one_minus_beta2"],
-        s["step_size"],
-        s["bc2_sqrt"],
-        eps,
-        avg_keep,
-        avg_take,
-        AVERAGE=avg is not None,
-        BLOCK_SIZE=BLOCK,
-        num_warps=NUM_WARPS,
-    )
-
-
-def _sumsq(grad: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of a flat grad buffer as a 0-d fp32 tensor, deterministic."""
-    if use_triton(grad):
-        n = grad.numel()
-        nprog = triton.cdiv(n, NORM_BLOCK)
-        partial = torch.empty(nprog, dtype=torch.float32, device=grad.device)
-        _sumsq_kernel[(nprog,)](grad, partial, n, BLOCK_SIZE=NORM_BLOCK, num_warps=NUM_WARPS)
-        return partial.sum()
-    return grad.float().pow(2).sum()
-
-
-class _Flat:
-    """Flat per-group storage: params, grads, moments, average, and each param's (offset, numel)."""
-
-    def __init__(self, params: list[torch.Tensor], average: str | None) -> None:
-        self.slices: list[tuple[int, int]] = []
-        off = 0
-        for p in params:
-            self.slices.append((off, p.numel()))
-            off += p.numel()
-        self.n = max(_PAD, -(-off // _PAD) * _PAD)
-        dev = params[0].device
-        self.param = torch.zeros(self.n, dtype=torch.float32, device=dev)
-        self.exp_avg = torch.zeros_like(self.param)
-        self.exp_avg_sq = torch.zeros_like(self.param)
-        self.avg = torch.zeros_like(self.param) if average is not None else None
-        self.grad: torch.Tensor | None = None
-
-    def view(self, buf: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:
-        off, n = self.slices[i]
-        return buf[off : off + n].view(like.shape)
+    _kernels().launch_adamw(bufs, coef, n, hp, device_step)
 
 
 class FusedAdamW(torch.optim.Optimizer):
-    """AdamW (torch semantics) fused with global-norm clipping and SWA/EMA averaging.
+    """AdamW (torch semantics) fused with global-norm clipping, loss scaling, SWA and EMA.
 
     Args:
-        params: parameters or param-group dicts (fp32, all on one device per group).
+        params: parameters or param-group dicts (fp32, all on one device).
         lr, betas, eps, weight_decay: as torch.optim.AdamW (per group).
-        average: None, "swa" (window average restarting every ``average_horizon`` steps) or "ema".
-        average_interval: average on steps t with t % interval == 0.
-        average_horizon: SWA window length in steps (multiple of the interval), None = never restart.
-        ema_decay: EMA decay in [0, 1).
+        swa: keep the SWA window mean: updated every ``swa_interval`` steps, restarting every
+            ``swa_horizon`` steps (None = never restart).
+        ema: keep an EMA: a copy of the params at step ``ema_start``, then
+            avg <- ema_decay * avg + (1 - ema_decay) * p every ``ema_interval`` steps.
         max_grad_norm: if set, each ``step()`` clips to this global norm (unless
             ``clip_grad_norm_`` was already called for this step).
+        average, average_interval, average_horizon: the old one-average spelling
+            (average="swa" or "ema"), kept as aliases.
     """
 
     def __init__(
@@ -241,38 +97,57 @@ class FusedAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         weight_decay: float = 0.1,
-        average: str | None = None,
-        average_interval: int = 5,
-        average_horizon: int | None = 500,
+        *,
+        swa: bool = False,
+        swa_interval: int = 5,
+        swa_horizon: int | None = 500,
+        ema: bool = False,
         ema_decay: float = 0.999,
+        ema_interval: int = 10,
+        ema_start: int = 0,
         max_grad_norm: float | None = None,
+        average: str | None = None,
+        average_interval: int | None = None,
+        average_horizon: int | None = _UNSET,
     ) -> None:
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        self._flats: list[_Flat] = []
+        self._flats: list[Flat] = []
+        self._index: dict[int, tuple[int, int]] = {}
         self.max_grad_norm = max_grad_norm
-        self.last_grad_norm: float | None = None
-        self._pending_scale: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
+        self._pending: tuple[torch.Tensor, DynamicLossScaler | None] | None = None
+        self._skipped_host = 0
+        self._skipped_dev: torch.Tensor | None = None
+        self._one: torch.Tensor | None = None
+        self._partials: torch.Tensor | None = None
         defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            average=average,
-            average_interval=average_interval,
-            average_horizon=average_horizon,
-            ema_decay=ema_decay,
-            step=0,
-        )
-        _check_hparams(defaults)
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            swa=swa, swa_interval=swa_interval, swa_horizon=swa_horizon,
+            ema=ema, ema_decay=ema_decay, ema_interval=ema_interval, ema_start=ema_start,
+            step=0, skipped_steps=0,
+        )  # fmt: skip
+        if average is not None:  # the old spelling: one average, its interval (5) and horizon
+            horizon = swa_horizon if average_horizon is _UNSET else average_horizon
+            legacy = dict(average=average, average_interval=average_interval or 5)
+            legacy["average_horizon"] = horizon
+            translate_legacy(legacy)
+            defaults.update(legacy)
+        check_hparams(defaults)
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------------------------- set-up
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        translate_legacy(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hparams(group)
         params = group["params"]
+        if not params:
+            self.param_groups.pop()
+            raise ValueError(
+                f"param group {len(self.param_groups)} has no parameters; drop it or give it some"
+            )
+        check_hparams(group)
         for p in params:
             if p.dtype != torch.float32:
                 raise TypeError(
@@ -280,36 +155,34 @@ class FusedAdamW(torch.optim.Optimizer):
                 )
             if p.is_sparse:
                 raise TypeError("FusedAdamW does not support sparse params")
-        if len({p.device for p in params}) > 1:
-            raise ValueError("all params of a FusedAdamW group must live on one device")
-        flat = _Flat(params, group["average"])
+        devices = {p.device for p in params} | {f.param.device for f in self._flats}
+        if len(devices) > 1:
+            raise ValueError(f"all FusedAdamW params must live on one device, got {devices}")
+        flat = Flat(params)
+        gi = len(self._flats)
         with torch.no_grad():
             for i, p in enumerate(params):
                 view = flat.view(flat.param, i, p)
                 view.copy_(p)
                 p.data = view  # same Parameter object, storage now inside the group's flat buffer
-                self.state[p] = self._state_views(flat, i, p)
+                self._index[id(p)] = (gi, i)
+        flat.sync_averages(group)
+        for i, p in enumerate(params):
+            self.state[p] = flat.state_views(i, p)
         self._flats.append(flat)
-
-    @staticmethod
-    def _state_views(flat: _Flat, i: int, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        st = {
-            "exp_avg": flat.view(flat.exp_avg, i, p),
-            "exp_avg_sq": flat.view(flat.exp_avg_sq, i, p),
-        }
-        if flat.avg is not None:
-            st["avg"] = flat.view(flat.avg, i, p)
-        return st
+        self._partials = None
 
     # ------------------------------------------------------------------------------------ grads
-    def _gather_grads(self, group: dict[str, Any], flat: _Flat) -> bool:
-        """Make every p.grad of the group a view of one flat buffer; False if the group has no grads."""
+    def _gather_grads(self, group: dict[str, Any], flat: Flat) -> bool:
+        """Make every p.grad of the group a view of one flat buffer; False if it has no grads."""
         params = group["params"]
-        grads = [p.grad for p in params]
-        present = [g for g in grads if g is not None]
+        if flat.grads_are_views(params):
+            return True  # the zero-copy path: backward accumulated straight into the buffer
+        present = [p.grad for p in params if p.grad is not None]
         if not present:
             return False
-        for p, g in zip(params, grads):
+        for p in params:
+            g = p.grad
             if g is not None and g.dtype not in (torch.float32, torch.bfloat16):
                 raise TypeError(f"FusedAdamW grads must be float32 or bfloat16, got {g.dtype}")
             if g is not None and g.shape != p.shape:
@@ -319,145 +192,173 @@ class FusedAdamW(torch.optim.Optimizer):
             if g is not None and g.is_sparse:
                 raise TypeError("FusedAdamW does not support sparse grads")
         want = torch.bfloat16 if all(g.dtype == torch.bfloat16 for g in present) else torch.float32
-        buf = flat.grad
-        if buf is None or buf.dtype != want:
-            buf = torch.zeros(flat.n, dtype=want, device=flat.param.device)
-            flat.grad = buf
-        for i, (p, g) in enumerate(zip(params, grads)):
-            view = flat.view(buf, i, p)
-            if g is not None and g.dtype == want and g.data_ptr() == view.data_ptr():
-                continue  # already lives in the flat buffer (zero-copy path)
-            with torch.no_grad():
-                if g is None:
-                    view.zero_()
-                else:
-                    view.copy_(g)
-            p.grad = view
+        flat.make_grad_views(params, want)
         return True
 
+    def prepare_grads(self) -> None:
+        """Make every p.grad a (zero, if it had none) view of its group's flat grad buffer now, so
+        the first backward already accumulates in place."""
+        for group, flat in zip(self.param_groups, self._flats):
+            if not self._gather_grads(group, flat):
+                flat.make_grad_views(group["params"], torch.float32)
+
+    def grad_buffers(self) -> list[torch.Tensor]:
+        """The flat grad buffer of each group (p.grad are views of them), e.g. to all-reduce."""
+        self.prepare_grads()
+        return [f.grad for f in self._flats]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """set_to_none=True: torch semantics (grads become None). False: one fill per flat buffer,
-        grads stay views so the next backward accumulates in place (no gather copy)."""
+        """set_to_none=True: torch semantics (grads become None). False: one fill per flat grad
+        buffer; every p.grad stays (or becomes) a view of it, so backward accumulates in place."""
         if set_to_none:
             super().zero_grad(set_to_none=True)
             return
-        for group, flat in zip(self.param_groups, self._flats):
-            if flat.grad is not None and all(
-                p.grad is not None
-                and p.grad.data_ptr() == flat.view(flat.grad, i, p).data_ptr()
-                and p.grad.dtype == flat.grad.dtype
-                for i, p in enumerate(group["params"])
-            ):
-                flat.grad.zero_()
-            else:
-                super().zero_grad(set_to_none=False)
+        self.prepare_grads()
+        for flat in self._flats:
+            flat.grad.zero_()
 
+    # --------------------------------------------------------------------------- norm and clip
     @torch.no_grad()
-    def clip_grad_norm_(self, max_norm: float) -> float:
-        """Global L2 norm of all grads (fused reduction); returns the pre-clip norm.
+    def clip_grad_norm_(
+        self, max_norm: float, *, scaler: DynamicLossScaler | None = None
+    ) -> torch.Tensor:
+        """Global L2 norm of all grads (unscaled by ``scaler``) as a 0-dim device tensor, no sync.
 
-        The clip coefficient is applied by the next ``step()`` inside the AdamW kernel, so ``p.grad``
-        itself is left unscaled.
+        The clip coefficient min(1, max_norm / (norm + 1e-6)) is applied by the next ``step()``
+        inside the AdamW kernel, so ``p.grad`` is left as it is. ``max_norm=inf`` only measures.
+        With ``scaler``, also updates the loss scale (pass the same scaler to ``step``).
         """
-        if not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0, got {max_norm}")
-        total: torch.Tensor | None = None
-        for group, flat in zip(self.param_groups, self._flats):
-            if self._gather_grads(group, flat):
-                sq = _sumsq(flat.grad)
-                total = sq if total is None else total + sq.to(total.device)
-        if total is None:
-            self.last_grad_norm = 0.0
-            return 0.0
-        norm = total.sqrt()
-        self._pending_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).float().reshape(1)
-        self.last_grad_norm = float(norm)
+        if not (isinstance(max_norm, (int, float)) and max_norm > 0):
+            raise ValueError(f"max_norm must be > 0 (inf to only measure), got {max_norm}")
+        active = [f for g, f in zip(self.param_groups, self._flats) if self._gather_grads(g, f)]
+        if not active:
+            self._pending = None
+            self.last_grad_norm = torch.zeros((), device=self._flats[0].param.device)
+            return self.last_grad_norm
+        if scaler is not None and scaler.device != active[0].param.device:
+            raise ValueError(f"the loss scaler lives on {scaler.device}, the params elsewhere")
+        out = torch.empty(3, dtype=torch.float32, device=active[0].param.device)
+        if use_triton(active[0].param):
+            self._finalize_triton(active, out, float(max_norm), scaler)
+        else:
+            skipped = self._device_skipped(out.device) if scaler is not None else None
+            out.copy_(grad_norm_ref([f.grad for f in active], float(max_norm), scaler, skipped))
+        self._pending = (out, scaler)
+        self.last_grad_norm = out[0]
         return self.last_grad_norm
+
+    def _finalize_triton(
+        self, active: list[Flat], out: torch.Tensor, max_norm: float, scaler
+    ) -> None:
+        k = _kernels()
+        sizes = [k.num_partials(f.n) for f in active]
+        if self._partials is None or self._partials.numel() != sum(sizes):
+            self._partials = torch.empty(sum(sizes), dtype=torch.float32, device=out.device)
+        off = 0
+        for f, size in zip(active, sizes):
+            k.launch_sumsq(f.grad, self._partials[off : off + size], scaler and scaler._scale)
+            off += size
+        skipped = self._device_skipped(out.device) if scaler is not None else None
+        k.launch_finalize(self._partials, out, max_norm, scaler, skipped)
+
+    def _device_skipped(self, device: torch.device) -> torch.Tensor:
+        if self._skipped_dev is None:
+            self._skipped_dev = torch.full(
+                (1,), self._skipped_host, dtype=torch.int32, device=device
+            )
+        return self._skipped_dev
+
+    def _skipped_count(self) -> int:
+        """Skipped steps, read back from the device once when loss scaling stops (or to save)."""
+        if self._skipped_dev is not None:
+            self._skipped_host = int(self._skipped_dev.item())
+        return self._skipped_host
 
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
+    def step(self, closure: Any = None, *, scaler: DynamicLossScaler | None = None) -> Any:
+        """One AdamW update of every group with grads (+ clipping, loss-scale skip, averages)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._pending_scale is None and self.max_grad_norm is not None:
-            self.clip_grad_norm_(self.max_grad_norm)
-        scale = self._pending_scale
-        self._pending_scale = None
+        for group in self.param_groups:
+            check_hparams(group)  # lr and friends may have been edited since construction
+        if self._pending is None and (self.max_grad_norm is not None or scaler is not None):
+            bound = self.max_grad_norm if self.max_grad_norm is not None else math.inf
+            self.clip_grad_norm_(bound, scaler=scaler)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[1] is not scaler:
+            raise ValueError("pass the same scaler= to clip_grad_norm_ and step (or to neither)")
+        if scaler is None and self._skipped_dev is not None:
+            self._skipped_count()  # leaving loss scaling: one read, then host scalars again
+            self._skipped_dev = None
         for group, flat in zip(self.param_groups, self._flats):
             if not self._gather_grads(group, flat):
                 continue
-            t = group["step"]
-            lr = float(group["lr"])
-            if lr < 0:
-                raise ValueError(f"lr must be >= 0, got {lr}")
-            beta1, beta2 = group["betas"]
-            eps, wd = group["eps"], group["weight_decay"]
-            keep, take = _average_weights(group, t)
-            avg = flat.avg if take is not None else None
-            if use_triton(flat.param):
-                s = _scalars(lr, beta1, beta2, eps, wd, t + 1)
-                sc = (
-                    scale.to(flat.param.device)
-                    if scale is not None
-                    else torch.ones(1, dtype=torch.float32, device=flat.param.device)
-                )
-                _launch_adamw(
-                    flat.param,
-                    flat.grad,
-                    flat.exp_avg,
-                    flat.exp_avg_sq,
-                    avg,
-                    sc,
-                    flat.n,
-                    s,
-                    beta2,
-                    eps,
-                    keep or 0.0,
-                    take or 0.0,
-                )
-            else:
-                adamw_ref(
-                    flat.param,
-                    flat.grad,
-                    flat.exp_avg,
-                    flat.exp_avg_sq,
-                    lr=lr,
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=eps,
-                    weight_decay=wd,
-                    step=t + 1,
-                    grad_scale=scale,
-                    avg=avg,
-                    avg_keep=keep or 0.0,
-                    avg_take=take or 0.0,
-                )
-            group["step"] = t + 1
+            flat.sync_averages(group)
+            self._step_group(group, flat, pending)
+            group["step"] += 1
         return loss
 
+    def _step_group(self, group: dict[str, Any], flat: Flat, pending) -> None:
+        t = group["step"]
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = float(group["lr"]), group["eps"], group["weight_decay"]
+        swa_w, ema_w = swa_weights(group, t), ema_weights(group, t)
+        scaled = pending is not None and pending[1] is not None
+        if use_triton(flat.param):
+            applied = t + 1 - self._skipped_host
+            hp = adamw_scalars(lr, beta1, beta2, wd, max(applied, 1))
+            hp.update(beta2=beta2, eps=eps, lr=lr, step1=t + 1, swa_w=swa_w, ema_w=ema_w)
+            bufs = {"p": flat.param, "g": flat.grad, "m": flat.exp_avg, "v": flat.exp_avg_sq}
+            if swa_w is not None:
+                bufs["swa"] = flat.avg["swa"]
+            if ema_w is not None:
+                bufs["ema"] = flat.avg["ema"]
+            coef = pending[0][1:2] if pending is not None else self._ones(flat.param.device)
+            dev_step = None
+            if scaled:
+                dev_step = (pending[0][2:3], self._skipped_dev, flat.ln_betas(beta1, beta2))
+            _launch_adamw(bufs, coef, flat.n, hp, dev_step)
+            return
+        step = t + 1 - (self._skipped_dev.double() if scaled else self._skipped_host)
+        adamw_ref(
+            flat.param, flat.grad, flat.exp_avg, flat.exp_avg_sq,
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step=step,
+            grad_scale=pending[0][1:2] if pending is not None else None,
+            swa=flat.avg["swa"] if swa_w is not None else None, swa_weights=swa_w or (0.0, 1.0),
+            ema=flat.avg["ema"] if ema_w is not None else None, ema_weights=ema_w or (0.0, 1.0),
+            skip=pending[0][2:3] if scaled else None,
+        )  # fmt: skip
+
+    def _ones(self, device: torch.device) -> torch.Tensor:
+        if self._one is None:
+            self._one = torch.ones(1, dtype=torch.float32, device=device)
+        return self._one
+
     # -------------------------------------------------------------------------------- averages
-    def averaged(self, p: torch.Tensor) -> torch.Tensor:
-        """The running average of parameter p (a view; the zeros before the first step)."""
-        for group, flat in zip(self.param_groups, self._flats):
-            for i, q in enumerate(group["params"]):
-                if q is p:
-                    if flat.avg is None:
-                        raise RuntimeError("this parameter's group has average=None")
-                    return flat.view(flat.avg, i, p)
-        raise KeyError("parameter is not managed by this optimizer")
+    def averaged(self, p: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """A view of parameter p's running average of ``kind`` ("swa" or "ema"; may be omitted
+        when only one is kept). It equals p until the average first moves."""
+        if id(p) not in self._index:
+            raise KeyError("parameter is not managed by this optimizer")
+        kind = pick_kind(self._flats, kind)
+        gi, i = self._index[id(p)]
+        flat = self._flats[gi]
+        if kind not in flat.avg:
+            raise RuntimeError(f"this parameter's group keeps no {kind} average ({kind}=False)")
+        return flat.view(flat.avg[kind], i, p)
 
     @contextlib.contextmanager
-    def use_averaged_weights(self) -> Iterator[None]:
-        """Swap the averages into the params (one swap per group buffer) and back, even on error."""
-        swapped = [f for f in self._flats if f.avg is not None]
-        if not swapped:
-            raise RuntimeError("no parameter group keeps an average (average=None)")
+    def use_averaged_weights(self, kind: str | None = None) -> Iterator[None]:
+        """Swap the ``kind`` averages into the params (a copy per group), and back even on error."""
+        kind = pick_kind(self._flats, kind)
+        swapped = [f for f in self._flats if kind in f.avg]
         saved = [f.param.clone() for f in swapped]
         with torch.no_grad():
             for f in swapped:
-                f.param.copy_(f.avg)
+                f.param.copy_(f.avg[kind])
         try:
             yield
         finally:
@@ -466,132 +367,33 @@ class FusedAdamW(torch.optim.Optimizer):
                     f.param.copy_(s)
 
     # ------------------------------------------------------------------------------ state dict
+    def state_dict(self) -> dict[str, Any]:
+        skipped = self._skipped_count()
+        for group in self.param_groups:
+            group["skipped_steps"] = skipped
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        super().load_state_dict(normalize_loaded(state_dict))
         # torch replaced self.state[p] with fresh tensors: copy them into the flat buffers and point
         # the state back at the views so the kernel keeps seeing one buffer per group.
         with torch.no_grad():
             for group, flat in zip(self.param_groups, self._flats):
-                _check_hparams(group)
-                if (group["average"] is None) != (flat.avg is None):
-                    raise ValueError(
-                        "loaded state changes 'average' on/off for a group; rebuild the optimizer"
-                    )
+                for key, value in self.defaults.items():
+                    group.setdefault(key, value)
+                check_hparams(group)
+                flat.sync_averages(group)
                 for i, p in enumerate(group["params"]):
                     loaded = self.state.get(p, {})
-                    views = self._state_views(flat, i, p)
+                    views = flat.state_views(i, p)
                     for k, v in views.items():
                         if k in loaded:
                             v.copy_(loaded[k])
+                        elif k in AVERAGE_KINDS:  # an average the checkpoint lacks starts at p
+                            v.copy_(flat.view(flat.param, i, p))
                         else:
                             v.zero_()
                     self.state[p] = views
-
-
-def _average_weights(group: dict[str, Any], t: int) -> tuple[float | None, float | None]:
-    """(keep, take) of avg <- avg*keep + p*take for step t, or (None, None) on non-averaging steps."""
-    kind = group["average"]
-    interval = group["average_interval"]
-    if kind is None or t % interval != 0:
-        return None, None
-    if kind == "swa":
-        horizon = group["average_horizon"]
-        k = (t % horizon) // interval if horizon is not None else t // interval
-        rate = 1.0 / (k + 1)
-        return 1.0 - rate, rate
-    if t == 0:
-        return 0.0, 1.0  # EMA: the first averaging step copies p
-    d = float(group["ema_decay"])
-    return d, 1.0 - d
-
-
-def _check_hparams(g: dict[str, Any]) -> None:
-    """Clear errors for bad hyperparameters, before anything reaches Triton."""
-    lr, eps, wd = g["lr"], g["eps"], g["weight_decay"]
-    if isinstance(lr, torch.Tensor):
-        raise TypeError("FusedAdamW takes lr as a Python float, not a tensor")
-    if not lr >= 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if not wd >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {wd}")
-    betas = g["betas"]
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two values in [0, 1), got {betas}")
-    kind = g["average"]
-    if kind not in _AVERAGE_KINDS:
-        raise ValueError(f"average must be one of None, 'swa', 'ema', got {kind!r}")
-    interval, horizon = g["average_interval"], g["average_horizon"]
-    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
-        raise ValueError(f"average_interval must be a positive int, got {interval!r}")
-    if horizon is not None:
-        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
-            raise ValueError(f"average_horizon must be a positive int or None, got {horizon!r}")
-        if horizon % interval != 0:
-            raise ValueError(
-                f"average_interval ({interval}) must divide average_horizon ({horizon})"
-            )
-    if not 0.0 <= g["ema_decay"] < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {g['ema_decay']}")
-
-
-def aot_specs() -> list[dict]:
-    """Compile specs for kernels.aot: the AdamW kernel (fp32/bf16 grads, with/without averaging)
-    and the grad-norm partial-sum kernel, at their block sizes."""
-    specs = []
-    for gdt in ("fp32", "bf16"):
-        for avg in (False, True):
-            specs.append(
-                {
-                    "kernel": "adamw" + ("_avg" if avg else ""),
-                    "fn": _adamw_kernel,
-                    "signature": {
-                        "p_ptr": "*fp32",
-                        "g_ptr": f"*{gdt}",
-                        "m_ptr": "*fp32",
-                        "v_ptr": "*fp32",
-                        "avg_ptr": "*fp32",
-                        "scale_ptr": "*fp32",
-                        "n_elements": "i32",
-                        "wd_factor": "fp32",
-                        "one_minus_beta1": "fp32",
-                        "beta2": "fp32",
-                        "one_minus_beta2": "fp32",
-                        "step_size": "fp32",
-                        "bc2_sqrt": "fp32",
-                        "eps": "fp32",
-                        "avg_keep": "fp32",
-                        "avg_take": "fp32",
-                        "AVERAGE": "constexpr",
-                        "BLOCK_SIZE": "constexpr",
-                    },
-                    "constexprs": {"AVERAGE": avg, "BLOCK_SIZE": BLOCK},
-                    "num_warps": NUM_WARPS,
-                    "divisible": ["p_ptr", "g_ptr", "m_ptr", "v_ptr", "avg_ptr", "n_elements"],
-                    "dtype": gdt,
-                    "hidden": BLOCK,
-                    "note": f"fp32 params/states, {gdt} grads, "
-                    + ("with" if avg else "no")
-                    + " averaging",
-                }
-            )
-        specs.append(
-            {
-                "kernel": "adamw_gradnorm",
-                "fn": _sumsq_kernel,
-                "signature": {
-                    "g_ptr": f"*{gdt}",
-                    "partial_ptr": "*fp32",
-                    "n_elements": "i32",
-                    "BLOCK_SIZE": "constexpr",
-                },
-                "constexprs": {"BLOCK_SIZE": NORM_BLOCK},
-                "num_warps": NUM_WARPS,
-                "divisible": ["g_ptr", "partial_ptr", "n_elements"],
-                "dtype": gdt,
-                "hidden": NORM_BLOCK,
-                "note": f"{gdt} grads, per-program partial sums of squares",
-            }
-        )
-    return specs
+        self._skipped_host = max(int(g.get("skipped_steps", 0)) for g in self.param_groups)
+        self._skipped_dev = None
+        self._pending = None

@@ -1,19 +1,31 @@
-"""Ahead-of-time compile report: build every kernel's SASS for sm_90/sm_80 without a GPU and inspect it.
+"""Ahead-of-time compile report: every kernel's SASS for sm_90/sm_80, built without a GPU.
 
-``python -m kernels.aot --arch sm_90 [--json] [--only NAME]`` compiles each spec from
-``kernels.rmsnorm.aot_specs()``, ``kernels.swiglu.aot_specs()`` and ``kernels.adamw.aot_specs()`` with
-Triton's compiler for that target (``triton.compile(ASTSource(...), target=GPUTarget(...))``), then reads
-the cubin with the ``cuobjdump``/``ptxas`` shipped in the triton wheel:
+``python -m kernels.aot --arch sm_90 [--json] [--only NAME]`` compiles each spec of the
+``aot_specs()`` of ``kernels._rmsnorm_kernels``, ``kernels._swiglu_kernels`` and
+``kernels._adamw_kernels`` with Triton's compiler for that target
+(``triton.compile(ASTSource(...), target=GPUTarget(...))``, pointers and sizes declared divisible by
+16 through ``tt.divisibility`` attributes), then reads the cubin with the ``cuobjdump`` shipped in
+the triton wheel:
 
 * registers / local (stack) / shared memory per kernel from ``cuobjdump -res-usage``;
-* spill bytes from the ``STL``/``LDL`` (local-memory) instructions in the SASS (a kernel with no local
-  frame and no STL/LDL cannot spill; ptxas -v is not rerun, to keep the report fast);
-* the widest global load and store in bits from ``LDG``/``STG`` opcodes in ``cuobjdump -sass``.
+* spill bytes from the ``STL``/``LDL`` (local-memory) instructions in the SASS (a kernel with no
+  local frame and no STL/LDL cannot spill; ptxas -v is not rerun, to keep the report fast);
+* the widest global load and store in bits from ``LDG``/``STG`` opcodes in ``cuobjdump -sass``;
+* resident blocks per SM that those registers and shared memory allow (``ctas_per_sm``);
+* a static issue-bound speed ceiling: the SASS instructions ``I`` of the steady-state loop (the
+  row/tile loop; the whole program for one-block kernels), executed by each of the ``W`` warps of
+  a program for the ``E`` elements of one iteration, so ``W * I / E`` warp-instructions per
+  element. An H100 SXM issues at most 132 SMs x 4 schedulers x 1 warp-instruction/cycle x 1.98
+  GHz, so the kernel cannot move more than ``132 * 4 * 1.98e9 * E / (W * I) * B`` bytes/s, B its
+  ideal bytes per element. It is printed beside the HBM3 ceiling (3.35 TB/s spec, ~3.0 TB/s
+  achievable): a kernel whose issue ceiling is under 3.0 TB/s is instruction-bound, not
+  memory-bound (NVIDIA H100 Tensor Core GPU Architecture whitepaper, Tables 2-3; CUDA C
+  Programming Guide, "Compute Capabilities").
 
-Why static: our CI has no GPU, so this is the evidence that the kernels vectorize (128-bit accesses)
-and do not spill on the target. Compiling needs the real ``JITFunction`` objects, which Triton replaces
-by interpreter objects when ``TRITON_INTERPRET=1`` is set at import time, so ``main`` re-executes itself
-with the variable removed in that case.
+Why static: our CI has no GPU, so this is the evidence that the kernels vectorize (128-bit
+accesses), do not spill, and are not instruction-bound on the target. Compiling needs the real
+``JITFunction`` objects, which Triton replaces by interpreter objects when ``TRITON_INTERPRET=1`` is
+set at import time, so ``main`` re-executes itself with the variable removed in that case.
 """
 
 from __future__ import annotations
@@ -29,7 +41,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_SPEC_MODULES = ("kernels.rmsnorm", "kernels.swiglu", "kernels.adamw")
+from ._utils import H100_SMS, ctas_per_sm
+
+_SPEC_MODULES = ("kernels._rmsnorm_kernels", "kernels._swiglu_kernels", "kernels._adamw_kernels")
 _ARCHS = {"sm_90": 90, "sm_80": 80}
 COLUMNS = (
     "kernel",
@@ -42,8 +56,16 @@ COLUMNS = (
     "shared_bytes",
     "ld_global_bits",
     "st_global_bits",
+    "ctas_per_sm",
+    "loop_instr",
+    "bytes_per_elem",
+    "issue_tbps",
     "note",
 )
+SCHEDULERS_PER_SM = 4
+H100_BOOST_HZ = 1.98e9
+HBM_SPEC_TBPS = 3.35
+HBM_ACHIEVABLE_TBPS = 3.0
 
 
 def _bin(name: str) -> Path:
@@ -52,12 +74,16 @@ def _bin(name: str) -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
 
 
-def collect_specs(only: str | None = None) -> list[dict]:
-    """All spec dicts from the kernel modules (optionally only kernels whose name contains ``only``)."""
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def collect_specs(only: str | None = None, dtypes: tuple[str, ...] | None = None) -> list[dict]:
+    """All spec dicts of the kernel modules (only kernels whose name contains ``only``, if set;
+    bf16 and fp32 unless ``dtypes`` says otherwise)."""
     specs: list[dict] = []
     for mod_name in _SPEC_MODULES:
         mod = importlib.import_module(mod_name)
-        specs.extend(mod.aot_specs())
+        specs.extend(mod.aot_specs() if dtypes is None else mod.aot_specs(tuple(dtypes)))
     if only is not None:
         specs = [s for s in specs if only in s["kernel"]]
     return specs
@@ -78,7 +104,9 @@ def compile_spec(spec: dict, arch: str) -> Any:
         attrs=attrs,
     )
     target = GPUTarget("cuda", _ARCHS[arch], 32)
-    return triton.compile(src, target=target, options={"num_warps": spec.get("num_warps", 4)})
+    # FMA contraction on, as Triton 3.9 launches kernels by default (and no warning about it)
+    options = {"num_warps": spec.get("num_warps", 4), "enable_fp_fusion": True}
+    return triton.compile(src, target=target, options=options)
 
 
 _RES_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
@@ -122,6 +150,53 @@ def parse_sass(sass: str) -> dict[str, int]:
     return {"ld_global_bits": ld, "st_global_bits": st, "spill_bytes": spill}
 
 
+_INSTR_RE = re.compile(r"/\*([0-9a-f]+)\*/\s+([^;]*);")
+_BRA_RE = re.compile(r"\bBRA\s+(0x[0-9a-f]+)")
+
+
+def sass_instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, text) of every SASS instruction of a cuobjdump dump, NOPs (padding) left out."""
+    out = []
+    for addr, text in _INSTR_RE.findall(sass):
+        text = text.strip()
+        if text and not re.search(r"\bNOP\b", text):
+            out.append((int(addr, 16), text))
+    return out
+
+
+def loop_instructions(sass: str) -> tuple[int, bool]:
+    """Instructions of the steady-state loop and whether there is a loop.
+
+    The loop is the span of the widest backward branch (``BRA`` to a lower address; the
+    ``BRA`` to itself after the last ``EXIT`` is padding). Without one the kernel is straight-line
+    code run once per program, and every instruction up to the last ``EXIT`` counts. Branches
+    inside the span are counted as if both sides run: a static upper bound of the dynamic count.
+    """
+    ins = sass_instructions(sass)
+    backs = []
+    for addr, text in ins:
+        m = _BRA_RE.search(text)
+        if m and int(m.group(1), 16) < addr:
+            backs.append((int(m.group(1), 16), addr))
+    if backs:
+        lo, hi = max(backs, key=lambda b: b[1] - b[0])
+        return sum(1 for a, _ in ins if lo <= a <= hi), True
+    exits = [a for a, t in ins if re.search(r"\bEXIT\b", t)]
+    if not exits:
+        raise RuntimeError("SASS has no EXIT: not a kernel dump")
+    return sum(1 for a, _ in ins if a <= max(exits)), False
+
+
+def issue_ceiling_tbps(
+    instr: int, elems: int, num_warps: int, bytes_per_elem: float, sms: int = H100_SMS
+) -> float:
+    """Issue-bound bandwidth ceiling in TB/s (see the module notes): each of the num_warps warps of
+    a program issues ``instr`` instructions per iteration of ``elems`` elements."""
+    warp_instr_per_elem = num_warps * instr / elems
+    elems_per_s = sms * SCHEDULERS_PER_SM * H100_BOOST_HZ / warp_instr_per_elem
+    return elems_per_s * bytes_per_elem / 1e12
+
+
 def analyze(compiled: Any, arch: str) -> dict[str, int]:
     """Registers, spills, local/shared memory and access widths of one compiled kernel."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +220,9 @@ def analyze(compiled: Any, arch: str) -> dict[str, int]:
     s = parse_sass(sass)
     shared = int(r.group(3))
     meta_shared = getattr(compiled.metadata, "shared", 0) or 0
+    loop, _ = loop_instructions(sass)
     return {
+        "loop_instr": loop,
         "registers": int(r.group(1)),
         # bytes moved by the STL/LDL (local memory = spill) instructions in the SASS, per thread
         "spill_bytes": s["spill_bytes"],
@@ -156,28 +233,46 @@ def analyze(compiled: Any, arch: str) -> dict[str, int]:
     }
 
 
-def report(arch: str = "sm_90", only: str | None = None) -> list[dict]:
+def report(
+    arch: str = "sm_90", only: str | None = None, dtypes: tuple[str, ...] | None = None
+) -> list[dict]:
     """One row per kernel x config: COLUMNS, for every spec of the kernel modules."""
     if arch not in _ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(_ARCHS)}")
+    bad = sorted(set(dtypes or ()) - set(DTYPES))
+    if bad:
+        raise ValueError(f"unknown dtype {bad[0]!r}; choose from {', '.join(DTYPES)}")
     rows = []
-    for spec in collect_specs(only):
+    done: dict[tuple, dict] = {}  # specs that differ only in their label compile once
+    for spec in collect_specs(only, dtypes):
         row = {
             "kernel": spec["kernel"],
             "dtype": spec.get("dtype", ""),
             "hidden": spec.get("hidden", ""),
             "num_warps": spec.get("num_warps", 4),
         }
-        row.update(analyze(compile_spec(spec, arch), arch))
+        key = (spec["fn"].__name__, str(spec["signature"]), str(spec.get("constexprs")))
+        key += (row["num_warps"], str(spec.get("divisible")))
+        if key not in done:
+            done[key] = analyze(compile_spec(spec, arch), arch)
+        row.update(done[key])
+        row["ctas_per_sm"] = ctas_per_sm(row["registers"], row["shared_bytes"], row["num_warps"])
+        row["bytes_per_elem"] = spec["bytes_per_elem"]
+        row["issue_tbps"] = round(
+            issue_ceiling_tbps(
+                row["loop_instr"], spec["elems_per_iter"], row["num_warps"], spec["bytes_per_elem"]
+            ),
+            2,
+        )
         row["note"] = spec.get("note", "")
         row["arch"] = arch
         rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Plain-text table of the report rows."""
-    cols = list(COLUMNS)
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Plain-text table of the report rows (``columns`` default: COLUMNS)."""
+    cols = list(COLUMNS) if columns is None else columns
     cells = [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max([len(c)] + [len(x[i]) for x in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
@@ -186,29 +281,99 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="sm_90", help="sm_90 (H100) or sm_80 (A100)")
-    ap.add_argument("--json", action="store_true", help="print one JSON row per line")
-    ap.add_argument("--only", default=None, help="only kernels whose name contains this")
-    args = ap.parse_args(argv)
-    if args.arch not in _ARCHS:
-        print(
-            f"error: unknown --arch {args.arch!r}; choose from {', '.join(sorted(_ARCHS))}",
-            file=sys.stderr,
+def rmsnorm_bwd_traffic(rows: list[dict], m: int = 4096) -> list[dict]:
+    """RMSNorm backward bytes at M x hidden 4096 and 16384: the old fixed grid (8 programs per SM)
+    against one resident wave (132 x the report's blocks per SM), as bytes per element of x and the
+    share the fp32 dw partials add to the 3 x itemsize of x, dy and dx."""
+    from ._rmsnorm_kernels import bwd_traffic
+
+    out = []
+    for r in rows:
+        if r["kernel"] != "rmsnorm_bwd_dx" or r["hidden"] not in (4096, 16384):
+            continue
+        e = 4 if r["dtype"] == "fp32" else 2
+        for when, per_sm in (("before", 8), ("after", r["ctas_per_sm"])):
+            progs = min(m, per_sm * H100_SMS)
+            progs = -(-m // -(-m // progs))  # programs left after rounding rows per program up
+            t = bwd_traffic(m, r["hidden"], e, progs)
+            total_mb = round((t["data_bytes"] + t["partial_bytes"]) / 1e6, 1)
+            out.append({"dtype": r["dtype"], "hidden": r["hidden"], "grid": when,
+                        "programs": progs, "bytes_per_elem": round(t["bytes_per_elem"], 3),
+                        "partial_share_pct": round(100 * t["partial_share"], 1),
+                        "total_mb": total_mb})  # fmt: skip
+    return out
+
+
+def format_report(rows: list[dict]) -> str:
+    """The compile table, its issue-bound verdict beside the HBM ceiling, and the RMSNorm backward
+    traffic before/after the resident-wave grid."""
+    lines = [format_table(rows), ""]
+    lines.append(
+        f"HBM ceiling: {HBM_SPEC_TBPS} TB/s spec, ~{HBM_ACHIEVABLE_TBPS} TB/s achievable. "
+        "issue_tbps = 132 SMs x 4 schedulers x 1.98 GHz x elements per warp-instruction x "
+        "bytes_per_elem (loop_instr SASS instructions per warp per iteration)."
+    )
+    slow = [r for r in rows if r["issue_tbps"] < HBM_ACHIEVABLE_TBPS]
+    if slow:
+        for r in slow:
+            lines.append(
+                f"issue-bound below {HBM_ACHIEVABLE_TBPS} TB/s: {r['kernel']} {r['dtype']} "
+                f"{r['hidden']}: {r['issue_tbps']} TB/s ({r.get('issue_note') or r['note']})"
+            )
+    else:
+        low = min(rows, key=lambda r: r["issue_tbps"])
+        lines.append(
+            f"no kernel is issue-bound below {HBM_ACHIEVABLE_TBPS} TB/s (lowest: {low['kernel']} "
+            f"{low['dtype']} {low['hidden']} at {low['issue_tbps']} TB/s)"
         )
-        return 2
+    traffic = rmsnorm_bwd_traffic(rows)
+    if traffic:
+        lines += ["", "RMSNorm backward traffic at 4096 rows (x, dy, dx + fp32 dw partials):"]
+        lines.append(format_table(traffic, list(traffic[0])))
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line + exit 2, like every steptime CLI
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog="python -m kernels.aot",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--arch", default="sm_90", choices=sorted(_ARCHS), help="compile target")
+    ap.add_argument("--json", action="store_true", help="print one JSON row per line")
+    ap.add_argument("--only", default=None, metavar="NAME", help="kernels whose name has NAME")
+    ap.add_argument(
+        "--dtype", default="bf16,fp32", metavar="LIST", help=f"comma list of {', '.join(DTYPES)}"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # the one-line error above, or --help
+        return int(e.code or 0)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        # The interpreter swaps JITFunctions for interpreted ones at import; compile in a clean child.
+        # The interpreter swaps JITFunctions for interpreted ones at import: compile in a child.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         cmd = [sys.executable, "-m", "kernels.aot"] + (
             list(argv) if argv is not None else sys.argv[1:]
         )
         return subprocess.run(cmd, env=env).returncode
+    dtypes = tuple(d.strip() for d in args.dtype.split(",") if d.strip())
     try:
-        rows = report(args.arch, args.only)
+        rows = report(args.arch, args.only, dtypes)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ImportError, RuntimeError, subprocess.CalledProcessError) as e:
-        print(f"error: compile report failed: {e}", file=sys.stderr)
+        print(f"error: compile report failed: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     if not rows:
         print(f"error: no kernel matches --only {args.only!r}", file=sys.stderr)
@@ -217,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(json.dumps(r))
     else:
-        print(format_table(rows))
+        print(format_report(rows))
     return 0
 
 

@@ -1,1 +1,1 @@
-"""steptime model: ModelConfig, the Llama-style transformer, and closed-form costs. No torch at import."""
+"""steptime model: ModelConfig, the two transformer families, closed-form costs (no torch)."""

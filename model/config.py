@@ -1,8 +1,9 @@
 """ModelConfig: the one architecture description shared by model, train, bench and timemodel.
 
 Standard library only, so that `timemodel` can score millions of configs without torch.
-Field names follow the seed code's CLI flags (epfml/schedules-and-scaling, spec/seeds.md §1.1):
-`--n-layer` -> n_layer, `--n-embd` -> n_embd, and so on.
+Field names follow the CLI flags of the seed code (Hägele et al. 2024, arXiv:2405.18392; upstream
+epfml/schedules-and-scaling `src/config/base.py`): `--n-layer` -> n_layer, `--n-embd` -> n_embd, and
+so on; its `--model llama|base` is `arch="llama"|"gpt2"` here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +21,7 @@ from typing import Any
 
 KERNELS = ("torch", "triton")
 ATTENTIONS = ("sdpa", "flash")
+ARCHS = ("llama", "gpt2")
 
 
 class UserError(ValueError):
@@ -79,50 +82,76 @@ def seed_ffn_hidden(n_embd: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
+def _positive_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and v > 0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """A Llama-style decoder (pre-norm RMSNorm, RoPE, causal attention, SwiGLU, no biases)."""
+    """A decoder-only transformer of one of two families (`arch`).
+
+    "llama" (the default): pre-norm RMSNorm, RoPE, causal attention, SwiGLU MLP of width `hidden`,
+    no positional embedding; with bias=True the attention projections get biases, as in the seed's
+    `src/models/llama.py` (its SwiGLU MLP and RMSNorm never have one).
+    "gpt2": GPT-2 / Megatron style (Radford et al. 2019; the seed's `--model base`): pre-norm
+    LayerNorm (with a bias when bias=True), GELU MLP of width 4 * n_embd unless ffn_hidden is
+    given, learned position embeddings, biases on every block linear when bias=True. It has no
+    Triton kernels (kernels="triton" runs the same torch ops). n_kv_head (GQA) works in both.
+    Neither family has a bias on the LM head; it is tied to the token embedding when tie_embeddings.
+    dropout (embedding, attention probabilities, residual branches) is active in training only.
+    """
 
     vocab_size: int = 50304
     n_layer: int = 12
     n_embd: int = 768
     n_head: int = 12
     n_kv_head: int | None = None  # None -> multi-head attention (n_kv_head = n_head)
-    ffn_hidden: int | None = None  # None -> seed_ffn_hidden(n_embd, multiple_of)
+    ffn_hidden: int | None = None  # None -> seed_ffn_hidden(...), or 4 * n_embd for gpt2
     multiple_of: int = 256  # SwiGLU width rounding, the seed's --multiple-of
     sequence_length: int = 512
     tie_embeddings: bool = False  # the seed ties wte and lm_head; its presets below do too
-    norm_eps: float = 1e-5  # the seed's --rmsnorm-eps
+    norm_eps: float = 1e-5  # the seed's --rmsnorm-eps (also the LayerNorm eps of gpt2)
     rope_theta: float = 10000.0
     init_std: float = 0.02
     kernels: str = "torch"  # "torch" (reference ops) | "triton" (our fused kernels)
     attention: str = "sdpa"  # "sdpa" | "flash" (flash-attn when installed and on CUDA)
+    arch: str = "llama"  # "llama" | "gpt2" (the seed's --model llama|base)
+    bias: bool = False  # the seed's --bias
+    dropout: float = 0.0  # the seed's --dropout
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_embd", "n_head", "sequence_length", "multiple_of"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            if not _positive_int(v):
+                raise UserError(f"{name} must be a positive integer, got {v!r}")
         for name in ("n_kv_head", "ffn_hidden"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-                raise ConfigError(f"{name} must be a positive integer or None, got {v!r}")
+            if v is not None and not _positive_int(v):
+                raise UserError(f"{name} must be a positive integer or None, got {v!r}")
+        for name in ("tie_embeddings", "bias"):  # 0/1 from a CSV table read as False/True
+            v = getattr(self, name)
+            if v not in (0, 1) or isinstance(v, float):
+                raise UserError(f"{name} must be true or false, got {v!r}")
+            object.__setattr__(self, name, bool(v))
+        if self.arch not in ARCHS:
+            raise UserError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.head_dim % 2:
-            raise ConfigError(f"head dim n_embd/n_head={self.head_dim} must be even for RoPE")
+            raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.arch == "llama" and self.head_dim % 2:
+            raise UserError(f"head dim n_embd/n_head={self.head_dim} must be even for RoPE")
         if self.n_head % self.kv_heads:
-            raise ConfigError(f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}")
-        if not (self.norm_eps > 0):
-            raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if not (self.rope_theta > 0):
-            raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta!r}")
-        if not (self.init_std > 0):
-            raise ConfigError(f"init_std must be > 0, got {self.init_std!r}")
+            raise UserError(f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+                raise UserError(f"{name} must be > 0, got {v!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+            raise UserError(f"dropout must be in [0, 1), got {d!r}")
         if self.kernels not in KERNELS:
-            raise ConfigError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
+            raise UserError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
         if self.attention not in ATTENTIONS:
-            raise ConfigError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+            raise UserError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
     # Derived values are properties, never fields, so a results row cannot disagree with them.
     @property
@@ -135,9 +164,11 @@ class ModelConfig:
 
     @property
     def hidden(self) -> int:
-        """The SwiGLU hidden width actually built."""
+        """The MLP hidden width actually built (SwiGLU for llama, GELU for gpt2)."""
         if self.ffn_hidden is not None:
             return self.ffn_hidden
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
         return seed_ffn_hidden(self.n_embd, self.multiple_of)
 
     def replace(self, **changes) -> ModelConfig:
@@ -151,7 +182,7 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+            raise UserError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
         return cls(**d)
 
 
@@ -160,7 +191,8 @@ def field_names() -> list[str]:
 
 
 def _seed(n_embd: int, n_layer: int) -> ModelConfig:
-    # The seed suite (spec/seeds.md §1.11): vocab 50304, sequence 512, head dim 64, tied embeddings.
+    # The model suite of Hägele et al. 2024 (arXiv:2405.18392, Table 2): vocab 50304, sequence 512,
+    # head dim 64, tied embeddings.
     return ModelConfig(
         vocab_size=50304,
         n_layer=n_layer,
@@ -190,7 +222,7 @@ PRESETS: dict[str, ModelConfig] = {
     "360M": _seed(1024, 24),
 }
 
-# Parameter counts the seed reports for its suite (spec/seeds.md §1.11), for comparison tables.
+# Parameter counts reported for that suite (Hägele et al. 2024, Table 2), for comparison tables.
 SEED_REPORTED_PARAMS: dict[str, float] = {
     "33M": 33.45e6,
     "53M": 52.99e6,
@@ -208,7 +240,7 @@ def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
 
 
 # ---------------------------------------------------------------------------------------------

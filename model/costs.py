@@ -1,225 +1,246 @@
-"""Exact parameter, FLOP and memory-traffic accounting for model.transformer.Transformer.
+"""Exact parameter, FLOP, memory-traffic and kernel-launch counts of model.transformer.Transformer.
 
-Standard library only (no torch, no numpy) so that timemodel can import it. Every formula is written
-once, in ``_terms``, as plain arithmetic that also works element-wise on numpy arrays; the scalar API
-(``num_params``, ``train_flops``, ``memory_traffic``) and ``vectorized`` both call it.
+Standard library only (no torch, no numpy) so that timemodel can import it; every formula is
+plain arithmetic that also works element-wise on numpy arrays, shared by the scalar functions and
+``vectorized``. Traffic and launches come op by op from ``model._opcount`` (one entry per aten op
+or Triton kernel of the eager step), tested against ``model.traffic.measure_step``.
 
-Notation: V vocab, L layers, d n_embd, H heads, G kv heads, hd = d/H, kvd = G*hd, f SwiGLU hidden
-width, T sequence length, B batch (sequences), N = B*T tokens per step.
+Notation: V vocab, L layers, d n_embd, H heads, G kv heads, hd = d/H, kvd = G*hd, f MLP width
+(SwiGLU for llama, GELU for gpt2), T sequence length, B micro-batch (sequences), N = B*T tokens.
 
-FLOP conventions (per training step; ``flops_per_token`` divides by N):
-  exact      2*m*n*k for every matmul of forward + backward, as torch.utils.flop_counter counts it:
-             linears fwd 2*N*in*out, bwd twice that (grad input + grad weight; every linear needs a grad
-             input because the embedding output requires grad); attention fwd 4*B*H*T^2*hd (QK^T and PV),
-             bwd twice that. Causal masking is NOT discounted: the counter (and the math kernel) charge the
-             full T x T score matrix, so we do too. The embedding lookup is a gather (0 FLOPs); the
-             norm/SwiGLU/RoPE/softmax element-wise work is not counted (the counter ignores it).
-  kaplan     6 * N_nonembedding * tokens, N_nonembedding = params without wte and lm_head (norms kept).
-  porian     6 * (N_nonembedding + V*d) * tokens: includes one V*d (the head), spec/seeds.md §2.2.
-  chinchilla 3 * F_fwd per sequence * B with F_fwd from Hoffmann App. F (spec/seeds.md §1.9), with k = hd,
-             h = H, SwiGLU dense term, and the k/v projections sized by G (GQA).
-  palm       (6*N_params + 12*L*H*hd*T) * tokens: the PaLM / nanoGPT MFU count; used by ``mfu``.
+FLOP conventions (per micro-step of B sequences; ``flops_per_token`` divides by N):
+  exact      2*m*n*k for every matmul of forward + backward, as torch.utils.flop_counter counts
+             it: linears fwd 2*N*in*out, bwd twice that (grad input + grad weight; every linear
+             needs a grad input because the embedding output requires grad); attention fwd
+             4*B*H*T^2*hd (QK^T and PV), bwd twice that. Causal masking is not discounted (the
+             counter and the math kernel charge the full T x T scores). Bias adds, the embedding
+             gather, norms, activations, RoPE and softmax are not counted (the counter ignores
+             them; their cost is memory traffic).
+  kaplan     6 * N_nonembedding * tokens: N without token/position embeddings and an untied head
+             (Kaplan et al. 2020, arXiv:2001.08361, §2.1).
+  porian     6 * (N_nonembedding + V*d) * tokens: one V*d for the head (Porian et al. 2024,
+             arXiv:2406.19146, §2 "last layer" FLOPs).
+  chinchilla 3 * F_fwd per sequence * B, F_fwd from Hoffmann et al. 2022 (arXiv:2203.15556, App. F)
+             with key size hd, H heads, the k/v projections sized by G (GQA) and the dense term
+             3*d*f (SwiGLU) or 2*d*f (GELU).
+  palm       (6*N + 12*L*H*hd*T) * tokens (Chowdhery et al. 2022, arXiv:2204.02311, App. B), N =
+             parameters without position embeddings (as nanoGPT's MFU estimate); used by ``mfu``.
 """
 
 from __future__ import annotations
 
-from model.config import ModelConfig
+import functools
+import inspect
 
-# bf16 dense tensor-core peaks (FLOP/s). Matched by substring against the device name, most specific first.
-PEAK_FLOPS: dict[str, float] = {
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM / HBM3
-    "H200": 989e12,
-    "A100": 312e12,
-}
-
-_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "float64": 8}
+from model import _opcount as _ops
+from model._poly import Poly
+from model.config import ATTENTIONS, KERNELS, ModelConfig, UserError
 
 FLOP_KEYS = ("exact", "kaplan", "porian", "chinchilla", "palm")
-TRAFFIC_KEYS = (
-    "matmul",
-    "norm",
-    "activation",
-    "attention",
-    "embedding_head",
-    "optimizer",
-    "other",
-    "total",
+TRAFFIC_KEYS = (*_ops.CLASSES, "total")
+LAW_CONVENTIONS = ("porian", "kaplan", "total")
+OPTIMIZERS = ("fused_adamw", "torch_adamw", "none")  # "none": forward and backward only
+GRADS = ("persistent", "none")
+
+# Dense tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's datasheets: H100 (SXM5 / PCIe /
+# NVL), H200 and GH200 (same Hopper SXM compute), A100 (SXM4 and PCIe), L4. "tf32" is what fp32
+# matmuls get with TF32 enabled, as train/loop.py does. Matched by substring against the device
+# name, most specific first ("NVIDIA GH200 480GB" also contains "H200").
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "GH200": {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12},
+    "H100 NVL": {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12},
+}
+_PEAK_DTYPE = {"bfloat16": "bf16", "float16": "fp16", "float32": "tf32"}
+_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+# The per-device, per-optimizer-step features of `step_features`, for step-time models.
+STEP_FEATURES = (
+    "params",  # unique trainable parameters (== sum of numel over model.parameters())
+    "tokens",  # tokens per step per device: batch_size * acc_steps * sequence_length
+    "micro_steps",  # forward/backward passes per step (= acc_steps)
+    "flops",  # exact training FLOPs per step (matmul_flops + other_flops), recompute included
+    "matmul_flops",  # FLOPs of the dense linear layers (cuBLAS GEMMs), LM head included
+    "other_flops",  # the rest of "flops": attention QK^T and PV inside the fused SDPA kernel
+    "bytes",  # device-memory traffic per step (the sum of the bytes_<class> below)
+    *(f"bytes_{k}" for k in _ops.CLASSES),  # traffic by op class (model._opcount.CLASSES)
+    "launches",  # kernel launches per step (dispatched aten ops + Triton kernels, see traffic.py)
+    "allreduce_bytes",  # bytes each device sends (and receives) in the fp32 gradient all-reduce
 )
 
 
-def _nbytes(dtype: str) -> int:
-    try:
-        return _BYTES[str(dtype).replace("torch.", "")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(_BYTES)}") from None
+def _dtype(dtype: str) -> str:
+    name = str(dtype).replace("torch.", "")
+    name = _ALIASES.get(name, name)
+    if name not in _PEAK_DTYPE:
+        raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(_PEAK_DTYPE)}")
+    return name
 
 
-def _terms(
-    V,
-    L,
-    d,
-    H,
-    G,
-    f,
-    T,
-    B,
-    tie,
-    *,
-    dtype="float32",
-    param_dtype="float32",
-    kernels="torch",
-    attention="sdpa",
-    optimizer="fused_adamw",
-    average=None,
-) -> dict:
-    """All counts for one config. Works on ints or numpy arrays (pure arithmetic, no branching on values)."""
-    hd = d // H
-    kvd = G * hd
-    N = B * T
-    gqa = (G < H) * 1  # 0/1; a comparison, not an `if`, so arrays work
-    # ---- parameters -------------------------------------------------------------------------
-    layer = (
-        d * (d + 2 * kvd) + d * d + 3 * d * f + 2 * d
-    )  # c_attn, c_proj, w1, w2, mlp.c_proj, two norms
-    embed = V * d
-    head = V * d * (1 - tie)  # a tied head shares wte's matrix
-    params = L * layer + embed + head + d  # + final norm
-    nonembed = L * layer + d
-    n_tensors = L * 7 + 2 + (1 - tie)  # parameter tensors (scalar per-tensor optimizer work)
-    # ---- FLOPs ------------------------------------------------------------------------------
-    lin_fwd = 2 * N * (L * (d * (d + 2 * kvd) + d * d + 3 * d * f) + d * V)
-    att_fwd = 4 * B * H * T * T * hd * L
-    flops = {
-        "exact": 3 * (lin_fwd + att_fwd),
-        "kaplan": 6 * nonembed * N,
-        "porian": 6 * (nonembed + V * d) * N,
-        "chinchilla": 3
-        * B
-        * (
-            2 * T * V * d
-            + L
-            * (
-                2 * T * d * (d + 2 * kvd)
-                + 2 * T * T * d
-                + 3 * H * T * T
-                + 2 * T * T * d
-                + 2 * T * d * d
-                + 2 * T * 3 * d * f
-            )
-            + 2 * T * d * V
-        ),
-        "palm": (6 * params + 12 * L * H * hd * T) * N,
-    }
-    # ---- memory traffic (bytes) ---------------------------------------------------------------
-    s = _nbytes(dtype)  # activation bytes
-    p = _nbytes(param_dtype)
-    # Every matmul reads both operands and writes its result; a linear does 3 (fwd, grad input, grad weight).
-    lin = lambda i, o: 3 * (N * i + N * o + i * o)  # noqa: E731  (tiny local helper)
-    matmul = s * (L * (lin(d, d + 2 * kvd) + lin(d, d) + 2 * lin(d, f) + lin(f, d)) + lin(d, V))
-    # Loss: log_softmax fwd (2NV) + bwd (3NV), nll fwd (NV) + bwd (2NV); fp32 logits as the model upcasts.
-    loss = 8 * N * V * 4 + s * N * V * (s != 4) * 2
-    emb = (
-        p * 2 * V * d + 2 * s * N * d + 2 * 8 * N + 3 * p * V * d * tie
-    )  # gather reads all of wte (as counted)
-    if kernels == "triton":
-        # Fused RMSNorm: fwd reads x, w, writes y, rstd; bwd reads x, dy, w, rstd, writes dx (+ dw partials).
-        norm = (2 * L + 1) * (5 * s * N * d + 8 * N)
-        # Fused SwiGLU: fwd reads gate, up, writes h; bwd reads gate, up, dh, writes dgate, dup.
-        act = L * 8 * s * N * f
-        rope = (
-            L * s * (6 * N * d + 6 * N * kvd)
-        )  # eager RoPE: read/write q,k fwd and bwd (fp32 math in regs)
-        resid = L * 2 * 3 * s * N * d * 2  # residual adds fwd and grad accumulation bwd
-        elementwise_other = rope + resid
-    else:
-        # Eager torch path, fp32: per-op byte counts of the reference ops (pow, mean, rsqrt, mul, silu, ...),
-        # collected from the aten op sequence of one step and expressed per element class.
-        # The coefficients below were obtained by regressing measured per-class bytes on these element
-        # classes over 60 random tiny configs (they reproduce measure_traffic within ~0.3%); the N*d class
-        # also carries the RoPE and residual-add traffic, which scale the same way.
-        norm = s * (L * 84 * N * d + 32 * N * d - 25.5 * N + L * 45.5 * N + L * 8 * d)
-        act = s * L * (5 * N * f + 9 * N * f)  # silu fwd/bwd + swiglu mul and grad-accumulation
-        elementwise_other = s * (
-            L * 47.5 * N * kvd + L * 1.5 * T * hd + gqa * L * (24 * N * d - 12 * N * kvd) + 346
-        )
-    if attention == "flash" or kernels == "triton":
-        # Flash: reads q, k, v, writes o, lse; bwd reads q, k, v, o, do, lse, writes dq, dk, dv.
-        # Omitted: re-reads of K/V tiles across query blocks (served from L2/SRAM when they fit).
-        att = L * (s * (5 * N * d + 4 * N * kvd) + 8 * B * H * T)
-    else:
-        # Fused SDPA after an explicit GQA repeat: fwd q,k,v,o (4Nd) + lse; bwd 8Nd + lse.
-        att = L * (s * 12 * N * d + 8 * B * H * T)
-    # Optimizer (fp32 states): fused AdamW reads p, g, m, v (+avg) and writes p, m, v (+avg).
-    avg = 0 if average is None else 2
-    if optimizer == "fused_adamw":
-        opt = params * 4 * (7 + avg)
-    elif optimizer == "torch_adamw":
-        # torch.optim.AdamW(foreach=False): mul_, lerp_, mul_, addcmul_, sqrt, div, add_, addcdiv_ = 20 per element
-        opt = params * 4 * (20 + avg) + n_tensors * 8
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose fused_adamw or torch_adamw")
-    # Mixed precision: the autocast weight casts (read p, write s) each step when dtypes differ.
-    other = (p != s) * params * (p + s)
-    traffic = {
-        "matmul": matmul,
-        "norm": norm,
-        "activation": act,
-        "attention": att,
-        "embedding_head": emb + loss,
-        "optimizer": opt,
-        "other": other + elementwise_other,
-    }
-    traffic["total"] = sum(traffic[k] for k in TRAFFIC_KEYS[:-1])
-    return {
-        "params": params,
-        "nonembed": nonembed,
-        "embed": embed,
-        "head": head,
-        "flops": flops,
-        "traffic": traffic,
-    }
-
-
-def _cfg_terms(cfg: ModelConfig, batch_size: int, **impl) -> dict:
-    return _terms(
-        cfg.vocab_size,
-        cfg.n_layer,
-        cfg.n_embd,
-        cfg.n_head,
-        cfg.kv_heads,
-        cfg.hidden,
-        cfg.sequence_length,
-        batch_size,
-        int(cfg.tie_embeddings),
-        **impl,
-    )
+def _cfg_params(c: ModelConfig) -> dict:
+    return _ops.params(
+        c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.kv_heads, c.hidden, c.sequence_length,
+        int(c.tie_embeddings), int(c.bias), int(c.arch == "llama"),
+    )  # fmt: skip
 
 
 def num_params(cfg: ModelConfig) -> int:
-    """Unique trainable parameters (tied wte/lm_head counted once), == sum(p.numel()) of the model."""
-    return int(_cfg_terms(cfg, 1)["params"])
+    """Unique trainable parameters (a tied wte/lm_head counts once) == the model's numel sum."""
+    return int(_cfg_params(cfg)["total"])
 
 
 def param_breakdown(cfg: ModelConfig) -> dict:
-    t = _cfg_terms(cfg, 1)
+    t = _cfg_params(cfg)
     return {
-        "total": t["params"],
+        "total": t["total"],
         "non_embedding": t["nonembed"],
         "embedding": t["embed"],
+        "position_embedding": t["wpe"],
         "lm_head": t["head"],
-        "per_layer": (t["nonembed"] - cfg.n_embd) // cfg.n_layer,
-        "final_norm": cfg.n_embd,
+        "per_layer": t["layer"],
+        "final_norm": t["nonembed"] - cfg.n_layer * t["layer"],
     }
 
 
-def train_flops(cfg: ModelConfig, batch_size: int) -> dict:
-    """FLOPs of one training step (forward + backward) of batch_size sequences, per convention."""
-    return dict(_cfg_terms(cfg, batch_size)["flops"])
+def law_params(cfg: ModelConfig, convention: str) -> int:
+    """N of a loss law L(N, D) under `convention` (one of LAW_CONVENTIONS).
+
+    porian: non-embedding parameters + one V*d (the head), Porian et al. 2024 (arXiv:2406.19146,
+      §2); kaplan: without token/position embeddings and untied head, Kaplan et al. 2020
+      (arXiv:2001.08361, §2.1); total: every unique trainable parameter.
+    """
+    if convention not in LAW_CONVENTIONS:
+        raise UserError(f"unknown N convention {convention!r}; choose from {LAW_CONVENTIONS}")
+    t = _cfg_params(cfg)
+    return int(
+        {"porian": t["nonembed"] + t["embed"], "kaplan": t["nonembed"]}.get(convention, t["total"])
+    )
+
+
+def train_flops(c: ModelConfig, batch_size: int, *, activation_checkpointing=False) -> dict:
+    """FLOPs of one forward + backward of batch_size sequences (cfg `c`) per convention
+    (FLOP_KEYS), and the "exact" count split into "matmul" (linear layers) and "other"
+    (attention)."""
+    t = _cfg_params(c)
+    return _ops.flops(
+        c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.kv_heads, c.hidden, c.sequence_length,
+        batch_size, 3 if c.arch == "llama" else 2, t["total"], t["wpe"], t["nonembed"],
+        int(bool(activation_checkpointing)), int(c.dropout > 0),
+    )  # fmt: skip
 
 
 def flops_per_token(cfg: ModelConfig) -> dict:
     return {k: v / cfg.sequence_length for k, v in train_flops(cfg, 1).items()}
+
+
+# ------------------------------------------------------------------------ traffic, launches
+_VARS = ("V", "L", "d", "H", "G", "f", "T", "B", "hd", "gqa", "kv_copy", "progs", "tie", "bias")
+_ROWS = 8 * 132  # fused RMSNorm backward: at most 8 programs per SM on 132 SMs (kernels/rmsnorm.py)
+_ALL = (*STEP_FEATURES, *(f"launches_{k}" for k in _ops.CLASSES))
+
+
+def _build(impl: tuple, x: dict, detail: bool = False) -> _ops.Ledger:
+    """The op ledger of one step for implementation `impl` (a `_resolve` key) at values `x`."""
+    arch, kernels, dtype, attention, optimizer, averages, dropout = impl
+    c = _ops.dims(*(x[k] for k in _VARS), arch=arch, kernels=kernels, autocast=dtype != "float32",
+                  native_flash=attention == "flash", dropout=dropout)  # fmt: skip
+    return _ops.step(c, x["P"], acc_steps=x["acc"], ckpt=x["ckpt"], kind=optimizer,
+                     averages=averages, persistent=x["persist"], detail=detail)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _ledger(*impl) -> dict:
+    """{"bytes", "bytes_<class>", "launches", "launches_<class>": Poly} of one step of one
+    implementation (the op ledger runs once, symbolically)."""
+    led = _build(impl, {k: Poly.var(k) for k in (*_VARS, "acc", "ckpt", "persist", "P")})
+    out = {"bytes": sum(led.bytes.values()), "launches": sum(led.launches.values())}
+    out.update({f"bytes_{k}": v for k, v in led.bytes.items()})
+    out.update({f"launches_{k}": v for k, v in led.launches.items()})
+    return out
+
+
+def _resolve(cfg: ModelConfig, batch_size, kw: dict) -> tuple:
+    """Validate the implementation arguments; the `_ledger` key (arch, kernels, dtype, ...)."""
+    kernels, attention = kw["kernels"] or cfg.kernels, kw["attention"] or cfg.attention
+    averages = {None: 0, "swa": 1, "ema": 1, "swa+ema": 2}.get(kw["average"])
+    checks = (
+        (kernels in KERNELS, f"kernels must be one of {KERNELS}, got {kernels!r}"),
+        (attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}, got {attention!r}"),
+        (kw["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+        (averages is not None, f"average must be None, swa, ema or swa+ema, not {kw['average']!r}"),
+        (kw["grads"] in GRADS, f"grads must be one of {GRADS}, got {kw['grads']!r}"),
+    )
+    for v, name in ((batch_size, "batch_size"), (kw["acc_steps"], "acc_steps")):
+        ok = not isinstance(v, bool) and isinstance(v, int) and v > 0
+        checks += ((ok, f"{name} must be a positive integer, got {v!r}"),)
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    dtype = _dtype(kw["dtype"])
+    return (cfg.arch, kernels, dtype, attention, kw["optimizer"], averages, cfg.dropout > 0)
+
+
+def _env(V, L, d, H, G, f, T, B, tie, bias, params, acc, ckpt, persist) -> dict:
+    """The values of the ledger's variables (numbers or numpy arrays)."""
+    N = B * T
+    rows = N - (N - _ROWS) * (N > _ROWS)  # min(N, _ROWS), array-safe
+    progs = -(-N // -(-N // rows))  # cdiv(N, cdiv(N, rows)): the programs that get rows
+    gqa = (G < H) * 1
+    env = dict(V=V, L=L, d=d, H=H, G=G, f=f, T=T, B=B, hd=d // H, gqa=gqa, progs=progs, tie=tie,
+               kv_copy=gqa * (G > 1) * (T > 1), bias=bias, acc=acc, ckpt=ckpt)  # fmt: skip
+    env.update(P=params, persist=persist)
+    return env
+
+
+def _cfg_env(c: ModelConfig, batch_size: int, kw: dict) -> dict:
+    return _env(
+        c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.kv_heads, c.hidden, c.sequence_length,
+        batch_size, int(c.tie_embeddings), int(c.bias), num_params(c), kw["acc_steps"],
+        int(bool(kw["activation_checkpointing"])), int(kw["grads"] == "persistent"),
+    )  # fmt: skip
+
+
+def _features(counted: dict, fl: dict, env: dict, dp) -> dict:
+    """STEP_FEATURES (and whatever else `counted` holds) from the evaluated ledger and FLOPs."""
+    acc, params = env["acc"], env["P"]
+    counted.update(
+        params=params,
+        tokens=env["B"] * acc * env["T"],
+        micro_steps=acc,
+        flops=acc * fl["exact"],
+        matmul_flops=acc * fl["matmul"],
+        other_flops=acc * fl["other"],
+        # Ring all-reduce: each device sends (and receives) 2 (dp - 1) / dp of the buffer
+        # (Patarasuk & Yuan 2009, J. Parallel Distrib. Comput. 69(2); the "bus bandwidth" of
+        # NVIDIA nccl-tests, doc/PERFORMANCE.md); the buffer is the fp32 gradients.
+        allreduce_bytes=2 * (dp - 1) / dp * 4 * params,
+    )
+    return counted
+
+
+def _step(cfg: ModelConfig, batch_size: int, kw: dict) -> dict:
+    """step_features' dict (numbers) for cfg; kw: the keyword arguments of memory_traffic."""
+    impl = _resolve(cfg, batch_size, kw)
+    env = _cfg_env(cfg, batch_size, kw)
+    fl = train_flops(cfg, batch_size, activation_checkpointing=env["ckpt"])
+    return _features(Poly.evaluate(_ledger(*impl), env), fl, env, kw.get("dp", 1))
+
+
+def _defaults() -> dict:
+    names = inspect.signature(memory_traffic).parameters.values()
+    return {p.name: p.default for p in names if p.kind == p.KEYWORD_ONLY}
+
+
+def op_table(cfg: ModelConfig, batch_size: int, **kw) -> dict[str, tuple[int, float]]:
+    """{op: (launches, bytes)} of one step, op by op as model/_opcount.py lists them and with the
+    names model.traffic.measure_step reports; keyword arguments as memory_traffic's."""
+    kw = {**_defaults(), **kw}
+    led = _build(_resolve(cfg, batch_size, kw), _cfg_env(cfg, batch_size, kw), detail=True)
+    return {k: (int(n), float(b)) for k, (n, b) in led.ops.items() if n}
 
 
 def memory_traffic(
@@ -227,42 +248,69 @@ def memory_traffic(
     batch_size: int,
     *,
     dtype: str = "float32",
-    param_dtype: str = "float32",
     kernels: str | None = None,
     attention: str | None = None,
     optimizer: str = "fused_adamw",
     average: str | None = None,
+    acc_steps: int = 1,
+    activation_checkpointing: bool = False,
+    grads: str = "persistent",
 ) -> dict:
-    """Bytes read + written in device memory by one training step, by op class.
+    """Bytes read + written in device memory by one optimizer step, by op class (TRAFFIC_KEYS).
 
-    kernels/attention default to cfg's. Counted like model.traffic.measure_traffic: each op reads its
-    inputs and writes its outputs in full. Left out: view/reshape/transpose ops (no data moves), the
-    integer index/target tensors beyond one read, scalar bookkeeping (loss scalar, step counters
-    other than per-tensor AdamW steps), gradient zeroing (set_to_none), data loading and host copies,
-    and cache effects (a fused kernel's reuse of K/V tiles is not charged twice).
+    dtype "float32" runs fp32; "bfloat16"/"float16" is autocast over fp32 parameters. kernels and
+    attention default to cfg's; attention="flash" means flash-attn (16-bit dtypes, CUDA only).
+    optimizer: "fused_adamw" (kernels.adamw.FusedAdamW's Triton pass, `average` None, "swa", "ema"
+    or "swa+ema"), "torch_adamw" (torch.optim.AdamW(foreach=False)) or "none". Counted as
+    model.traffic.measure_step counts the real step (each op reads its inputs and writes its
+    outputs in full; see model/_opcount.py). grads "persistent": kept and zeroed in place
+    between steps (zero_grad(set_to_none=False), as train/step.py does), "none": set to None.
+    Not counted: data loading and host copies, the trainer's loss bookkeeping, cache reuse.
     """
-    t = _cfg_terms(
-        cfg,
-        batch_size,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernels=kernels or cfg.kernels,
-        attention=attention or cfg.attention,
-        optimizer=optimizer,
-        average=average,
-    )
-    return {k: float(v) for k, v in t["traffic"].items()}
+    f = _step(cfg, batch_size, dict(locals()))
+    out = {k: float(f[f"bytes_{k}"]) for k in _ops.CLASSES}
+    out["total"] = float(f["bytes"])
+    return out
 
 
-def mfu(tokens_per_second: float, cfg: ModelConfig, device_name: str | None) -> float | None:
-    """Model FLOPs utilisation with the "palm" count against the bf16 dense peak; None if unknown/CPU."""
-    if not device_name:
-        return None
-    for key, peak in PEAK_FLOPS.items():
-        parts = key.split()
-        if all(part.lower() in device_name.lower() for part in parts):
-            return tokens_per_second * flops_per_token(cfg)["palm"] / peak
-    return None
+def kernel_launches(cfg: ModelConfig, batch_size: int, **kw) -> dict:
+    """Kernel launches of one optimizer step by op class, and "total"; keyword arguments as
+    memory_traffic's. A launch is one dispatched aten op that does device work, or one Triton
+    kernel (defined in model/traffic.py); the count does not depend on batch_size."""
+    unknown = sorted(set(kw) - set(_defaults()))
+    if unknown:
+        raise TypeError(f"kernel_launches() got unexpected keyword arguments {unknown}")
+    f = _step(cfg, batch_size, {**_defaults(), **kw})
+    out = {k: int(f[f"launches_{k}"]) for k in _ops.CLASSES}
+    out["total"] = int(f["launches"])
+    return out
+
+
+def step_features(
+    cfg: ModelConfig,
+    batch_size: int,
+    *,
+    acc_steps: int = 1,
+    dp: int = 1,
+    dtype: str = "float32",
+    kernels: str | None = None,
+    activation_checkpointing: bool = False,
+    attention: str | None = None,
+    optimizer: str = "fused_adamw",
+    average: str | None = None,
+    grads: str = "persistent",
+) -> dict[str, float]:
+    """The step-time features (STEP_FEATURES) of one optimizer step, per device.
+
+    batch_size: sequences per micro-batch per device; acc_steps: micro-batches per step; dp:
+    data-parallel devices; activation_checkpointing: every block's forward is recomputed in the
+    backward (Chen et al. 2016, arXiv:1604.06174), adding its FLOPs, bytes and launches. The other
+    arguments are memory_traffic's (kernels and attention default to cfg's).
+    """
+    if isinstance(dp, bool) or not isinstance(dp, int) or dp <= 0:
+        raise UserError(f"dp must be a positive integer, got {dp!r}")
+    f = _step(cfg, batch_size, dict(locals()))
+    return {k: float(f[k]) for k in STEP_FEATURES}
 
 
 def vectorized(
@@ -275,23 +323,78 @@ def vectorized(
     sequence_length,
     batch_size,
     tie_embeddings=0,
-    **impl,
+    *,
+    bias=0,
+    arch: str = "llama",
+    acc_steps=1,
+    dp=1,
+    activation_checkpointing=0,
+    dtype: str = "float32",
+    kernels: str = "torch",
+    attention: str = "sdpa",
+    optimizer: str = "fused_adamw",
+    average: str | None = None,
+    dropout: float = 0.0,
+    grads: str = "persistent",
+    features=None,
 ) -> dict:
-    """params, exact FLOPs and total traffic for arrays of configs (numpy arrays or scalars)."""
-    t = _terms(
-        vocab_size,
-        n_layer,
-        n_embd,
-        n_head,
-        n_kv_head,
-        ffn_hidden,
-        sequence_length,
-        batch_size,
-        tie_embeddings * 1,
-        **impl,
-    )
-    return {
-        "params": t["params"],
-        "flops": t["flops"]["exact"],
-        "memory_traffic": t["traffic"]["total"],
-    }
+    """step_features for arrays of configs (numpy arrays or numbers, broadcast element-wise).
+
+    The positional arguments, tie_embeddings, bias (0/1), acc_steps, dp and
+    activation_checkpointing (0/1) may be arrays; arch, dtype, kernels, attention, optimizer,
+    average, dropout and grads (see memory_traffic) are one value for the whole call. ffn_hidden
+    is the MLP width as built (ModelConfig.hidden). Returns the names in `features` (default:
+    every STEP_FEATURES key and "launches_<class>"; ask only for what you need, it is faster),
+    always with "law_<convention>" for each of LAW_CONVENTIONS (law_params) and the older names
+    "flops" (= step FLOPs) and "memory_traffic" (= "bytes") when asked for. Values equal the
+    scalar functions' for each config.
+    """
+    if arch not in ("llama", "gpt2"):
+        raise UserError(f"arch must be llama or gpt2, got {arch!r}")
+    want = _ALL if features is None else tuple(features)
+    unknown = sorted(set(want) - set(_ALL) - {"memory_traffic"})
+    if unknown:
+        raise UserError(f"unknown feature(s) {unknown}; choose from {', '.join(_ALL)}")
+    cfg = ModelConfig(arch=arch, kernels=kernels, attention=attention, dropout=dropout)
+    kw = dict(kernels=None, attention=None, optimizer=optimizer, average=average, dtype=dtype)
+    impl = _resolve(cfg, 1, {**kw, "acc_steps": 1, "grads": grads})
+    V, L, d, H, G, f, T, B = (vocab_size, n_layer, n_embd, n_head, n_kv_head, ffn_hidden,
+                              sequence_length, batch_size)  # fmt: skip
+    llama, tie, ckpt = 1 if arch == "llama" else 0, tie_embeddings * 1, activation_checkpointing * 1
+    pr = _ops.params(V, L, d, H, G, f, T, tie, bias * 1, llama)
+    fl = _ops.flops(V, L, d, H, G, f, T, B, 2 + llama, pr["total"], pr["wpe"], pr["nonembed"],
+                    ckpt, int(dropout > 0))  # fmt: skip
+    want = tuple({"memory_traffic": "bytes"}.get(k, k) for k in want)
+    env = _env(V, L, d, H, G, f, T, B, tie, bias * 1, pr["total"], acc_steps, ckpt,
+               int(grads == "persistent"))  # fmt: skip
+    polys = _ledger(*impl)
+    out = _features(Poly.evaluate({k: polys[k] for k in want if k in polys}, env), fl, env, dp)
+    zero = 0 * pr["total"] + 0 * B  # broadcasts every value to the configs' shape
+    out = {k: out[k] + zero for k in want}
+    laws = (pr["nonembed"] + pr["embed"], pr["nonembed"], pr["total"])  # LAW_CONVENTIONS order
+    out.update({f"law_{k}": n for k, n in zip(LAW_CONVENTIONS, laws)})
+    if "bytes" in out:
+        out["memory_traffic"] = out["bytes"]
+    return out
+
+
+def peak_flops(device_name: str | None, dtype: str = "bfloat16") -> float | None:
+    """Dense tensor-core peak FLOP/s of a GPU (PEAK_FLOPS) for matmuls in `dtype` (float32 means
+    TF32); None for an unknown device or a CPU."""
+    key = _PEAK_DTYPE[_dtype("float32" if str(dtype) == "tf32" else dtype)]
+    name = (device_name or "").lower()
+    for gpu, peaks in PEAK_FLOPS.items():
+        if name and all(part.lower() in name for part in gpu.split()):
+            return peaks.get(key)
+    return None
+
+
+def mfu(
+    tokens_per_second: float, cfg: ModelConfig, device_name: str | None, dtype: str = "bfloat16"
+) -> float | None:
+    """Model FLOPs utilisation (Chowdhery et al. 2022, arXiv:2204.02311, App. B): the "palm"
+    FLOPs per token times tokens/s over peak_flops(device_name, dtype); None if unknown/CPU."""
+    peak = peak_flops(device_name, dtype)
+    if peak is None:
+        return None
+    return tokens_per_second * flops_per_token(cfg)["palm"] / peak

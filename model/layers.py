@@ -1,9 +1,11 @@
-"""Building blocks of the Llama-style decoder: RMSNorm, SwiGLU MLP, rotary embedding, attention.
+"""Building blocks of both decoder families: norms, MLPs, rotary embedding, attention, the block.
 
 The backend switch lives here: ``cfg.kernels == "torch"`` calls the pure-torch references in
-``kernels.reference``; ``"triton"`` calls ``kernels.rms_norm`` / ``kernels.swiglu``, which run Triton
-on CUDA (or under TRITON_INTERPRET=1) and otherwise fall back to the same references. Both backends
-own the same parameters, so state_dict keys do not depend on the backend.
+``kernels.reference`` (which import no Triton, so a torch-backend model never loads it);
+``"triton"`` calls ``kernels.rms_norm`` / ``kernels.swiglu``, which run Triton on CUDA (or under
+TRITON_INTERPRET=1) and otherwise fall back to the same references. Both backends own the same
+parameters, so state_dict keys do not depend on the backend. The gpt2 family (LayerNorm, GELU)
+has no fused kernels and runs torch ops under either backend.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from model.config import ModelConfig
 
 
 def _norm_fn(backend: str):
-    # Imported lazily so that building a torch-backend model never needs the Triton kernels module.
+    # Imported lazily: the torch backend needs only kernels.reference, never the Triton kernels.
     if backend == "triton":
         from kernels import rms_norm
 
@@ -36,6 +38,11 @@ def _swiglu_fn(backend: str):
     return swiglu_ref
 
 
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # No op at all when p == 0, so the default model's op sequence (and its costs) has no dropout.
+    return F.dropout(x, p, training) if p > 0 else x
+
+
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight (no bias, like the seed)."""
 
@@ -49,24 +56,49 @@ class RMSNorm(nn.Module):
         return _norm_fn(self.backend)(x, self.weight, self.eps)
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """RMSNorm for llama; LayerNorm (bias iff cfg.bias) for gpt2, both with eps cfg.norm_eps."""
+    if cfg.arch == "gpt2":
+        return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+    return RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.kernels)
+
+
 class SwiGLUMLP(nn.Module):
-    """c_proj(silu(w1 x) * w2 x), hidden width cfg.hidden, no biases."""
+    """c_proj(silu(w1 x) * w2 x), hidden width cfg.hidden, no biases (Shazeer 2020, 2002.05202)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.backend = cfg.kernels
+        self.dropout = cfg.dropout
         self.w1 = nn.Linear(cfg.n_embd, cfg.hidden, bias=False)
         self.w2 = nn.Linear(cfg.n_embd, cfg.hidden, bias=False)
         self.c_proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(_swiglu_fn(self.backend)(self.w1(x), self.w2(x)))
+        y = self.c_proj(_swiglu_fn(self.backend)(self.w1(x), self.w2(x)))
+        return _dropout(y, self.dropout, self.training)
+
+
+class GELUMLP(nn.Module):
+    """c_proj(gelu(c_fc x)), hidden width cfg.hidden (4 * n_embd by default), GPT-2 style.
+
+    GELU is the exact erf form (Hendrycks & Gimpel 2016, arXiv:1606.08415), as nn.GELU() by default.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _dropout(self.c_proj(F.gelu(self.c_fc(x))), self.dropout, self.training)
 
 
 def rope_cache(
     cfg: ModelConfig, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (T, head_dim) cos and sin tables in rotate-half layout (frequency i on lanes i and i+hd/2)."""
+    """fp32 (T, head_dim) cos/sin tables in rotate-half layout (frequency i on lanes i, i+hd/2)."""
     hd = cfg.head_dim
     inv_freq = 1.0 / (
         cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
@@ -78,7 +110,7 @@ def rope_cache(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, hd) queries/keys; computed in fp32 (the seed keeps rotary in fp32) then cast back."""
+    """Rotate (B, T, H, hd) queries/keys (Su et al. 2021, arXiv:2104.09864) in fp32, cast back."""
     xf = x.float()
     half = xf.shape[-1] // 2
     rot = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
@@ -94,7 +126,7 @@ def _flash_attn_func():
 
 
 class Attention(nn.Module):
-    """Causal self-attention with RoPE and optional grouped-query attention (n_kv_head < n_head).
+    """Causal self-attention, optional grouped-query attention (n_kv_head < n_head), RoPE for llama.
 
     q, k and v come from one fused projection ``c_attn`` of width n_embd + 2 * kv_heads * head_dim.
     """
@@ -105,36 +137,38 @@ class Attention(nn.Module):
         self.kv_heads = cfg.kv_heads
         self.head_dim = cfg.head_dim
         self.attention = cfg.attention
+        self.rope = cfg.arch == "llama"
+        self.dropout = cfg.dropout
         kv_dim = self.kv_heads * self.head_dim
-        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv_dim, bias=False)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv_dim, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
         B, T, C = x.shape
         kv_dim = self.kv_heads * self.head_dim
         q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim)
         k = k.view(B, T, self.kv_heads, self.head_dim)
         v = v.view(B, T, self.kv_heads, self.head_dim)
-        cos_t, sin_t = (
-            cos[:T, None, :],
-            sin[:T, None, :],
-        )  # broadcast over heads in (B, T, H, hd) layout
-        q = apply_rope(q, cos_t, sin_t)
-        k = apply_rope(k, cos_t, sin_t)
+        if self.rope:
+            cos_t, sin_t = cos[:T, None, :], sin[:T, None, :]  # broadcast over heads
+            q = apply_rope(q, cos_t, sin_t)
+            k = apply_rope(k, cos_t, sin_t)
+        p = self.dropout if self.training else 0.0
         flash = _flash_attn_func() if (self.attention == "flash" and x.is_cuda) else None
         if flash is not None and x.dtype in (torch.float16, torch.bfloat16):
-            y = flash(q, k, v, causal=True)  # (B, T, H, hd); flash-attn handles GQA natively
+            y = flash(q, k, v, dropout_p=p, causal=True)  # (B, T, H, hd); native GQA
         else:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             if self.kv_heads != self.n_head:
-                # Explicit repeat rather than enable_gqa: works on every torch/backends and keeps the
-                # FLOP counter's view of attention identical to multi-head attention.
+                # Explicit repeat rather than enable_gqa: works on every torch and backend, and
+                # keeps the FLOP counter's view of attention identical to multi-head attention.
                 rep = self.n_head // self.kv_heads
                 k = k.repeat_interleave(rep, dim=1)
                 v = v.repeat_interleave(rep, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
-        return self.c_proj(y.reshape(B, T, C))
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = y.transpose(1, 2)
+        return _dropout(self.c_proj(y.reshape(B, T, C)), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -142,11 +176,11 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.kernels)
+        self.ln_1 = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.ln_2 = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.kernels)
-        self.mlp = SwiGLUMLP(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = GELUMLP(cfg) if cfg.arch == "gpt2" else SwiGLUMLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
         x = x + self.attn(self.ln_1(x), cos, sin)
         return x + self.mlp(self.ln_2(x))

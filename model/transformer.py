@@ -1,6 +1,11 @@
-"""The Llama-style decoder of the seed (spec/seeds.md §1.7): token embedding, pre-norm blocks, final
-RMSNorm, LM head (tied to the embedding when cfg.tie_embeddings). No biases, no positional embedding
-(RoPE inside attention)."""
+"""The decoder of both families: token embedding (+ learned positions for gpt2), pre-norm blocks,
+a final norm and the LM head (tied to the token embedding when cfg.tie_embeddings).
+
+arch="llama" follows the seed's `src/models/llama.py` (Hägele et al. 2024, arXiv:2405.18392;
+Touvron et al. 2023, arXiv:2302.13971): RMSNorm, RoPE, SwiGLU, no positional embedding.
+arch="gpt2" follows the seed's `src/models/base.py` (Radford et al. 2019, "Language Models are
+Unsupervised Multitask Learners"): LayerNorm, GELU, learned position embeddings, optional biases.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +14,37 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.config import ModelConfig
-from model.layers import Block, RMSNorm, rope_cache
+from model.layers import Block, make_norm, rope_cache
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """The decoder of `cfg`. activation_checkpointing: in training, each block's activations are
+    dropped after its forward and recomputed in the backward (Chen et al. 2016, arXiv:1604.06174)
+    with torch.utils.checkpoint; it may also be switched later through the attribute."""
+
+    def __init__(self, cfg: ModelConfig, *, activation_checkpointing: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = activation_checkpointing
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.arch == "gpt2":
+            self.wpe = nn.Embedding(cfg.sequence_length, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.kernels)
+        self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        cos, sin = rope_cache(cfg)
-        # Non-persistent: derived from cfg, so they stay out of state_dict and parameters().
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.arch == "llama":
+            cos, sin = rope_cache(cfg)
+            # Non-persistent: derived from cfg, so they stay out of state_dict and parameters().
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
-        # GPT-2/seed scaling of residual output projections keeps the residual stream variance O(1) in depth.
+        # GPT-2 scaling of residual output projections (Radford et al. 2019, §2.3) keeps the
+        # residual stream variance O(1) in depth.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
@@ -37,9 +52,11 @@ class Transformer(nn.Module):
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def num_params(self) -> int:
-        """Unique parameters (a tied embedding/head matrix counts once), == model.costs.num_params."""
+        """Unique parameters (a tied embedding/head matrix counts once) == costs.num_params."""
         return sum(p.numel() for p in self.parameters())
 
     def forward(
@@ -51,9 +68,19 @@ class Transformer(nn.Module):
                 f"sequence of length {T} exceeds sequence_length={self.cfg.sequence_length}"
             )
         x = self.wte(idx)
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        cos = sin = None
+        if self.cfg.arch == "gpt2":
+            x = x + self.wpe.weight[:T]  # learned positions 0..T-1, broadcast over the batch
+        else:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        if self.cfg.dropout > 0:
+            x = F.dropout(x, self.cfg.dropout, self.training)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cos, sin)
+            if recompute:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:

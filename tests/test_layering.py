@@ -29,7 +29,16 @@ ALLOWED = {
     "timemodel": {"model.config", "model.costs"},
 }
 # Modules that must stay importable without third-party packages.
-STDLIB_ONLY = ("model/config.py", "model/costs.py", "train/schedules.py", "train/config.py")
+STDLIB_ONLY = (
+    "model/config.py",
+    "model/costs.py",
+    "train/schedules.py",
+    "train/config.py",
+    "train/config_checks.py",
+    "train/timebudget.py",
+    "model/_opcount.py",
+    "model/_poly.py",
+)
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:
@@ -141,8 +150,10 @@ def test_code_cites_sources_not_internal_documents():
     paths += [ROOT / "Makefile", ROOT / ".ci" / "run"]
     bad = []
     for p in paths:
+        if p == Path(__file__).resolve():
+            continue  # this test spells the patterns out
         if p.is_file() and (p.suffix in (".py", ".sh") or p.name in ("Makefile", "run")):
             for i, line in enumerate(p.read_text().splitlines(), 1):
-                if pattern.search(line) and "pattern = re.compile" not in line:
+                if pattern.search(line):
                     bad.append(f"{p.relative_to(ROOT)}:{i}")
     assert not bad, "internal documents or outside paths cited at " + ", ".join(bad[:20])

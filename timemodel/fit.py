@@ -1,93 +1,200 @@
-"""Step-time model: step_time_s = c0 + sum_k c_k * feature_k with non-negative coefficients.
+"""Step-time regression: step_s = c0 + sum_k c_k * feature_k, all c >= 0, fitted for relative error.
 
-Features are the cost counts of a training step (Time Matters, spec/seeds.md §3): `params`, `flops_per_step`
-(model.costs "exact") and `memory_traffic` (bytes per step). Every single feature and every pair is also fitted
-and scored by k-fold cross-validation, so FLOPs-only vs memory-copy models are compared on held-out configs.
+Objective. Scaling-law sweeps hold step times that span 100x or more; plain least squares serves the
+largest times and leaves the small ones with 30-100% errors. We minimise the sum of squared relative
+errors, sum_i ((pred_i - y_i) / y_i)^2, i.e. least squares weighted by 1/y^2, under non-negativity
+(scipy's NNLS on the rows divided by y). The intercept c0 (a fixed per-step cost) is one more
+non-negative coefficient. Columns are scaled to unit RMS before the solve (features span 1e0..1e15)
+and the coefficients are unscaled afterwards; a positive rescaling keeps them >= 0.
+
+Scoring. Every number we report is held out: k-fold CV over distinct configs (repeats of a config
+stay in one fold), scored as MAPE, worst APE and R^2 of the held-out predictions. The feature set is
+chosen by that held-out MAPE, never by training error; nested CV scores the choice itself.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
-import pandas as pd
-from sklearn.linear_model import LinearRegression
-from sklearn.model_selection import KFold
+from scipy.optimize import nnls
 
-FEATURES = ("params", "flops_per_step", "memory_traffic")
-TARGET = "step_ms_median"
+OBJECTIVES = ("relative", "absolute")
 
 
-def fit_linear(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Non-negative least squares in natural units.
-
-    Features span ~1e6..1e15, so each is divided by its RMS before fitting (the solver is badly conditioned
-    otherwise) and the coefficients are divided by the same scale afterwards; positivity is unaffected by a
-    positive rescaling, so the natural-unit coefficients are still >= 0.
-
-    The intercept c0 (fixed per-step overhead: launches, Python, the optimizer's bookkeeping) is
-    constrained to be >= 0 too: it enters as a constant column under the same positivity constraint,
-    because sklearn's `positive=True` leaves a free intercept that can go negative and then predicts
-    negative step times for small configs.
-    """
-    scale = np.sqrt(np.mean(X**2, axis=0))
+def fit_nnls(X: np.ndarray, y: np.ndarray, objective: str = "relative") -> tuple[float, np.ndarray]:
+    """(c0, c) >= 0 minimising sum(((c0 + X c - y) / w)^2), w = y (relative) or 1 (absolute)."""
+    A = np.hstack([np.ones((X.shape[0], 1)), X])
+    w = y if objective == "relative" else np.ones_like(y)
+    A, b = A / w[:, None], y / w
+    scale = np.sqrt(np.mean(A**2, axis=0))
     scale[scale == 0] = 1.0
-    ones = np.ones((X.shape[0], 1))
-    reg = LinearRegression(positive=True, fit_intercept=False).fit(np.hstack([ones, X / scale]), y)
-    return float(reg.coef_[0]), reg.coef_[1:] / scale
+    coef, _ = nnls(A / scale, b, maxiter=50 * A.shape[1])
+    coef = coef / scale
+    return float(coef[0]), coef[1:]
 
 
 def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    """MAPE and worst APE in %, and R^2 of the step times (seconds)."""
     ss_res = float(np.sum((y - pred) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     ape = np.abs(pred - y) / y * 100.0
     return {
-        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
         "mape": float(ape.mean()),
         "max_ape": float(ape.max()),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
+        "n": int(len(y)),
     }
 
 
-def cross_validate(
-    df: pd.DataFrame, features: list[str], y: np.ndarray, folds: int, seed: int = 0
-) -> dict:
-    """Held-out predictions for every row from a k-fold split; metrics computed on those predictions."""
-    X = df[features].to_numpy(float)
+def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
+    """k disjoint test-index arrays; all rows of a config (its repeats) land in the same fold."""
+    uniq = np.unique(groups)
+    perm = np.random.default_rng(seed).permutation(uniq)
+    return [np.flatnonzero(np.isin(groups, part)) for part in np.array_split(perm, k)]
+
+
+def predict(c0: float, c: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return c0 + X @ c
+
+
+def held_out(
+    X: np.ndarray, y: np.ndarray, folds: list[np.ndarray], objective: str = "relative"
+) -> np.ndarray:
+    """Held-out prediction of every row: fitted on the other folds."""
     pred = np.empty_like(y)
-    for tr, te in KFold(n_splits=folds, shuffle=True, random_state=seed).split(X):
-        c0, c = fit_linear(X[tr], y[tr])
-        pred[te] = c0 + X[te] @ c
-    return metrics(y, pred) | {"held_out_pred": pred.tolist()}
+    for te in folds:
+        tr = np.setdiff1d(np.arange(len(y)), te)
+        c0, c = fit_nnls(X[tr], y[tr], objective)
+        pred[te] = predict(c0, c, X[te])
+    return pred
 
 
-def feature_sets(features: tuple[str, ...] = FEATURES) -> list[tuple[str, ...]]:
-    return [s for k in range(1, len(features) + 1) for s in itertools.combinations(features, k)]
+def usable(F: dict[str, np.ndarray], names: list[str]) -> list[str]:
+    """Features present and not constant over the rows (a constant is the intercept's job)."""
+    out = []
+    for n in names:
+        v = F.get(n)
+        if v is not None and np.ptp(v) > 1e-12 * max(1.0, float(np.abs(v).max())):
+            out.append(n)
+    return out
 
 
-def fit_step_time(df: pd.DataFrame, features: list[str], folds: int = 5) -> dict:
-    """Fit the chosen feature set on all rows; cross-validate it and every subset of FEATURES present."""
-    y = df[TARGET].to_numpy(float) / 1e3  # seconds
-    X = df[features].to_numpy(float)
-    c0, c = fit_linear(X, y)
-    pred = c0 + X @ c
-    avail = tuple(f for f in FEATURES if f in df.columns)
-    cv = {}
-    for s in feature_sets(avail):
-        r = cross_validate(df, list(s), y, folds)
-        r.pop("held_out_pred")
-        cv["+".join(s)] = r
-    held = cross_validate(df, features, y, folds)
-    ranges = {f: [float(df[f].min()), float(df[f].max())] for f in features}
-    return {
-        "features": list(features),
-        "intercept": c0,
-        "coefficients": {f: float(v) for f, v in zip(features, c)},
-        "train_metrics": metrics(y, pred),
-        "cv": cv,
-        "feature_ranges": ranges,
-        "_measured": y.tolist(),
-        "_held_out": held["held_out_pred"],
-    }
+def matrix(F: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    n = len(next(iter(F.values())))
+    return np.stack([F[f] for f in names], axis=1) if names else np.zeros((n, 0))
+
+
+def cv_score(
+    F: dict[str, np.ndarray],
+    names: list[str],
+    y: np.ndarray,
+    folds: list[np.ndarray],
+    objective: str = "relative",
+) -> dict:
+    pred = held_out(matrix(F, names), y, folds, objective)
+    return metrics(y, pred) | {"features": list(names), "_pred": pred}
+
+
+def forward_select(
+    F: dict[str, np.ndarray],
+    pool: list[str],
+    y: np.ndarray,
+    folds: list[np.ndarray],
+    objective: str = "relative",
+    min_gain: float = 0.01,
+) -> list[str]:
+    """Greedy forward selection by held-out MAPE: add the feature that lowers it most, stop when
+    the best addition gains less than `min_gain` (relative)."""
+    chosen: list[str] = []
+    best = cv_score(F, [], y, folds, objective)["mape"]
+    while True:
+        trials = [
+            (cv_score(F, chosen + [f], y, folds, objective)["mape"], f)
+            for f in pool
+            if f not in chosen
+        ]
+        if not trials:
+            return chosen
+        mape, f = min(trials)
+        if mape >= best * (1 - min_gain):
+            return chosen
+        chosen, best = chosen + [f], mape
+
+
+def select(
+    F: dict[str, np.ndarray],
+    sets: dict[str, list[str]],
+    y: np.ndarray,
+    folds: list[np.ndarray],
+    objective: str = "relative",
+    forward_pool: list[str] | None = None,
+) -> tuple[str, dict[str, dict]]:
+    """Score every named set (and a greedy forward set) by CV; the winner has the lowest held-out
+    MAPE, ties broken by fewer features. Returns (winner name, {name: scores})."""
+    scores = {n: cv_score(F, usable(F, s), y, folds, objective) for n, s in sets.items()}
+    if forward_pool:
+        fwd = forward_select(F, usable(F, forward_pool), y, folds, objective)
+        if fwd:
+            scores["forward selection"] = cv_score(F, fwd, y, folds, objective)
+    best = min(scores, key=lambda n: (round(scores[n]["mape"], 6), len(scores[n]["features"])))
+    return best, scores
+
+
+def nested_cv(
+    F: dict[str, np.ndarray],
+    sets: dict[str, list[str]],
+    y: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    objective: str = "relative",
+    forward_pool: list[str] | None = None,
+) -> dict:
+    """Held-out error of the whole procedure (selection included): selection runs inside each
+    outer training fold, and the outer fold scores the set it picked."""
+    pred = np.empty_like(y)
+    picks = []
+    for te in group_folds(groups, k, seed=1):
+        tr = np.setdiff1d(np.arange(len(y)), te)
+        sub = {n: v[tr] for n, v in F.items()}
+        inner = group_folds(groups[tr], min(k, len(np.unique(groups[tr]))), seed=2)
+        name, sc = select(sub, sets, y[tr], inner, objective, forward_pool)
+        names = sc[name]["features"]
+        c0, c = fit_nnls(matrix(sub, names), y[tr], objective)
+        pred[te] = predict(c0, c, matrix({n: v[te] for n, v in F.items()}, names))
+        picks.append(name)
+    return metrics(y, pred) | {"picked": picks}
+
+
+def extrapolation_splits(df, groups: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train/test index pairs a user meets when measuring small and searching big:
+    the smaller half of the configs by params -> the larger half, and each sequence length -> each
+    other one."""
+    out = {}
+    params = df["params"].to_numpy(float)
+    cut = np.median(np.unique(params))
+    small, large = np.flatnonzero(params <= cut), np.flatnonzero(params > cut)
+    if len(small) >= 3 and len(large) >= 1:
+        out["params: smaller half -> larger half"] = (small, large)
+    seqs = np.unique(df["sequence_length"].to_numpy(int))
+    for a in seqs:
+        for b in seqs:
+            tr = np.flatnonzero(df["sequence_length"].to_numpy(int) == a)
+            te = np.flatnonzero(df["sequence_length"].to_numpy(int) == b)
+            if a != b and len(tr) >= 3 and len(te) >= 1:
+                out[f"sequence_length: {a} -> {b}"] = (tr, te)
+    return out
+
+
+def split_score(
+    F: dict[str, np.ndarray],
+    names: list[str],
+    y: np.ndarray,
+    tr: np.ndarray,
+    te: np.ndarray,
+    objective: str = "relative",
+) -> dict:
+    X = matrix(F, names)
+    c0, c = fit_nnls(X[tr], y[tr], objective)
+    return metrics(y[te], predict(c0, c, X[te]))
 
 
 def predict_seconds(model: dict, values: dict) -> np.ndarray | float:

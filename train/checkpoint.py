@@ -1,23 +1,28 @@
-"""Checkpoints: model, optimizer (with its averages), averager, RNG states, data position, args.
+"""Checkpoints: model, optimizer (with its averages), averaging windows, RNG states, data position
+and the run's TrainConfig.
 
-Written atomically (temporary file + os.replace) so a crash mid-write never leaves a truncated
-`ckpt.pt`. RNG states are stored as plain lists/tensors so `torch.load(weights_only=True)` reads
-them: no pickle of arbitrary objects.
+Written with `model.config.atomic_write` (temporary file, fsync, rename), so a crash mid-write never
+leaves a truncated `ckpt.pt` and a failed write leaves no temporary file. RNG states are stored as
+plain lists and tensors so that `torch.load(weights_only=True)` reads them: no pickle of arbitrary
+objects. Everything read back is validated, so a crafted or damaged file is one clean error.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
 
+from model.config import UserError, atomic_write
+from train.config import TrainConfig
+
 CKPT_NAME = "ckpt.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the run; one line for the user."""
+REQUIRED = ("model", "optimizer", "step", "rng", "data_step")
+# Settings a checkpoint must name explicitly: defaults filled in here would change the run silently.
+REQUIRED_SETTINGS = ("scheduler", "iterations", "warmup_steps", "lr")
 
 
 def rng_state() -> dict:
@@ -53,10 +58,7 @@ def save(path: str, payload: dict) -> str:
     """Atomically write `payload` to `path` (a file, or a directory that gets `ckpt.pt`)."""
     if not path.endswith(".pt"):
         path = os.path.join(path, CKPT_NAME)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: torch.save(payload, fh))
     return path
 
 
@@ -66,20 +68,86 @@ def resolve(path: str) -> str:
         for cand in (os.path.join(path, CKPT_NAME), os.path.join(path, "latest", CKPT_NAME)):
             if os.path.isfile(cand):
                 return cand
-        raise CheckpointError(f"no {CKPT_NAME} in {path}")
+        raise UserError(f"no {CKPT_NAME} in {path} (nor in {os.path.join(path, 'latest')})")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint not found: {path}")
     return path
 
 
+def run_dir_of(ckpt_file: str) -> str:
+    """The run folder a checkpoint file belongs to, from its path alone.
+
+    RUN/latest/ckpt.pt and RUN/ckpts/STEP/ckpt.pt belong to RUN; any other DIR/ckpt.pt to DIR.
+    """
+    d = os.path.dirname(os.path.abspath(ckpt_file))
+    if os.path.basename(d) == "latest":
+        return os.path.dirname(d)
+    parent = os.path.dirname(d)
+    if os.path.basename(parent) == "ckpts":
+        return os.path.dirname(parent)
+    return d
+
+
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read and validate a train checkpoint; UserError (one line, naming the file) otherwise."""
     path = resolve(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage files
-        msg = f"corrupt or unreadable checkpoint {path}: {type(e).__name__}"
-        raise CheckpointError(msg) from None
-    needed = ("model", "optimizer", "step", "args", "rng", "data_step")
-    if not isinstance(payload, dict) or any(k not in payload for k in needed):
-        raise CheckpointError(f"{path} is not a train checkpoint (missing keys)")
+        raise UserError(f"corrupt or unreadable checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED):
+        raise UserError(f"{path} is not a train checkpoint (missing keys)")
+    try:
+        _validate(payload)
+        payload["train_config"] = config_of(payload)
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
+    payload["path"] = path
     return payload
+
+
+def config_of(payload: dict) -> TrainConfig:
+    """The run's TrainConfig: `config` (current format) or the flat `args` of schema version 1."""
+    raw = payload.get("config", payload.get("args"))
+    if not isinstance(raw, dict) or not raw:
+        raise UserError("it has no training settings (empty or missing 'config'/'args')")
+    if "schema_version" in raw:
+        sched = raw.get("schedule") if isinstance(raw.get("schedule"), dict) else {}
+    else:
+        sched = raw
+    missing = [k for k in REQUIRED_SETTINGS if k not in sched]
+    if missing:
+        raise UserError(f"its training settings lack {', '.join(missing)}")
+    return TrainConfig.from_dict(raw)
+
+
+def _validate(p: dict) -> None:
+    for key in ("step", "data_step"):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UserError(f"'{key}' must be an integer >= 0, got {v!r}")
+    if not isinstance(p["model"], dict) or not all(torch.is_tensor(t) for t in p["model"].values()):
+        raise UserError("'model' is not a state dict of tensors")
+    opt = p["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)) or not isinstance(
+        opt.get("param_groups"), list
+    ):
+        raise UserError("'optimizer' is not an optimizer state dict")
+    if not _rng_ok(p["rng"]):
+        raise UserError("its 'rng' state is malformed")
+    windows = (p.get("averager") or {}).get("windows", [])
+    if not isinstance(windows, list) or not all(
+        isinstance(w, (list, tuple)) and len(w) == 2 and isinstance(w[1], list) for w in windows
+    ):
+        raise UserError("its averaging windows are malformed")
+
+
+def _rng_ok(r: Any) -> bool:
+    if not isinstance(r, dict) or not torch.is_tensor(r.get("torch")):
+        return False
+    n, py = r.get("numpy"), r.get("python")
+    if not (isinstance(n, (list, tuple)) and len(n) == 5 and torch.is_tensor(n[1])):
+        return False
+    if not (isinstance(py, (list, tuple)) and len(py) == 3 and isinstance(py[1], (list, tuple))):
+        return False
+    return r["torch"].dtype == torch.uint8

@@ -1,282 +1,216 @@
-"""`train` command line: the seed codebase's flags (spec/seeds.md §1.1) plus preset, data, out,
-kernels and device.
+"""`train` command line: the seed code's flags (Hägele et al. 2024, arXiv:2405.18392; upstream
+epfml/schedules-and-scaling `src/config/base.py`) plus preset, data, out, kernels and device.
 
-Modes: a normal run; `--resume-from CKPT`; `--cooldown-from CKPT` (a branch into its own directory);
-`--cooldown-targets T1,T2,...` (the whole WSD recipe); `--print-schedule`; `--plot RUN_DIR`.
-Bad input prints one `error: ...` line and exits 2.
+Modes: a new run; `--resume-from CKPT` (continue exactly, in the checkpoint's own run folder or
+--out); `--cooldown-from CKPT` (a WSD branch into its own folder); `--cooldown-targets T1,T2,...`
+(the whole WSD recipe); `--minutes M` (fit the schedule into a time budget); `--print-schedule`;
+`--plot RUN_DIR`. Subcommands: `train prepare ...` (text -> token files), `train sample ...`.
+This is the one place a TrainConfig is built from user input; resume and cooldown derive theirs
+from the checkpoint's with `TrainConfig.with_`. Bad input prints one `error: ...` line, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Sequence
 
-from train.schedules import DECAY_TYPES, SCHEDULERS, ScheduleError, check_schedule, schedule_csv
+from model.config import ArgParser, UserError, run_cli
+from train.cli_flags import add_config_flags, add_refused_flags, normalize
+from train.config import TrainConfig, field_default, field_index
+
+SUBCOMMANDS = ("prepare", "sample")
+# Settings of where and how this process writes: taken from this command line on resume and
+# cooldown, never from the checkpoint (a crafted checkpoint must not choose where train writes).
+RUN_LOCAL = (
+    "out",
+    "overwrite",
+    "auto_resume",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+    "wandb_run_prefix",
+    "experiment_name",
+    "results_base_folder",
+    "no_progress",
+    "minutes",
+)
 
 
-def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
-    # suppress=True gives a parser whose namespace holds only the flags typed on the command line,
-    # which is how resume/cooldown tell "override the checkpoint's args" from "use them".
-    kw = {"argument_default": argparse.SUPPRESS} if suppress else {}
-    desc = "Train a Llama-style LM with WSD/cosine schedules."
-    p = argparse.ArgumentParser(prog="train", description=desc, **kw)
-
-    def add(*names, **opts):
-        if suppress:
-            opts.pop("default", None)
-        p.add_argument(*names, **opts)
-
-    # schedule
-    add("--scheduler", default="cos", choices=SCHEDULERS, help="LR schedule (seed default cos)")
-    add("--iterations", type=int, default=15000, help="number of optimizer steps")
-    add("--warmup-steps", type=int, default=300, help="linear warmup steps from lr/100")
-    add(
-        "--warmup-tokens",
-        default=None,
-        help="'params' (warmup tokens = parameter count) or a token count; "
-        "overrides --warmup-steps",
+def build_parser() -> ArgParser:
+    desc = "Train a Llama-style (or GPT-2 style) LM with WSD/cosine schedules."
+    p = ArgParser(prog="train", description=desc, argument_default=argparse.SUPPRESS)
+    sub = p.add_subparsers(title="subcommands", metavar="{prepare,sample}")
+    for name, what in (
+        ("prepare", "text/JSONL/Parquet -> train.bin, val.bin, meta.json"),
+        ("sample", "generate text from a checkpoint"),
+    ):
+        sp = sub.add_parser(name, help=f"{what} (see 'train {name} --help')", add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=_subcommand(name))
+    modes = p.add_argument_group("modes")
+    modes.add_argument(
+        "--resume-from", metavar="CKPT", help="checkpoint (file, dir or run) to continue exactly"
     )
-    add("--lr", type=float, default=1e-3, help="peak learning rate")
-    add(
-        "--wsd-fract-decay",
-        type=float,
-        default=0.1,
-        help="WSD cooldown length as a fraction of --iterations",
+    modes.add_argument(
+        "--cooldown-from",
+        metavar="CKPT",
+        help="constant-LR checkpoint to branch a WSD cooldown from",
     )
-    add(
-        "--decay-type",
-        default="linear",
-        choices=DECAY_TYPES + ("miror_cosine",),
-        help="WSD cooldown shape",
-    )
-    add(
-        "--wsd-final-lr-scale", type=float, default=0.0, help="final LR as a fraction of peak (WSD)"
-    )
-    add("--cos-inf-steps", type=int, default=0, help="constant tail steps for cos_inf")
-    add(
-        "--print-schedule",
-        action="store_true",
-        default=False,
-        help="print step,lr_factor CSV for 0..iterations and exit",
-    )
-    # optimizer
-    add("--weight-decay", type=float, default=0.1, help="decoupled weight decay on matrices")
-    add("--beta1", type=float, default=0.9, help="AdamW beta1")
-    add("--beta2", type=float, default=0.95, help="AdamW beta2")
-    add("--grad-clip", type=float, default=1.0, help="global-norm clip (0 = off)")
-    # averaging
-    add(
-        "--weight-average",
-        action="store_true",
-        default=False,
-        help="window SWA (evaluated beside raw weights)",
-    )
-    add(
-        "--wa-interval",
-        type=int,
-        default=5,
-        help="steps between SWA snapshots (must divide the horizon)",
-    )
-    add("--wa-horizon", type=int, default=500, help="SWA window length in steps")
-    add(
-        "--wa-sweep-horizon",
-        action="store_true",
-        default=False,
-        help="also evaluate the mean of the last k windows, k=1..max",
-    )
-    add("--max-num-wa-sweeps", type=int, default=5, help="most windows kept for --wa-sweep-horizon")
-    add(
-        "--wa-save-windows",
-        action="store_true",
-        default=False,
-        help="write each completed window to OUT/avgs/ (one model-size file each)",
-    )
-    add(
-        "--exponential-moving-average",
-        action="store_true",
-        default=False,
-        help="track an EMA of the weights",
-    )
-    add("--ema-decay", type=float, default=0.95, help="EMA decay per update")
-    add("--ema-interval", type=int, default=10, help="steps between EMA updates")
-    # batch and model
-    add("--batch-size", type=int, default=50, help="sequences per micro-batch per process")
-    add("--acc-steps", type=int, default=4, help="gradient accumulation micro-batches per step")
-    add(
-        "--sequence-length",
-        type=int,
-        default=None,
-        help="tokens per sequence (default: preset, else 512)",
-    )
-    add("--preset", default=None, help="model preset from model.config.PRESETS (e.g. tiny, 124M)")
-    add("--n-layer", type=int, default=None, help="transformer blocks (default: preset, else 24)")
-    add("--n-embd", type=int, default=None, help="model width (default: preset, else 768)")
-    add("--n-head", type=int, default=None, help="attention heads (default: preset, else 12)")
-    add(
-        "--vocab-size", type=int, default=None, help="vocabulary size (default: preset, else 50304)"
-    )
-    add(
-        "--kernels",
-        default="torch",
-        choices=("torch", "triton"),
-        help="torch references or fused Triton kernels",
-    )
-    add("--compile", action="store_true", default=False, help="torch.compile the model")
-    add(
-        "--dtype",
-        default="bfloat16",
-        choices=("float32", "bfloat16", "float16"),
-        help="autocast dtype on CUDA (params stay fp32)",
-    )
-    add("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    add("--seed", type=int, default=0, help="model init / RNG seed")
-    add("--data-seed", type=int, default=1337, help="data order seed")
-    # data and output
-    add(
-        "--data",
-        default=None,
-        help="FILE.bin (uint16 tokens) or FILE.txt (bytes); default: embedded stdlib corpus",
-    )
-    add(
-        "--data-dtype",
-        default="uint16",
-        choices=("uint16", "uint32"),
-        help="token dtype of a .bin file",
-    )
-    add("--out", default="runs/train", help="run directory")
-    add("--eval-interval", type=int, default=200, help="steps between evaluations (and at the end)")
-    add("--eval-batches", type=int, default=32, help="validation batches per evaluation")
-    add("--log-interval", type=int, default=10, help="steps between log lines")
-    add(
-        "--no-progress",
-        action="store_true",
-        default=False,
-        help="no progress bar even on a terminal",
-    )
-    add(
-        "--permanent-ckpt-interval",
-        type=int,
-        default=0,
-        help="keep a checkpoint every N steps in OUT/ckpts/<step>/ (0 = off)",
-    )
-    add(
-        "--latest-ckpt-interval",
-        type=int,
-        default=0,
-        help="overwrite OUT/latest/ every N steps (0 = off)",
-    )
-    add("--resume-from", default=None, help="checkpoint file or directory to continue exactly")
-    add(
-        "--cooldown-from", default=None, help="constant-LR checkpoint to branch a WSD cooldown from"
-    )
-    add(
+    modes.add_argument(
         "--cooldown-targets",
-        default=None,
+        metavar="LIST",
         help="comma-separated run lengths: one stable run + a cooldown each",
     )
-    add(
-        "--plot",
-        default=None,
-        metavar="RUN_DIR",
-        help="write RUN_DIR/plot.png (loss and LR vs step) and exit",
+    modes.add_argument(
+        "--print-schedule",
+        action="store_true",
+        help="print step,lr_factor CSV for 0..iterations and exit",
     )
+    modes.add_argument(
+        "--plot", metavar="DIR", help="write DIR/plot.png (loss and LR vs step) and exit"
+    )
+    add_config_flags(p)
+    add_refused_flags(p)
+    p.set_defaults(func=_train)
     return p
 
 
-def _validate(a: argparse.Namespace) -> None:
-    check_schedule(
-        scheduler=a.scheduler,
-        iterations=a.iterations,
-        warmup_steps=a.warmup_steps,
-        wsd_fract_decay=a.wsd_fract_decay,
-        decay_type=a.decay_type,
-        wsd_final_lr_scale=a.wsd_final_lr_scale,
-        cos_inf_steps=a.cos_inf_steps,
-    )
-    for name in ("batch_size", "acc_steps"):
-        if getattr(a, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
-    bad_wa = a.wa_interval <= 0 or a.wa_horizon <= 0 or a.wa_horizon % a.wa_interval
-    if a.weight_average and bad_wa:
-        raise ValueError(f"--wa-interval {a.wa_interval} must divide --wa-horizon {a.wa_horizon}")
-    if a.exponential_moving_average and not 0.0 <= a.ema_decay < 1.0:
-        raise ValueError(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
+def _subcommand(name: str):
+    def dispatch(ns: argparse.Namespace) -> int:
+        if name == "prepare":
+            from train.prepare import main as sub_main
+        else:
+            from train.sample import main as sub_main
+        return int(sub_main(ns.rest) or 0)
+
+    return dispatch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_body, argv, interrupted="continue with train --resume-from OUT")
+
+
+def _body(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if argv and argv[0] in SUBCOMMANDS:  # the subcommand parses its own flags (--help included)
+        ns = build_parser().parse_args(argv[:1])
+        ns.rest = argv[1:]
+    else:
+        ns = build_parser().parse_args(normalize(argv))
+    return int(ns.func(ns) or 0)
+
+
+def _train(ns: argparse.Namespace) -> int:
+    a = vars(ns)
+    explicit = {k: v for k, v in a.items() if k in field_index()}
+    if a.get("plot") is not None:
+        from train.plot import plot_run
+
+        print(plot_run(a["plot"]))
+        return 0
+    if a.get("resume_from") is not None and a.get("cooldown_from") is not None:
+        raise UserError("give --resume-from or --cooldown-from, not both")
+    if a.get("cooldown_from") is not None:
+        return _cooldown(a["cooldown_from"], explicit)
+    if a.get("resume_from") is not None:
+        return _resume(a["resume_from"], explicit)
+    cfg = new_config(explicit)
+    if cfg.io.auto_resume and os.path.isfile(os.path.join(cfg.io.out, "latest", "ckpt.pt")):
+        return _resume(os.path.join(cfg.io.out, "latest"), explicit)
+    if a.get("print_schedule"):
+        return _print_schedule(cfg)
+    if a.get("cooldown_targets") is not None:
+        from train.cooldown import cooldown_targets
+
+        cooldown_targets(cfg, _targets(a["cooldown_targets"]))
+        return 0
+    from train import loop
+
+    loop.run(cfg)
+    return 0
+
+
+def new_config(explicit: dict) -> TrainConfig:
+    """The TrainConfig of a new run: defaults, the typed flags, the smoke scale-down, the OUT."""
+    from train import smoke
+
+    flat = {k: field_default(k) for k in field_index()}
+    flat.update(explicit)
+    flat = smoke.scale_train(flat)
+    named = "experiment_name" in explicit or "results_base_folder" in explicit
+    if "out" not in explicit and named:
+        name = flat["experiment_name"] or _auto_name(flat)
+        flat["out"] = os.path.join(flat["results_base_folder"], name)
+    return TrainConfig.from_flat(flat)
+
+
+def _auto_name(flat: dict) -> str:
+    model = flat["preset"] or f"{flat['arch']}{flat['n_layer'] or ''}"
+    return f"{model}_{flat['scheduler']}_lr{flat['lr']:g}_T{flat['iterations']}_seed{flat['seed']}"
+
+
+def _derived(payload: dict, explicit: dict) -> dict:
+    """This command line's settings on top of a checkpoint's, with run-local ones reset."""
+    local = {k: field_default(k) for k in RUN_LOCAL}
+    return {**local, **explicit}
+
+
+def _resume(path: str, explicit: dict) -> int:
+    from train import checkpoint as ckpt_io
+    from train import loop
+
+    payload = ckpt_io.load(path)
+    changes = _derived(payload, explicit)
+    changes["out"] = explicit.get("out") or ckpt_io.run_dir_of(payload["path"])
+    cfg = payload["train_config"].with_(**changes)
+    step, total = int(payload["step"]), cfg.schedule.iterations
+    if step > total:
+        raise UserError(
+            f"checkpoint is at step {step}, past --iterations {total}; "
+            f"pass --iterations > {step} to train further"
+        )
+    if step == total:
+        print(
+            f"{cfg.io.out}: run already finished at step {step}; nothing to do "
+            f"(pass --iterations > {step} to train further)",
+            file=sys.stderr,
+        )
+        return 0
+    loop.run(cfg, start=payload)
+    return 0
+
+
+def _cooldown(path: str, explicit: dict) -> int:
+    from train import checkpoint as ckpt_io
+    from train.cooldown import branch_config, branch_dir, cooldown_from
+
+    payload = ckpt_io.load(path)
+    cfg = branch_config(payload["train_config"], _derived(payload, explicit))
+    if "out" not in explicit:
+        cfg = cfg.with_(out=branch_dir(payload, cfg))
+    cooldown_from(payload, cfg)
+    return 0
+
+
+def _print_schedule(cfg: TrainConfig) -> int:
+    from train.schedules import schedule_csv
+
+    if cfg.schedule.warmup_tokens is not None:
+        from train.setup import load_data, model_config, resolve_warmup
+
+        _, _, vocab = load_data(cfg)
+        cfg = resolve_warmup(cfg, model_config(cfg, vocab), 1)
+    sys.stdout.write(schedule_csv(**cfg.schedule_kwargs()))
+    return 0
 
 
 def _targets(s: str) -> list[int]:
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        msg = f"--cooldown-targets must be comma-separated integers, got {s!r}"
-        raise ValueError(msg) from None
+        raise UserError(f"--cooldown-targets must be comma-separated integers, got {s!r}") from None
     if not out or min(out) <= 0:
-        raise ValueError("--cooldown-targets needs positive step counts")
+        raise UserError("--cooldown-targets needs positive step counts")
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    a = build_parser().parse_args(argv)
-    explicit = vars(build_parser(suppress=True).parse_args(argv))
-    # Imported late: --help and --print-schedule stay fast and torch-free where possible.
-    from model.config import ConfigError
-    from train.checkpoint import CheckpointError
-    from train.data import DataError
-    from train.loop import TrainError
-
-    try:
-        if a.plot is not None:
-            from train.plot import plot_run
-
-            print(plot_run(a.plot))
-            return 0
-        if a.cooldown_from is not None or a.resume_from is not None:
-            from train import checkpoint as ckpt_io
-            from train import loop
-
-            path = a.cooldown_from or a.resume_from
-            payload = ckpt_io.load(path)
-            if a.cooldown_from is not None:
-                ca = loop.cooldown_args(payload["args"], explicit)
-                _validate(ca)
-                loop.cooldown_from(payload, explicit)
-            else:
-                ra = argparse.Namespace(**{**payload["args"], **explicit})
-                ra.resume_from = None
-                _validate(ra)
-                loop.run(ra, start=payload)
-            return 0
-        _validate(a)
-        if a.print_schedule:
-            if a.warmup_tokens is not None:
-                from train.data import get_data
-                from train.loop import model_config, resolve_warmup
-
-                _, _, vocab = get_data(a.data, uint32=a.data_dtype == "uint32")
-                resolve_warmup(a, model_config(a, vocab), 1)
-            sys.stdout.write(
-                schedule_csv(
-                    scheduler=a.scheduler,
-                    iterations=a.iterations,
-                    warmup_steps=a.warmup_steps,
-                    wsd_fract_decay=a.wsd_fract_decay,
-                    decay_type=a.decay_type,
-                    wsd_final_lr_scale=a.wsd_final_lr_scale,
-                    cos_inf_steps=a.cos_inf_steps,
-                )
-            )
-            return 0
-        from train import loop
-
-        if a.cooldown_targets is not None:
-            loop.cooldown_targets(a, _targets(a.cooldown_targets))
-        else:
-            loop.run(a)
-        return 0
-    except (ScheduleError, ConfigError, CheckpointError, DataError, TrainError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130

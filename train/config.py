@@ -16,12 +16,11 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from model.config import UserError
-from train.schedules import SCHEDULERS
+from train.schedules import DECAY_TYPES, SCHEDULERS
 
 SCHEMA_VERSION = 2  # 1 = the flat `vars(args)` dicts written before TrainConfig existed
 
@@ -34,19 +33,24 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002  (argparse's ow
 class ScheduleConfig:
     """The learning-rate schedule (Hägele et al. 2024, §2-3; seed `src/optim/utils.py`)."""
 
-    scheduler: str = _f("cos", "LR schedule: cos, wsd, constant, linear, cos_inf, none")
+    scheduler: str = _f("cos", "LR schedule", metavar="{" + ",".join(SCHEDULERS) + "}")
     iterations: int = _f(15000, "number of optimizer steps (the schedule's length)")
     warmup_steps: int = _f(300, "linear warmup steps from lr/100")
     warmup_tokens: str | None = _f(
-        None, "'params' (warmup tokens = parameter count) or a token count; overrides warmup steps"
+        None,
+        "'params' (warmup tokens = parameter count) or a token count; overrides warmup steps",
+        metavar="params|N",
     )
     lr: float = _f(1e-3, "peak learning rate")
     wsd_fract_decay: float = _f(0.1, "WSD cooldown length as a fraction of the run")
-    decay_type: str = _f("linear", "WSD cooldown shape")
+    decay_type: str = _f("linear", "WSD cooldown shape", choices=DECAY_TYPES + ("miror_cosine",))
     wsd_final_lr_scale: float = _f(0.0, "final LR as a fraction of peak (WSD)")
     cos_inf_steps: int = _f(0, "constant tail steps for cos_inf")
     minutes: float | None = _f(
-        None, "wall-clock budget: fit the whole schedule into M minutes (sets the step count)"
+        None,
+        "wall-clock budget: measure the step time and set the step count so warmup, stable phase "
+        "and cooldown fit M minutes (wsd or constant)",
+        metavar="M",
     )
 
 
@@ -54,7 +58,11 @@ class ScheduleConfig:
 class OptimConfig:
     """AdamW hyperparameters (decoupled weight decay on matrices only)."""
 
-    opt: str = _f("adamw", "optimizer: adamw (FusedAdamW) or SFAdamW (schedule-free, optional)")
+    opt: str = _f(
+        "adamw",
+        "adamw (FusedAdamW) or SFAdamW (schedule-free, needs the schedulefree package)",
+        metavar="{adamw,SFAdamW}",
+    )
     weight_decay: float = _f(0.1, "decoupled weight decay on matrices")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
@@ -75,6 +83,11 @@ class AveragingConfig:
     exponential_moving_average: bool = _f(False, "track an EMA of the weights")
     ema_decay: float = _f(0.95, "EMA decay per update")
     ema_interval: int = _f(10, "steps between EMA updates")
+    ema_after_warmup: bool = _f(False, "restart the EMA from the weights when the warmup ends")
+    wa_dtype: str = _f(
+        "float32", "dtype of the averages (FusedAdamW keeps them in float32)", metavar="float32"
+    )
+    wa_use_temp_dir: bool = _f(False, "keep windows out of the run folder (they stay in memory)")
 
     @property
     def enabled(self) -> bool:
@@ -85,8 +98,15 @@ class AveragingConfig:
 class DataConfig:
     """Where tokens come from and how they are batched."""
 
-    data: str | None = _f(None, "FILE.bin / FILE.txt / prepared DIR; default: embedded corpus")
-    data_dtype: str = _f("uint16", "token dtype of a .bin file")
+    data: str | None = _f(
+        None, "FILE.bin, FILE.txt or a prepared DIR; default: embedded corpus", metavar="PATH"
+    )
+    dataset: str | None = _f(
+        None, "a prepared dataset DIR, or a NAME under --datasets-dir", metavar="NAME"
+    )
+    datasets_dir: str = _f("./datasets/", "where --dataset NAME is looked up", metavar="DIR")
+    data_in_ram: bool = _f(False, "copy the token files into memory instead of memory-mapping")
+    data_dtype: str = _f("uint16", "token dtype of a .bin file", choices=("uint16", "uint32"))
     batch_size: int = _f(50, "sequences per micro-batch per process")
     acc_steps: int = _f(4, "gradient-accumulation micro-batches per step")
     data_seed: int = _f(1337, "data order seed")
@@ -97,13 +117,27 @@ class DataConfig:
 class IOConfig:
     """Run directory, logging, evaluation and checkpoint cadence."""
 
-    out: str = _f("runs/train", "run directory")
+    out: str = _f("runs/train", "run directory", metavar="DIR")
     eval_interval: int = _f(200, "steps between evaluations (and at the end)")
     log_interval: int = _f(10, "steps between log lines (the only steps that read the device)")
     no_progress: bool = _f(False, "no progress bar even on a terminal")
     permanent_ckpt_interval: int = _f(0, "keep a checkpoint every N steps in OUT/ckpts/<step>/")
     latest_ckpt_interval: int = _f(0, "overwrite OUT/latest/ every N steps (0 = off)")
     overwrite: bool = _f(False, "replace an existing run directory instead of refusing")
+    auto_resume: bool = _f(False, "continue from OUT/latest when it exists (else start fresh)")
+    branch_ckpt: bool = _f(True, "WSD runs keep the checkpoint where the cooldown starts")
+    results_base_folder: str = _f(
+        "runs", "parent of the run directory when --out is not given", metavar="DIR"
+    )
+    experiment_name: str | None = _f(
+        None, "run directory name under --results-base-folder (and the wandb run)"
+    )
+    wandb: bool = _f(False, "log metrics to Weights & Biases (optional extra steptime[wandb])")
+    wandb_project: str = _f("steptime", "Weights & Biases project")
+    wandb_run_prefix: str | None = _f(
+        None, "prefix of the Weights & Biases run name", metavar="PREFIX"
+    )
+    tensorboard: str | None = _f(None, "also log metrics to TensorBoard in DIR", metavar="DIR")
 
 
 @dataclass(frozen=True)
@@ -111,20 +145,35 @@ class ModelSpec:
     """Which model to build (resolved into a `model.config.ModelConfig` by the loop)."""
 
     preset: str | None = _f(None, "model preset from model.config.PRESETS (e.g. tiny, 124M)")
+    arch: str = _f("llama", "llama or base (GPT-2 style)", choices=("llama", "base"), flag="model")
     n_layer: int | None = _f(None, "transformer blocks (default: preset, else 24)")
     n_embd: int | None = _f(None, "model width (default: preset, else 768)")
     n_head: int | None = _f(None, "attention heads (default: preset, else 12)")
     vocab_size: int | None = _f(None, "vocabulary size (default: data's meta, preset, else 50304)")
     sequence_length: int | None = _f(None, "tokens per sequence (default: preset, else 512)")
+    multiple_of: int | None = _f(None, "SwiGLU width rounding (default: preset, else 256)")
+    rmsnorm_eps: float | None = _f(None, "norm epsilon (default: preset, else 1e-5)", metavar="X")
+    init_std: float | None = _f(None, "init std of the weights (default: 0.02)", metavar="X")
+    dropout: float | None = _f(None, "dropout probability in training (default: 0)", metavar="P")
+    bias: bool | None = _f(None, "biases on the linears (default: preset, else off)")
+    mlp_dim_exp_factor: float = _f(1.0, "base model MLP width factor (x 4 n_embd)", metavar="X")
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Device, precision, kernels and seeds."""
 
-    device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    dtype: str = _f("bfloat16", "autocast dtype on CUDA (params stay fp32); CPU runs fp32")
-    kernels: str = _f("auto", "auto (triton on CUDA, torch on CPU), torch or triton")
+    device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N", metavar="DEVICE")
+    dtype: str = _f(
+        "bfloat16",
+        "autocast dtype on CUDA (params stay fp32); CPU runs fp32",
+        choices=("float32", "bfloat16", "float16"),
+    )
+    kernels: str = _f(
+        "auto",
+        "auto (triton on CUDA or under TRITON_INTERPRET=1, torch on CPU), torch or triton",
+        choices=("auto", "torch", "triton"),
+    )
     compile: bool = _f(False, "torch.compile the model")
     seed: int = _f(0, "model init / RNG seed")
 
@@ -222,60 +271,9 @@ class TrainConfig:
     # ------------------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise UserError (one line) for any setting that cannot run; types are checked too."""
-        _check_types(self)
-        s, o, a, d, io = self.schedule, self.optim, self.averaging, self.data, self.io
-        if s.scheduler not in SCHEDULERS:
-            raise UserError(
-                f"scheduler must be one of {', '.join(SCHEDULERS)}, got {s.scheduler!r}"
-            )
-        _positive("iterations", s.iterations)
-        _at_least("warmup_steps", s.warmup_steps, 0)
-        _finite_at_least("lr", s.lr, 0.0)
-        if s.minutes is not None:
-            _finite_positive("minutes", s.minutes)
-        if s.warmup_tokens is not None and s.warmup_tokens != "params":
-            try:
-                tok = float(s.warmup_tokens)
-            except (TypeError, ValueError):
-                raise UserError(
-                    f"warmup tokens must be 'params' or a number, got {s.warmup_tokens!r}"
-                ) from None
-            if not (math.isfinite(tok) and tok >= 0):
-                raise UserError(f"warmup tokens must be a finite number >= 0, got {tok}")
-        _finite_at_least("weight_decay", o.weight_decay, 0.0)
-        _finite_at_least("eps", o.eps, 0.0)
-        _finite_at_least("grad_clip", o.grad_clip, 0.0)
-        for name in ("beta1", "beta2"):
-            v = getattr(o, name)
-            if not 0.0 <= v < 1.0:
-                raise UserError(f"{name} must be in [0, 1), got {v}")
-        for name in ("batch_size", "acc_steps", "eval_batches"):
-            _positive(name, getattr(d, name))
-        if d.data_dtype not in ("uint16", "uint32"):
-            raise UserError(f"data dtype must be uint16 or uint32, got {d.data_dtype!r}")
-        for name in ("eval_interval", "log_interval", "permanent_ckpt_interval"):
-            _at_least(name, getattr(io, name), 0)
-        _at_least("latest_ckpt_interval", io.latest_ckpt_interval, 0)
-        if a.weight_average:
-            _positive("wa_interval", a.wa_interval)
-            _positive("wa_horizon", a.wa_horizon)
-            if a.wa_horizon % a.wa_interval:
-                raise UserError(
-                    f"--wa-interval {a.wa_interval} must divide --wa-horizon {a.wa_horizon}"
-                )
-        if a.exponential_moving_average:
-            _positive("ema_interval", a.ema_interval)
-            if not 0.0 <= a.ema_decay < 1.0:
-                raise UserError(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
-        _positive("max_num_wa_sweeps", a.max_num_wa_sweeps)
-        r = self.runtime
-        if r.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"dtype must be float32, bfloat16 or float16, got {r.dtype!r}")
-        if r.kernels not in ("auto", "torch", "triton"):
-            raise UserError(f"kernels must be auto, torch or triton, got {r.kernels!r}")
-        dev = r.device
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        from train.config_checks import validate
+
+        validate(self)
 
     # ------------------------------------------------------------------------------ derived
     def schedule_kwargs(self) -> dict[str, Any]:
@@ -306,48 +304,3 @@ def field_help(name: str) -> str:
 def field_default(name: str) -> Any:
     cls = SECTIONS[field_index()[name]]
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-# ---------------------------------------------------------------------------------- checks
-def _check_types(cfg: TrainConfig) -> None:
-    for sec in SECTIONS:
-        obj = getattr(cfg, sec)
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-            if v is None:
-                if "None" not in want:
-                    raise UserError(f"{f.name} must not be empty")
-                continue
-            if want.startswith("bool"):
-                ok = isinstance(v, bool)
-            elif want.startswith("int"):
-                ok = isinstance(v, int) and not isinstance(v, bool)
-            elif want.startswith("float"):
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            elif want.startswith("str"):
-                ok = isinstance(v, str)
-            else:
-                ok = True
-            if not ok:
-                raise UserError(f"{f.name} must be {want.split(' ')[0]}, got {v!r}")
-
-
-def _positive(name: str, v: int) -> None:
-    if v <= 0:
-        raise UserError(f"--{name.replace('_', '-')} must be > 0, got {v}")
-
-
-def _at_least(name: str, v: int, lo: int) -> None:
-    if v < lo:
-        raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
-
-
-def _finite_at_least(name: str, v: float, lo: float) -> None:
-    if not (math.isfinite(v) and v >= lo):
-        raise UserError(f"--{name.replace('_', '-')} must be a finite number >= {lo:g}, got {v}")
-
-
-def _finite_positive(name: str, v: float) -> None:
-    if not (math.isfinite(v) and v > 0):
-        raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")

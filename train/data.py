@@ -1,14 +1,20 @@
-"""Token data (embedded stdlib corpus, nanoGPT-style .bin memmaps, raw text) and the seed's sampler.
+"""Token data (embedded stdlib corpus, prepared dataset folders, nanoGPT-style .bin memmaps, raw
+text) and the seed's sampler.
 
-Sampling follows spec/seeds.md §1.8: the token stream is cut into non-overlapping chunks of
-`sequence_length + 1` tokens starting at a random per-epoch offset, the chunks are permuted with a
-generator seeded by `seed + epoch`, and batch i of rank r is made of the chunks at positions
-`(world_size * i + r) * batch_size …`. Everything is a function of (seed, step), so a resumed run
-sees exactly the batches a straight run would.
+Sampling follows the seed code (epfml/schedules-and-scaling, `src/data/utils.py`): the token stream
+is cut into non-overlapping chunks of `sequence_length + 1` tokens starting at a random per-epoch
+offset, the chunks are permuted with a generator seeded by `seed + epoch`, and batch i of rank r is
+made of the chunks at positions `(world_size * i + r) * batch_size …`. Everything is a function of
+(seed, step), so a resumed run sees exactly the batches a straight run would.
+
+A prepared folder (written by `train prepare`) holds `train.bin`, `val.bin` and `meta.json`
+({"vocab_size", "dtype", "tokenizer", ...}); vocab and dtype come from meta.json, so opening a
+dataset costs no pass over its tokens.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sysconfig
 from functools import lru_cache
@@ -16,13 +22,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from model.config import UserError
+
 _SKIP_DIRS = ("site-packages", "test", "tests", "__pycache__", "idlelib")
 EMBEDDED_MAX_BYTES = 8 * 1024 * 1024  # caps load time (< 1 s) while giving ~8M tokens
 VAL_FRACTION = 0.05
-
-
-class DataError(ValueError):
-    """A data source that cannot be read; one line for the user."""
+META_NAME = "meta.json"
+TOKEN_DTYPES = ("uint16", "uint32")
+PREPARE_HINT = "make one with `train prepare FILES --out DIR`"
 
 
 @lru_cache(maxsize=2)
@@ -55,8 +62,104 @@ def embedded_corpus(max_bytes: int = EMBEDDED_MAX_BYTES) -> np.ndarray:
         if total >= max_bytes:
             break
     if not chunks:
-        raise DataError(f"no .py files found under the stdlib directory {root}")
+        raise UserError(f"no .py files found under the stdlib directory {root}")
     return np.frombuffer(b"".join(chunks)[:max_bytes], dtype=np.uint8)
+
+
+def padded_vocab(n: int) -> int:
+    """`n` rounded up to a multiple of 64 (GPT-2's 50257 -> 50304, as in the seed code)."""
+    return 64 * ((int(n) + 63) // 64)
+
+
+def _meta_path(path: str) -> str:
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, META_NAME)
+
+
+def data_meta(path: str | None) -> dict | None:
+    """meta.json of a prepared folder (or of the folder holding a .bin file); None if there is none.
+
+    Raises UserError when meta.json exists but is unreadable or lacks a valid vocab_size / dtype.
+    """
+    if path is None or not (os.path.isdir(path) or path.endswith(".bin")):
+        return None
+    mp = _meta_path(path)
+    if not os.path.isfile(mp):
+        return None
+    try:
+        with open(mp) as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise UserError(f"cannot read {mp}: {why}; {PREPARE_HINT}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{mp} is not a JSON object; {PREPARE_HINT}")
+    vocab, dtype = meta.get("vocab_size"), meta.get("dtype")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab <= 0:
+        raise UserError(f"{mp}: vocab_size must be a positive integer, got {vocab!r}")
+    if dtype not in TOKEN_DTYPES:
+        raise UserError(f"{mp}: dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
+    if vocab > np.iinfo(dtype).max + 1:
+        raise UserError(f"{mp}: vocab_size {vocab} does not fit dtype {dtype}")
+    return meta
+
+
+def _memmap(path: str, dtype: str) -> np.ndarray:
+    """Token memmap of a .bin file; UserError naming the path when it is missing or malformed."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file not found: {path}")
+    try:
+        size = os.path.getsize(path)
+        if size == 0 or size % np.dtype(dtype).itemsize:
+            raise UserError(f"{path}: size {size} is not a whole number of {dtype} tokens")
+        return np.memmap(path, dtype=dtype, mode="r")
+    except OSError as e:
+        raise UserError(f"cannot read data file {path}: {e.strerror or e}") from None
+
+
+def _read_bytes(path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise UserError(f"data file not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            return np.frombuffer(fh.read(), dtype=np.uint8)
+    except OSError as e:
+        raise UserError(f"cannot read data file {path}: {e.strerror or e}") from None
+
+
+def _split(tokens: np.ndarray, val_fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    n_val = int(len(tokens) * val_fraction)
+    if len(tokens) - n_val < 2 or n_val < 2:
+        raise UserError(f"{what} has only {len(tokens)} tokens, too few to split")
+    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :]
+
+
+def _prepared(path: str, uint32: bool, val_fraction: float):
+    """(train, val, vocab) of a prepared folder or a .bin file (with its folder's meta.json)."""
+    meta = data_meta(path)
+    if os.path.isdir(path):
+        if meta is None:
+            raise UserError(f"{path} is a folder without {META_NAME}; {PREPARE_HINT}")
+        train_path = os.path.join(path, "train.bin")
+    else:
+        train_path = path
+    dtype = meta["dtype"] if meta else ("uint32" if uint32 else "uint16")
+    train = _memmap(train_path, dtype)
+    if meta is not None:
+        vocab = padded_vocab(meta["vocab_size"])
+    else:
+        # No meta.json: one pass over the file (nanoGPT GPT-2 data gives 50257 -> padded 50304).
+        vocab = padded_vocab(int(train.max()) + 1)
+    folder = os.path.dirname(os.path.abspath(train_path))
+    val_path = os.path.join(folder, "val.bin")
+    # A separate validation file beside train.bin (the prepared layout, and nanoGPT's) wins over
+    # holding out the tail of the training stream.
+    if os.path.basename(train_path) == "train.bin" and os.path.isfile(val_path):
+        val = _memmap(val_path, dtype)
+        if len(train) < 2 or len(val) < 2:
+            raise UserError(f"{folder}: train.bin or val.bin has fewer than 2 tokens")
+        return train, val, vocab
+    return (*_split(train, val_fraction, train_path), vocab)
 
 
 def get_data(
@@ -64,36 +167,20 @@ def get_data(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(train_tokens, val_tokens, vocab_size).
 
-    path None: embedded corpus (vocab 256). `*.bin`: uint16 (or uint32) token memmap, vocab = max+1
-    rounded up to a multiple of 64. Anything else: byte-level text (vocab 256). The last
-    `val_fraction` of the stream is the held-out validation split.
+    path None: embedded corpus (vocab 256). A prepared folder (`train prepare`): train.bin and
+    val.bin with vocab and dtype from meta.json. `*.bin`: token memmap (uint16, or uint32), with
+    vocab and dtype from a meta.json beside it when present, else vocab = max+1 (one pass over the
+    file); a `val.bin` beside a `train.bin` is the validation split. Anything else: byte-level text
+    (vocab 256). Without a validation file the last `val_fraction` of the stream is held out.
+    The vocab is rounded up to a multiple of 64.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val fraction must be in (0, 1), got {val_fraction}")
+        raise UserError(f"val fraction must be in (0, 1), got {val_fraction}")
     if path is None:
-        tokens = embedded_corpus()
-        vocab = 256
-    else:
-        if not os.path.isfile(path):
-            raise DataError(f"data file not found: {path}")
-        if path.endswith(".bin"):
-            dtype = np.uint32 if uint32 else np.uint16
-            size = os.path.getsize(path)
-            if size == 0 or size % np.dtype(dtype).itemsize:
-                name = np.dtype(dtype).name
-                raise DataError(f"{path}: size {size} is not a whole number of {name} tokens")
-            tokens = np.memmap(path, dtype=dtype, mode="r")
-            # One pass over the file; for nanoGPT GPT-2 data this gives 50257 -> padded 50304.
-            top = int(tokens.max()) + 1
-            vocab = 64 * ((top + 63) // 64)
-        else:
-            with open(path, "rb") as fh:
-                tokens = np.frombuffer(fh.read(), dtype=np.uint8)
-            vocab = 256
-    n_val = int(len(tokens) * val_fraction)
-    if len(tokens) - n_val < 2 or n_val < 2:
-        raise DataError(f"data has only {len(tokens)} tokens, too few to split")
-    return tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :], vocab
+        return (*_split(embedded_corpus(), val_fraction, "the embedded corpus"), 256)
+    if os.path.isdir(path) or path.endswith(".bin"):
+        return _prepared(path, uint32, val_fraction)
+    return (*_split(_read_bytes(path), val_fraction, path), 256)
 
 
 class Sampler:
@@ -119,7 +206,7 @@ class Sampler:
         self.n_chunks = (len(tokens) - self.chunk) // self.chunk
         self.per_step = batch_size * world_size
         if self.n_chunks < self.per_step:
-            raise DataError(
+            raise UserError(
                 f"{len(tokens)} tokens give {self.n_chunks} sequences of {sequence_length}, "
                 f"fewer than one global batch ({self.per_step})"
             )

@@ -1,13 +1,19 @@
 """The optimizer the trainer and bench share: `kernels.FusedAdamW` with the seed's decay grouping.
 
-Decay applies to `nn.Linear` weights only; norms, embeddings and a head tied to the embedding
-are not decayed (spec/seeds.md §1.7, `get_parameter_group_specs`).
+Decay applies to `nn.Linear` weights only; biases, norms, embeddings and a head tied to the
+embedding are not decayed (upstream epfml/schedules-and-scaling `src/models/utils.py`,
+`get_parameter_group_specs`). `--opt SFAdamW` builds the schedule-free AdamW of Defazio et al. 2024
+(arXiv:2405.15682) from the optional `schedulefree` package, as the seed's `src/main.py` does.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from model.config import UserError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -41,22 +47,66 @@ def build_optimizer(
     beta1: float,
     beta2: float,
     eps: float = 1e-8,
-    average: str | None = None,
-    wa_interval: int = 5,
-    wa_horizon: int = 500,
-    ema_decay: float = 0.999,
+    swa: bool = False,
+    swa_interval: int = 5,
+    swa_horizon: int = 500,
+    ema: bool = False,
+    ema_decay: float = 0.95,
+    ema_interval: int = 10,
+    ema_start: int = 0,
+    max_grad_norm: float | None = None,
 ):
-    """A `kernels.FusedAdamW` over `model` (unwrap DDP/compile first so names match)."""
+    """A `kernels.FusedAdamW` over `model` (unwrap compile first so parameters match)."""
     from kernels import FusedAdamW  # imported here so `train.schedules`/`train.data` users skip it
 
+    kw = {}
+    if swa:
+        kw.update(swa=True, swa_interval=swa_interval, swa_horizon=swa_horizon)
+    if ema:
+        kw.update(ema=True, ema_decay=ema_decay, ema_interval=ema_interval, ema_start=ema_start)
     return FusedAdamW(
         param_groups(model, weight_decay),
         lr=lr,
         betas=(beta1, beta2),
         eps=eps,
         weight_decay=weight_decay,
-        average=average,
-        average_interval=wa_interval,
-        average_horizon=wa_horizon,
-        ema_decay=ema_decay,
+        max_grad_norm=max_grad_norm,
+        **kw,
+    )
+
+
+def optimizer_for(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """The optimizer a TrainConfig asks for. FusedAdamW clips inside `step()` (every step measures
+    the global norm: a clip of 0 means an infinite bound, as the seed skips clipping at 0)."""
+    o, a, s = cfg.optim, cfg.averaging, cfg.schedule
+    if o.opt == "SFAdamW":
+        try:
+            import schedulefree
+        except ImportError:
+            raise UserError(
+                "--opt SFAdamW needs the optional package schedulefree: pip install schedulefree"
+            ) from None
+        return schedulefree.AdamWScheduleFree(
+            param_groups(model, o.weight_decay),
+            lr=s.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            warmup_steps=s.warmup_steps,
+        )
+    return build_optimizer(
+        model,
+        lr=s.lr,
+        weight_decay=o.weight_decay,
+        beta1=o.beta1,
+        beta2=o.beta2,
+        eps=o.eps,
+        swa=a.weight_average,
+        swa_interval=a.wa_interval,
+        swa_horizon=a.wa_horizon,
+        ema=a.exponential_moving_average,
+        ema_decay=a.ema_decay,
+        ema_interval=a.ema_interval,
+        ema_start=s.warmup_steps if a.ema_after_warmup else 0,
+        max_grad_norm=o.grad_clip if o.grad_clip > 0 else math.inf,
     )

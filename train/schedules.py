@@ -1,4 +1,8 @@
-"""Learning-rate schedules with the seed code's exact values (spec/seeds.md §1.2-1.3).
+"""Learning-rate schedules with the seed code's exact values.
+
+The seed is the code of Hägele et al. 2024 (arXiv:2405.18392), upstream epfml/schedules-and-scaling:
+`src/optim/utils.py::wsd_schedule` (WSD, §3 Eq. 1 of the paper) and `src/main.py` (cos/linear via
+torch's OneCycleLR, cos_inf).
 
 Standard library only: `timemodel`, the CLI's `--print-schedule` and tests use it without torch.
 `lr_factor(step, ...)` is the multiplier of the peak LR after `step` optimizer steps, the same
@@ -9,16 +13,14 @@ from __future__ import annotations
 
 import math
 
+from model.config import UserError
+
 SCHEDULERS = ("wsd", "cos", "linear", "cos_inf", "constant")
 DECAY_TYPES = ("linear", "sqrt", "cosine", "square", "mirror_cosine", "exp")
 # The seed spells it "miror_cosine"; accept that too so its command lines work unchanged.
 _DECAY_ALIASES = {"miror_cosine": "mirror_cosine"}
 _INIT_DIV = 1e2  # warmup starts at lr/100 in every seed scheduler
 _FINAL_DIV = 0.1  # OneCycle final_div_factor: min lr = (lr/100)/0.1 = lr/10
-
-
-class ScheduleError(ValueError):
-    """Schedule arguments that cannot define an LR curve; one line for the user."""
 
 
 def check_schedule(
@@ -31,31 +33,31 @@ def check_schedule(
     wsd_final_lr_scale: float = 0.0,
     cos_inf_steps: int = 0,
 ) -> None:
-    """Raise ScheduleError for arguments the seed would accept but that silently misbehave."""
+    """Raise UserError for arguments the seed would accept but that silently misbehave."""
     if scheduler not in SCHEDULERS:
-        raise ScheduleError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        raise UserError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     if iterations <= 0:
-        raise ScheduleError(f"iterations must be > 0, got {iterations}")
+        raise UserError(f"iterations must be > 0, got {iterations}")
     if warmup_steps < 0:
-        raise ScheduleError(f"warmup steps must be >= 0, got {warmup_steps}")
+        raise UserError(f"warmup steps must be >= 0, got {warmup_steps}")
     if not 0.0 <= wsd_fract_decay <= 1.0:
-        raise ScheduleError(f"wsd fract decay must be in [0, 1], got {wsd_fract_decay}")
+        raise UserError(f"wsd fract decay must be in [0, 1], got {wsd_fract_decay}")
     dt = _DECAY_ALIASES.get(decay_type, decay_type)
     if dt not in DECAY_TYPES:
-        raise ScheduleError(f"decay type must be one of {DECAY_TYPES}, got {decay_type!r}")
+        raise UserError(f"decay type must be one of {DECAY_TYPES}, got {decay_type!r}")
     if not 0.0 <= wsd_final_lr_scale <= 1.0:
-        raise ScheduleError(f"wsd final lr scale must be in [0, 1], got {wsd_final_lr_scale}")
+        raise UserError(f"wsd final lr scale must be in [0, 1], got {wsd_final_lr_scale}")
     if scheduler == "wsd" and dt == "exp" and wsd_final_lr_scale <= 0.0:
         # final**p is 0 for every p > 0: the seed silently zeroes the LR at cooldown start.
-        raise ScheduleError("decay type exp needs --wsd-final-lr-scale > 0 (final**p is 0 else)")
+        raise UserError("decay type exp needs --wsd-final-lr-scale > 0 (final**p is 0 else)")
     if scheduler in ("cos", "linear") and warmup_steps > iterations:
-        raise ScheduleError(f"warmup steps {warmup_steps} exceed iterations {iterations}")
+        raise UserError(f"warmup steps {warmup_steps} exceed iterations {iterations}")
     if scheduler == "cos_inf" and not 0 <= cos_inf_steps < iterations:
-        raise ScheduleError(f"cos_inf steps must be in [0, iterations), got {cos_inf_steps}")
+        raise UserError(f"cos_inf steps must be in [0, iterations), got {cos_inf_steps}")
 
 
 def decay_shape(p: float, decay_type: str, final: float) -> float:
-    """g(p) of spec §1.2 for p in [0, 1): the cooldown's multiplier."""
+    """g(p) for p in [0, 1): the cooldown's multiplier (upstream `wsd_schedule`'s decay forms)."""
     dt = _DECAY_ALIASES.get(decay_type, decay_type)
     if dt == "linear":
         return final + (1 - final) * (1 - p)
@@ -71,7 +73,7 @@ def decay_shape(p: float, decay_type: str, final: float) -> float:
         return 2 * lin - cos
     if dt == "exp":
         return final**p
-    raise ScheduleError(f"unknown decay type {decay_type!r}")
+    raise UserError(f"unknown decay type {decay_type!r}")
 
 
 def wsd_boundaries(iterations: int, wsd_fract_decay: float) -> tuple[int, int]:
@@ -124,7 +126,7 @@ def lr_factor(
         cos_inf_steps=cos_inf_steps,
     )
     if step < 0:
-        raise ScheduleError(f"step must be >= 0, got {step}")
+        raise UserError(f"step must be >= 0, got {step}")
     if scheduler in ("cos", "linear"):
         return _one_cycle(step, iterations, warmup_steps, scheduler)
     # wsd, cos_inf, constant share the linear warmup from lr/100 (checked first, as in the seed).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import grid
+from model.config import UserError
 
 
 def test_expand_is_cartesian_over_a_preset():
@@ -26,7 +27,7 @@ def test_expand_is_cartesian_over_a_preset():
     ids=["int", "float", "bool", "unknown-key"],
 )
 def test_bad_values_raise_one_line(lists, msg):
-    with pytest.raises(grid.GridError, match=msg.replace("(", r"\(")):
+    with pytest.raises(UserError, match=msg.replace("(", r"\(")):
         grid.expand(lists, "tiny")
 
 
@@ -59,7 +60,7 @@ def test_shards_cover_the_grid_exactly_once():
 
 @pytest.mark.parametrize("text", ["2", "2/2", "-1/3", "a/b"])
 def test_bad_shard(text):
-    with pytest.raises(grid.GridError):
+    with pytest.raises(UserError):
         grid.parse_shard(text)
 
 
@@ -77,5 +78,46 @@ def test_grid_file_json_and_csv(tmp_path):
     ]
     bad = tmp_path / "b.json"
     bad.write_text('{"n_layer": 1}')
-    with pytest.raises(grid.GridError, match="JSON list"):
+    with pytest.raises(UserError, match="JSON list"):
         grid.read_grid_file(str(bad))
+
+
+def test_value_types_come_from_the_dataclasses():
+    """No hand copy: every ModelConfig field is a grid key with its own type (arch/bias/dropout)."""
+    import dataclasses
+
+    from model.config import ModelConfig
+
+    assert set(grid.known_keys()) >= {f.name for f in dataclasses.fields(ModelConfig)}
+    assert grid.parse_value("bias", "1") is True
+    assert grid.parse_value("dropout", "0.1") == 0.1
+    assert grid.parse_value("arch", "gpt2") == "gpt2"
+    assert grid.parse_value("ffn_hidden", "none") is None
+    assert grid.parse_value("lr", "3e-4") == 3e-4 and grid.parse_value("compile", "1") is True
+    with pytest.raises(UserError, match="n_layer: a value is required"):
+        grid.parse_value("n_layer", "")
+
+
+def test_sweep_defaults_are_auto():
+    row = grid.base_row("tiny")
+    assert row["kernels"] == "auto" and row["device"] == "auto" and grid.validate(row) is None
+
+
+def test_max_configs_is_checked_before_expanding():
+    import time
+
+    huge = {k: [str(i) for i in range(1, 1001)] for k in ("n_layer", "n_embd", "batch_size")}
+    t = time.perf_counter()
+    with pytest.raises(UserError, match="1000000000 configs, more than --max-configs 10000"):
+        grid.expand(huge, "tiny")
+    assert time.perf_counter() - t < 0.5  # refused from the sizes, nothing was expanded
+    assert len(grid.expand({"n_layer": ["1", "2", "3"]}, "tiny", max_configs=3)) == 3
+    with pytest.raises(UserError, match="max-configs 2"):
+        grid.expand({"n_layer": ["1", "2", "3"]}, "tiny", max_configs=2)
+
+
+def test_csv_row_longer_than_its_header_is_a_clean_error(tmp_path):
+    c = tmp_path / "g.csv"
+    c.write_text("n_layer\n1,2\n")
+    with pytest.raises(UserError, match="line 2: more values than header columns"):
+        grid.read_grid_file(str(c), "tiny")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,16 +47,30 @@ def test_cli_bad_shape_exits_2(capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU path times kernels instead")
-def test_no_gpu_prints_aot_report():
+def test_no_gpu_writes_the_static_report_for_the_asked_dtype(tmp_path):
+    # --dtype is honoured and --out (nested, missing) is created without a GPU.
+    out = tmp_path / "a" / "b"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run(
-        [sys.executable, "-m", "bench", "kernels", "--op", "rmsnorm"],
+        [sys.executable, "-m", "bench", "kernels", "--op", "rmsnorm", "--dtype", "fp32",
+         "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
-    )
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no GPU" in r.stderr
-    table = r.stdout.strip().splitlines()
-    assert len(table) >= 3 and "rms" in r.stdout.lower(), r.stdout  # header, rule, >= 1 kernel
+    assert "issue_tbps" in r.stdout and "rmsnorm_bwd_dx" in r.stdout
+    rows = [json.loads(x) for x in (out / "aot_report.json").read_text().splitlines()]
+    assert rows and {r["dtype"] for r in rows} == {"fp32"}
+    assert {r["kernel"] for r in rows} == {"rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_bwd_dw"}
+    md = (out / "aot_report.md").read_text()
+    assert "No CUDA" in md or "no CUDA" in md
+    assert "| rmsnorm_fwd | fp32 |" in md
+
+
+def test_adamw_bench_row_is_labelled_swa():
+    cases = list(kb._cases(["adamw"], {"adamw": ["1000"]}))
+    assert ("adamw", "1000", "ours", "full", True) in cases
+    assert all(mode == "full" for _, _, _, mode, _ in cases)

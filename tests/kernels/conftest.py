@@ -1,8 +1,13 @@
 """Shared fixtures and the verbose allclose helper for the kernel tests.
 
-Kernel tests must run under the Triton interpreter (TRITON_INTERPRET=1 set before pytest starts, so
-triton.jit sees it at import time). Without it the ops would silently take the torch-reference path
-and the tests would compare the reference with itself, so we fail loudly instead of skipping.
+Two modes, chosen before pytest starts:
+
+* CPU (the default, `make test`): the Triton interpreter, TRITON_INTERPRET=1 set before triton is
+  imported. Without it the ops would silently take the torch-reference path and the tests would
+  compare the reference with itself, so we fail loudly instead of skipping.
+* CUDA (`STEPTIME_TEST_DEVICE=cuda`, run by `python -m bench.gpu_report`): the compiled kernels on
+  CUDA tensors; every tensor a test creates lands on the GPU (torch's default device). Tests that
+  only make sense under the interpreter carry the `interpreter_only` mark and are skipped there.
 """
 
 from __future__ import annotations
@@ -12,11 +17,34 @@ import os
 import pytest
 import torch
 
-if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+CUDA_MODE = os.environ.get("STEPTIME_TEST_DEVICE", "") == "cuda"
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+if CUDA_MODE:
+    if not torch.cuda.is_available() or _INTERPRETING:
+        raise pytest.UsageError(
+            "STEPTIME_TEST_DEVICE=cuda needs a CUDA device and TRITON_INTERPRET unset"
+        )
+    torch.set_default_device("cuda")
+elif not _INTERPRETING:
     raise pytest.UsageError(
-        "tests/kernels must run with TRITON_INTERPRET=1 set in the environment before pytest starts, "
-        "e.g. `TRITON_INTERPRET=1 pytest tests/kernels` (the Makefile does this)"
+        "tests/kernels must run with TRITON_INTERPRET=1 set in the environment before pytest "
+        "starts, e.g. `TRITON_INTERPRET=1 pytest tests/kernels` (the Makefile does this), or "
+        "with STEPTIME_TEST_DEVICE=cuda on a GPU"
     )
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "interpreter_only: needs the CPU Triton interpreter")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not CUDA_MODE:
+        return
+    skip = pytest.mark.skip(reason="checks interpreter-only behaviour (CPU grid estimate etc.)")
+    for item in items:
+        if "interpreter_only" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +76,7 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float, w
 
 
 def oracle_tol(torch_same_dtype: torch.Tensor, fp64: torch.Tensor) -> float:
-    """Low-precision tolerance (spec/style.md §2.7): 2x torch's own same-dtype error + 1e-3."""
+    """Low-precision tolerance: 2x torch's own same-dtype error against float64, + 1e-3."""
     return 2.0 * rel_err(torch_same_dtype, fp64) + 1e-3
 
 

@@ -1,6 +1,6 @@
 """RMSNorm Triton kernels (under TRITON_INTERPRET=1) against the float64 reference.
 
-Forward, dx and dweight on odd shapes; fp32 to 1e-5 relative, bf16/fp16 by the style.md §2.7
+Forward, dx and dweight on odd shapes; fp32 to 1e-5 relative, bf16/fp16 by conftest.oracle_tol's
 oracle; deterministic dweight; input validation; dispatch to the reference without the interpreter.
 """
 
@@ -13,12 +13,14 @@ import sys
 import pytest
 import torch
 
+import kernels._rmsnorm_kernels as krk
 import kernels.rmsnorm as krms
 from kernels import rms_norm
+from kernels._utils import ctas_per_sm
 from kernels.reference import rms_norm_ref
 
-# (3, 37, 123): odd leading dims and width; (1151, 300): M > 8*132 programs so programs walk
-# several rows; (5, 1): last dim 1 (the closed-form dx branch); (1, 64): a single row.
+# (3, 37, 123): odd leading dims and width; (1151, 300): more rows than resident programs, so
+# programs walk several rows; (5, 1): last dim 1 (the closed-form dx branch); (1, 64): one row.
 SHAPES = [(3, 37, 123), (1151, 300), (5, 1), (1, 64)]
 
 
@@ -89,8 +91,8 @@ def test_rstd_saved_and_launchers():
 
 
 def test_dw_deterministic():
-    # Many programs, so many partial rows are summed by the dw kernel (the fp32 1151x300 case
-    # above covers programs walking several rows).
+    # Several programs of several rows each, so the dw kernel sums more partial rows than one
+    # BLOCK_P tile.
     x, w, dy = _inputs((300, 16), torch.float32, torch.float32)
     _, rstd = krms.rmsnorm_fwd(x, w)
     dx1, dw1 = krms.rmsnorm_bwd(dy, x, w, rstd)
@@ -98,21 +100,59 @@ def test_dw_deterministic():
     assert torch.equal(dw1, dw2) and torch.equal(dx1, dx2)
 
 
-def test_grid_fills_sms(monkeypatch):
-    # The dx kernel's grid must be ~8 programs per SM, not one per SM walking all rows.
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the dw kernel sums unset partials
+def test_dx_grid_is_one_resident_wave(monkeypatch):
+    # The dx grid is SMs x the blocks per SM that the kernel's registers allow (one wave), not a
+    # fixed 8 per SM: with 71 registers at 4 warps, 7 blocks fit, so 5000 rows take 834 programs
+    # of 6 rows (the old rule gave 1000 programs of 5 rows, and a bigger dw partials buffer).
     seen = {}
 
     class Spy:
         def __getitem__(self, grid):
             seen["grid"] = grid
-            # Record only: running the dx kernel over 2200 rows is slow in the interpreter, and
+            # Record only: running the dx kernel over 5000 rows is slow in the interpreter, and
             # the dw kernel still runs (on uninitialised partials, whose values we ignore).
             return lambda *args, **kwargs: None
 
-    monkeypatch.setattr(krms, "_rmsnorm_bwd_dx_kernel", Spy())
-    x, w, dy = _inputs((2200, 8), torch.float32, torch.float32)
-    krms.rmsnorm_bwd(dy, x, w, torch.ones(2200))  # rstd values are irrelevant to the grid
-    assert seen["grid"][0] >= 4 * krms._H100_SMS
+    monkeypatch.setattr(krk, "_rmsnorm_bwd_dx_kernel", Spy())
+    occupancy = (132, ctas_per_sm(71, 0, 4))  # an H100, 71 registers per thread
+    monkeypatch.setattr(krk, "occupancy", lambda *a: occupancy)
+    assert occupancy[1] == 7
+    x, w, dy = _inputs((5000, 8), torch.float32, torch.float32)
+    krms.rmsnorm_bwd(dy, x, w, torch.ones(5000))  # rstd values are irrelevant to the grid
+    assert seen["grid"] == (834,)
+
+
+@pytest.mark.interpreter_only
+def test_interpreter_grid_walks_several_rows():
+    x, w, _ = _inputs((1151, 300), torch.float32, torch.float32)
+    progs = krk.dx_programs(1151, x, w, 512, 4)
+    assert 32 < progs <= 1151 // 4  # > one dw tile of partial rows, >= 4 rows per program
+
+
+@pytest.mark.parametrize(
+    "regs,shared,warps,want",
+    [
+        (71, 8192, 8, 3),  # bf16 hidden 4096: 72 regs x 256 threads -> 28 warps -> 3 blocks
+        (128, 16384, 16, 1),  # bf16 hidden 16384: a whole SM's registers per block
+        (64, 1024, 32, 1),  # fp32 hidden 16384: 1024 threads
+        (56, 4096, 4, 9),
+        (16, 0, 4, 16),  # thread-bound: 2048 / 128
+        (16, 100 * 1024, 4, 2),  # shared-memory-bound: 228 KiB / (100 + 1) KiB
+        (16, 0, 1, 32),  # block-count-bound
+    ],
+)
+def test_ctas_per_sm(regs, shared, warps, want):
+    assert ctas_per_sm(regs, shared, warps) == want
+
+
+def test_bwd_traffic_formula():
+    # 4096 x 4096 bf16: x, dy, dx are 100.7 MB; 1024 partial rows add 33.5 MB (33 %).
+    t = krk.bwd_traffic(4096, 4096, 2, 1024)
+    assert t["data_bytes"] == 3 * 2 * 4096 * 4096
+    assert t["partial_bytes"] == 8 * 1024 * 4096
+    assert t["partial_share"] == pytest.approx(1 / 3)
+    assert t["bytes_per_elem"] == pytest.approx(8.0)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """SwiGLU Triton kernels (under TRITON_INTERPRET=1) against the float64 reference.
 
-Forward, dgate and dup on odd shapes; fp32 to 1e-5 relative, bf16/fp16 by the style.md §2.7 oracle;
+Forward, dgate and dup on odd shapes; fp32 to 1e-5 relative, bf16/fp16 by the
+low-precision oracle of conftest.oracle_tol;
 input validation; dispatch to the reference without the interpreter.
 """
 

@@ -1,4 +1,5 @@
-"""model.costs against the real model: parameter count, FlopCounter FLOPs, measured traffic, vectorized API."""
+"""model.costs against the real model: parameter counts and FlopCounter FLOPs (both families),
+FLOP/N conventions, step features, peak table, vectorized API, and the stdlib-only import."""
 
 from __future__ import annotations
 
@@ -13,47 +14,58 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import costs
-from model.config import PRESETS, ModelConfig
-from model.traffic import measure_traffic
+from model.config import PRESETS, ModelConfig, UserError
 from model.transformer import Transformer
 
 
-def _configs(n: int = 8, seed: int = 5) -> list[tuple[ModelConfig, int]]:
-    """Random tiny configs varying depth, width, heads, GQA, vocab, sequence length, batch, tying."""
+def random_configs(n: int = 10, seed: int = 5) -> list[tuple[ModelConfig, int]]:
+    """Tiny configs of both families varying depth, width, heads, GQA/MQA, vocab, sequence,
+    batch, tying and biases."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
+    for i in range(n):
         H = rng.choice([2, 4])
         hd = rng.choice([8, 16])
+        arch = ("llama", "gpt2")[i % 2]
         cfg = ModelConfig(
+            arch=arch,
             vocab_size=rng.choice([64, 256]),
             n_layer=rng.choice([1, 2, 3]),
             n_embd=H * hd,
             n_head=H,
             n_kv_head=rng.choice([g for g in (1, 2, 4) if H % g == 0]),
-            ffn_hidden=rng.choice([32, 64]),
+            ffn_hidden=rng.choice([32, 64, None]),
             sequence_length=rng.choice([16, 32]),
             tie_embeddings=rng.choice([False, True]),
+            bias=rng.choice([False, True]),
         )
         out.append((cfg, rng.choice([1, 2])))
     return out
 
 
-CONFIGS = _configs()
+CONFIGS = random_configs()
 
 
 def test_configs_cover_the_axes():
-    assert (
-        len({c.n_layer for c, _ in CONFIGS}) > 1
-        and len({c.kv_heads < c.n_head for c, _ in CONFIGS}) == 2
-    )
-    assert len({c.tie_embeddings for c, _ in CONFIGS}) == 2 and len({b for _, b in CONFIGS}) == 2
+    cs = [c for c, _ in CONFIGS]
+    assert {c.arch for c in cs} == {"llama", "gpt2"} and len({c.n_layer for c in cs}) > 1
+    assert {c.kv_heads < c.n_head for c in cs} == {False, True} and any(c.kv_heads == 1 for c in cs)
+    assert {c.tie_embeddings for c in cs} == {False, True} and {c.bias for c in cs} == {False, True}
+    assert len({b for _, b in CONFIGS}) == 2 and any(c.ffn_hidden is None for c in cs)
+
+
+FAMILIES = [
+    ("llama", False, False),
+    ("llama", True, True),
+    ("gpt2", False, True),
+    ("gpt2", True, False),
+]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-@pytest.mark.parametrize("tie", [False, True])
-def test_num_params_presets(name, tie):
-    cfg = PRESETS[name].replace(tie_embeddings=tie)
+@pytest.mark.parametrize("arch,tie,bias", FAMILIES)
+def test_num_params_presets(name, arch, tie, bias):
+    cfg = PRESETS[name].replace(arch=arch, tie_embeddings=tie, bias=bias)
     with torch.device("meta"):
         model = Transformer(cfg)
     assert costs.num_params(cfg) == sum(p.numel() for p in model.parameters())
@@ -62,9 +74,16 @@ def test_num_params_presets(name, tie):
 def test_num_params_random_and_breakdown():
     for cfg, _ in CONFIGS:
         model = Transformer(cfg)
-        assert costs.num_params(cfg) == model.num_params()
+        assert costs.num_params(cfg) == model.num_params() == costs.law_params(cfg, "total")
         b = costs.param_breakdown(cfg)
-        assert b["total"] == b["non_embedding"] + b["embedding"] + b["lm_head"]
+        parts = b["non_embedding"] + b["embedding"] + b["lm_head"] + b["position_embedding"]
+        assert b["total"] == parts
+        assert b["non_embedding"] == cfg.n_layer * b["per_layer"] + b["final_norm"]
+        wpe = model.wpe.weight.numel() if cfg.arch == "gpt2" else 0
+        assert b["position_embedding"] == wpe
+        blocks = sum(p.numel() for p in model.blocks.parameters())
+        assert b["per_layer"] * cfg.n_layer == blocks
+        assert b["final_norm"] == sum(p.numel() for p in model.ln_f.parameters())
 
 
 def _batch(cfg: ModelConfig, B: int):
@@ -74,47 +93,30 @@ def _batch(cfg: ModelConfig, B: int):
     return x, y
 
 
-@pytest.mark.parametrize("cfg,B", CONFIGS)
-def test_exact_flops_match_flop_counter(cfg, B):
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    x, y = _batch(cfg, B)
-    # The math SDPA backend decomposes attention into bmm, which the counter sees; the CPU flash kernel is
-    # not registered with FlopCounterMode in this torch, so it would silently count 0 for attention.
+def _counted_flops(model, x, y) -> int:
+    # The math SDPA backend decomposes attention into bmm, which the counter sees; the CPU flash
+    # kernel is not registered with FlopCounterMode, so it would silently count 0 for attention.
     with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
         _, loss = model(x, y)
         loss.backward()
-    counted = fc.get_total_flops()
-    assert abs(counted / costs.train_flops(cfg, B)["exact"] - 1) < 0.01
+    return fc.get_total_flops()
 
 
 @pytest.mark.parametrize("cfg,B", CONFIGS)
-def test_traffic_formula_matches_measurement(cfg, B):
+def test_exact_flops_equal_flop_counter(cfg, B):
     torch.manual_seed(0)
-    model = Transformer(cfg)
     x, y = _batch(cfg, B)
-    opt = torch.optim.AdamW(model.parameters(), foreach=False)
-    _, loss = model(x, y)
-    loss.backward()
-    opt.step()  # create optimizer state so the measured step is a steady-state step
-    measured = measure_traffic(model, (x, y), opt)
-    formula = costs.memory_traffic(cfg, B, optimizer="torch_adamw")
-    assert abs(measured["total"] / formula["total"] - 1) < 0.05
-    assert measured["counts"]["mm"] > 0 and "view" not in measured["bytes"]
+    flops = costs.train_flops(cfg, B)
+    assert _counted_flops(Transformer(cfg), x, y) == flops["exact"]
+    assert flops["exact"] == flops["matmul"] + flops["other"]
 
 
-def test_traffic_classes_and_fused_paths_move_fewer_bytes():
-    cfg = PRESETS["124M"]
-    torch_path = costs.memory_traffic(cfg, 8, optimizer="torch_adamw")
-    fused = costs.memory_traffic(cfg, 8, dtype="bfloat16", kernels="triton", attention="flash")
-    assert set(torch_path) == set(costs.TRAFFIC_KEYS)
-    assert abs(sum(v for k, v in fused.items() if k != "total") - fused["total"]) < 1
-    assert fused["total"] < torch_path["total"]
-    assert fused["norm"] < costs.memory_traffic(cfg, 8, dtype="bfloat16")["norm"]
-    assert (
-        costs.memory_traffic(cfg, 8, average="ema")["optimizer"]
-        > costs.memory_traffic(cfg, 8)["optimizer"]
-    )
+@pytest.mark.parametrize("cfg,B", CONFIGS[:4])
+def test_exact_flops_with_activation_checkpointing(cfg, B):
+    x, y = _batch(cfg, B)
+    model = Transformer(cfg, activation_checkpointing=True)
+    got = costs.train_flops(cfg, B, activation_checkpointing=True)["exact"]
+    assert _counted_flops(model, x, y) == got > costs.train_flops(cfg, B)["exact"]
 
 
 def test_other_conventions():
@@ -122,52 +124,143 @@ def test_other_conventions():
     f = costs.flops_per_token(cfg)
     n = costs.num_params(cfg)
     ne = costs.param_breakdown(cfg)["non_embedding"]
-    assert f["kaplan"] == 6 * ne
-    assert f["porian"] == 6 * (ne + cfg.vocab_size * cfg.n_embd)
-    assert f["palm"] == 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.sequence_length
-    # spec/seeds.md §1.9: 210M (vocab 50257 there) is ~1.597e9 FLOPs/token under the App. F count.
+    assert f["kaplan"] == 6 * ne == 6 * costs.law_params(cfg, "kaplan")
     assert (
-        abs(costs.flops_per_token(cfg.replace(vocab_size=50257))["chinchilla"] / 1.597e9 - 1) < 0.01
+        f["porian"] == 6 * (ne + cfg.vocab_size * cfg.n_embd) == 6 * costs.law_params(cfg, "porian")
     )
+    assert f["palm"] == 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.sequence_length
+    # Hägele et al. 2024's flops.ipynb (Chinchilla App. F): the 210M model (vocab 50257 there)
+    # costs about 1.597e9 FLOPs per token.
+    v50257 = cfg.replace(vocab_size=50257)
+    assert abs(costs.flops_per_token(v50257)["chinchilla"] / 1.597e9 - 1) < 0.01
     assert costs.train_flops(cfg, 4)["exact"] == 4 * costs.train_flops(cfg, 1)["exact"]
+    g = cfg.replace(arch="gpt2", bias=True)
+    wpe = g.sequence_length * g.n_embd
+    assert costs.law_params(g, "kaplan") == costs.num_params(g) - g.vocab_size * g.n_embd - wpe
+    assert costs.flops_per_token(g)["palm"] == 6 * (costs.num_params(g) - wpe) + 12 * 24 * 768 * 512
+    with pytest.raises(UserError, match="convention"):
+        costs.law_params(cfg, "hoffmann")
 
 
-def test_mfu():
+def test_step_features_contract():
+    cfg = PRESETS["tiny"]
+    one = costs.step_features(cfg, 4)
+    assert tuple(one) == costs.STEP_FEATURES and all(isinstance(v, float) for v in one.values())
+    assert one["bytes"] == sum(one[f"bytes_{k}"] for k in costs.TRAFFIC_KEYS[:-1])
+    assert (
+        one["flops"]
+        == one["matmul_flops"] + one["other_flops"]
+        == costs.train_flops(cfg, 4)["exact"]
+    )
+    assert one["tokens"] == 4 * 64 and one["micro_steps"] == 1 and one["allreduce_bytes"] == 0
+    four = costs.step_features(cfg, 4, acc_steps=4, dp=8)
+    assert four["flops"] == 4 * one["flops"] and four["micro_steps"] == 4
+    assert four["tokens"] == 4 * one["tokens"]
+    # ring all-reduce of fp32 grads: each device sends 2 (dp - 1) / dp of 4 * params bytes
+    assert four["allreduce_bytes"] == 2 * 7 / 8 * 4 * costs.num_params(cfg)
+    assert one["bytes"] < four["bytes"] < 4 * one["bytes"]  # the optimizer runs once per step
+    assert four["launches"] > one["launches"]
+    ckpt = costs.step_features(cfg, 4, activation_checkpointing=True)
+    assert all(ckpt[k] > one[k] for k in ("flops", "bytes", "launches", "bytes_norm"))
+    assert ckpt["bytes_optimizer"] == one["bytes_optimizer"]
+
+
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(acc_steps=0), "acc_steps"),
+        (dict(dp=0), "dp"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(kernels="cuda"), "kernels"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(average="mean"), "average"),
+        (dict(grads="zero"), "grads"),
+    ],
+)
+def test_step_features_reject_bad_values(kw, needle):
+    with pytest.raises(UserError, match=needle) as e:
+        costs.step_features(PRESETS["tiny"], 2, **kw)
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="batch_size"):
+        costs.memory_traffic(PRESETS["tiny"], 0)
+
+
+def test_traffic_classes_and_fused_paths_move_fewer_bytes():
+    cfg = PRESETS["124M"]
+    torch_path = costs.memory_traffic(cfg, 8, optimizer="torch_adamw")
+    fused = costs.memory_traffic(cfg, 8, dtype="bfloat16", kernels="triton", attention="flash")
+    assert tuple(torch_path) == costs.TRAFFIC_KEYS
+    assert abs(sum(v for k, v in fused.items() if k != "total") - fused["total"]) < 1
+    assert fused["total"] < torch_path["total"]
+    assert fused["norm"] < costs.memory_traffic(cfg, 8, dtype="bfloat16")["norm"]
+    assert torch_path["cast"] == 0 < fused["cast"]
+    opt = costs.memory_traffic(cfg, 8)["optimizer"]
+    assert costs.memory_traffic(cfg, 8, average="ema")["optimizer"] > opt
+    assert costs.memory_traffic(cfg, 8, average="swa+ema")["optimizer"] > opt
+    assert costs.kernel_launches(cfg, 8) == costs.kernel_launches(cfg, 64)  # batch-free
+
+
+def test_peak_table_and_mfu():
     cfg = PRESETS["124M"]
     fpt = costs.flops_per_token(cfg)["palm"]
+    assert costs.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert costs.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 495e12  # TF32
+    assert costs.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert costs.peak_flops("NVIDIA GH200 480GB", "bf16") == costs.peak_flops("NVIDIA H200", "bf16")
     assert costs.mfu(1e5, cfg, "NVIDIA H100 80GB HBM3") == pytest.approx(1e5 * fpt / 989e12)
-    assert costs.mfu(1e5, cfg, "NVIDIA H100 PCIe") == pytest.approx(1e5 * fpt / 756e12)
     assert costs.mfu(1e5, cfg, "NVIDIA A100-SXM4-40GB") == pytest.approx(1e5 * fpt / 312e12)
-    assert costs.mfu(1e5, cfg, "Intel(R) Xeon(R) CPU") is None and costs.mfu(1e5, cfg, None) is None
-
-
-def test_vectorized_agrees_with_scalar():
-    cfgs = [c for c, _ in CONFIGS] + [PRESETS["360M"]]
-    B = np.arange(1, len(cfgs) + 1)
-    arr = lambda f: np.array([f(c) for c in cfgs])  # noqa: E731
-    out = costs.vectorized(
-        arr(lambda c: c.vocab_size),
-        arr(lambda c: c.n_layer),
-        arr(lambda c: c.n_embd),
-        arr(lambda c: c.n_head),
-        arr(lambda c: c.kv_heads),
-        arr(lambda c: c.hidden),
-        arr(lambda c: c.sequence_length),
-        B,
-        arr(lambda c: int(c.tie_embeddings)),
-        dtype="bfloat16",
-        kernels="triton",
-        attention="flash",
+    assert costs.mfu(1e5, cfg, "NVIDIA A100-SXM4-40GB", "float32") == pytest.approx(
+        1e5 * fpt / 156e12
     )
+    assert costs.mfu(1e5, cfg, "Intel(R) Xeon(R) CPU") is None and costs.mfu(1e5, cfg, None) is None
+    with pytest.raises(UserError, match="dtype"):
+        costs.peak_flops("NVIDIA H100", "int4")
+
+
+def _arrays(cfgs, f):
+    return np.array([f(c) for c in cfgs])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "impl",
+    [
+        dict(dtype="bfloat16", kernels="triton", attention="flash", average="ema"),
+        dict(dtype="float32", kernels="torch", optimizer="torch_adamw", grads="none"),
+    ],
+)
+def test_vectorized_agrees_with_scalar(arch, impl):
+    cfgs = [c.replace(arch=arch, bias=True) for c, _ in CONFIGS] + [
+        PRESETS["360M"].replace(arch=arch)
+    ]
+    n = len(cfgs)
+    B, acc = np.arange(1, n + 1), np.arange(n) % 3 + 1
+    ckpt, dp = np.arange(n) % 2, np.arange(n) % 4 + 1
+    out = costs.vectorized(
+        *(_arrays(cfgs, lambda c, k=k: getattr(c, k)) for k in ("vocab_size", "n_layer", "n_embd")),
+        *(_arrays(cfgs, lambda c, k=k: getattr(c, k)) for k in ("n_head", "kv_heads", "hidden")),
+        _arrays(cfgs, lambda c: c.sequence_length), B, _arrays(cfgs, lambda c: c.tie_embeddings),
+        bias=_arrays(cfgs, lambda c: c.bias), arch=arch, acc_steps=acc, dp=dp,
+        activation_checkpointing=ckpt, **impl,
+    )  # fmt: skip
     for i, c in enumerate(cfgs):
-        assert out["params"][i] == costs.num_params(c)
-        assert out["flops"][i] == costs.train_flops(c, int(B[i]))["exact"]
-        ref = costs.memory_traffic(
-            c, int(B[i]), dtype="bfloat16", kernels="triton", attention="flash"
-        )["total"]
-        assert out["memory_traffic"][i] == pytest.approx(ref, rel=1e-12)
+        kw = dict(acc_steps=int(acc[i]), activation_checkpointing=bool(ckpt[i]), **impl)
+        ref = costs.step_features(c, int(B[i]), dp=int(dp[i]), **kw)
+        for k in costs.STEP_FEATURES:
+            assert out[k][i] == pytest.approx(ref[k], rel=1e-12, abs=1e-9), k
+        launches = costs.kernel_launches(c, int(B[i]), **kw)
+        assert all(out[f"launches_{k}"][i] == launches[k] for k in costs.TRAFFIC_KEYS[:-1])
+        assert all(out[f"law_{k}"][i] == costs.law_params(c, k) for k in costs.LAW_CONVENTIONS)
+        assert out["memory_traffic"][i] == out["bytes"][i]
+    few = costs.vectorized(64, 2, 32, 4, 4, 64, 16, B, features=("launches",))
+    assert set(few) == {"launches", *(f"law_{k}" for k in costs.LAW_CONVENTIONS)}
+    with pytest.raises(UserError, match="feature"):
+        costs.vectorized(64, 2, 32, 4, 4, 64, 16, B, features=("speed",))
 
 
 def test_costs_and_config_import_without_torch():
-    code = "import sys, model.config, model.costs; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = (
+        "import sys, model.config, model.costs\n"
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

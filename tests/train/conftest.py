@@ -1,5 +1,6 @@
 """tests/train setup: these tests run against the real `model.transformer.Transformer` and
-`kernels.FusedAdamW` (on CPU without TRITON_INTERPRET, so the optimizer takes its torch reference)."""
+`kernels.FusedAdamW` (on CPU without TRITON_INTERPRET, so the optimizer takes its torch
+reference)."""
 
 
 def pytest_report_header(config):

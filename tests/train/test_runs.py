@@ -288,7 +288,7 @@ def test_window_average_runs_through_the_fused_optimizer():
 
     from model.config import PRESETS
     from model.transformer import Transformer
-    from train.averaging import WeightAverager
+    from train.averaging import WindowSnapshots
     from train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -299,12 +299,12 @@ def test_window_average_runs_through_the_fused_optimizer():
         weight_decay=0.1,
         beta1=0.9,
         beta2=0.95,
-        average="swa",
-        wa_interval=2,
-        wa_horizon=4,
+        swa=True,
+        swa_interval=2,
+        swa_horizon=4,
     )
-    avg = WeightAverager(model, swa=True, interval=2, horizon=4, max_windows=2, optimizer=opt)
-    assert avg.swa_fused and avg.window == []  # nothing kept outside the optimizer
+    avg = WindowSnapshots(model, opt, swa=True, horizon=4, max_windows=2)
+    assert not avg.windows  # nothing kept outside the optimizer until a window completes
     idx = torch.randint(0, 256, (2, 16))
     snaps = []
     for t in range(8):
@@ -313,7 +313,7 @@ def test_window_average_runs_through_the_fused_optimizer():
         opt.step()
         if t % 2 == 0:
             snaps.append([p.detach().clone() for p in model.parameters()])
-        avg.update(model)
+        avg.update(t + 1)
     # Window 2 covers steps 4..7 and averages the weights after steps 4 and 6.
     count, window = avg.windows[-1]
     assert count == 8

@@ -1,12 +1,14 @@
-"""LR schedules: exact seed values (spec/seeds.md §1.2-1.3), edge cases, errors, print-schedule."""
+"""LR schedules: the seed code's exact values (arXiv:2405.18392; upstream src/optim/utils.py and
+src/main.py), edge cases, errors, print-schedule."""
 
 import math
 
 import pytest
 import torch
 
+from model.config import UserError
 from train.cli import main
-from train.schedules import ScheduleError, lr_factor
+from train.schedules import lr_factor
 
 
 def wsd(step, **kw):
@@ -46,7 +48,7 @@ def test_final_scale_above_zero_and_exp():
     assert wsd(85, decay_type="sqrt", wsd_final_lr_scale=0.2) == pytest.approx(0.6)
     assert wsd(85, decay_type="exp", wsd_final_lr_scale=0.1) == pytest.approx(0.1**0.25)
     assert wsd(100, decay_type="linear", wsd_final_lr_scale=0.1) == pytest.approx(0.1)
-    with pytest.raises(ScheduleError, match="exp"):
+    with pytest.raises(UserError, match="exp"):
         wsd(85, decay_type="exp")
 
 
@@ -121,7 +123,7 @@ def test_cos_inf_and_constant():
 
 @pytest.mark.parametrize("f", [-0.1, 1.5])
 def test_fraction_outside_unit_interval(f):
-    with pytest.raises(ScheduleError, match="fract"):
+    with pytest.raises(UserError, match="fract"):
         wsd(0, wsd_fract_decay=f)
 
 
@@ -172,7 +174,7 @@ def test_print_schedule_warmup_tokens_params(capsys):
     assert rc == 0
     vals = [float(ln.split(",")[1]) for ln in capsys.readouterr().out.strip().splitlines()[1:]]
     from model.config import PRESETS
-    from train.loop import count_params
+    from model.costs import num_params as count_params
 
     w = math.ceil(count_params(PRESETS["tiny"]) / (8 * 64))
     assert vals[w - 1] < 1.0 and vals[w] == 1.0

@@ -1,0 +1,175 @@
+"""Sweep settings: the options of one `bench sweep`, checked before any worker starts.
+
+The settings that change what a row measures (budget, data, threads, timing, schedule, untimed
+steps, pinning, processes per config) are recorded in OUT/sweep.json by the first sweep into a
+folder; a later sweep into the same folder with other values is refused with a one-line error,
+so a folder never mixes measurements taken under different settings.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from model.config import UserError, atomic_write
+
+from . import results
+
+TIMINGS = ("windows", "synced")
+SCHEDULERS = ("constant", "wsd")
+
+
+@dataclass
+class SweepOptions:
+    out_dir: str
+    minutes: float  # timed budget per config
+    timeout_factor: float = 3.0  # per-config timeout = factor * budget + grace
+    timeout_grace_s: float = 120.0  # process start, build, warmup, eval
+    shard: tuple[int, int] | None = None
+    gpus: list[str] = field(default_factory=list)
+    untimed_steps: int = 2  # steps before timing starts (allocator, autotuning, compile)
+    data: str | None = None
+    threads: int | None = None  # torch threads per worker; None = 1 on CPU, torch default on GPU
+    timing: str = "windows"  # "windows": k steps between events, no sync inside; "synced": per step
+    scheduler: str = "constant"
+    warmup_steps: int = 0  # LR warmup steps (train's flag)
+    wsd_fract_decay: float = 0.1
+    decay_type: str = "linear"
+    wsd_final_lr_scale: float = 0.0
+    retry: tuple[str, ...] = results.RETRY_DEFAULT
+    repeat: int = 1
+    reference_every: int = 0  # re-time the reference config every N configs (0: never)
+    drift_correct: bool = False
+    pin: bool = True  # CPU workers: pin to cores (one per thread)
+    nproc_per_config: int = 1
+    progress: bool = True
+
+    @property
+    def budget_s(self) -> float:
+        return 60.0 * self.minutes
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout_factor * self.budget_s + self.timeout_grace_s
+
+
+def check_options(opts: SweepOptions) -> None:
+    """Refuse settings that cannot run, before any worker starts (one-line UserError)."""
+    if not (math.isfinite(opts.minutes) and opts.minutes > 0):
+        raise UserError(f"--minutes must be a finite number > 0, got {opts.minutes}")
+    for flag, v in (
+        ("--timeout-factor", opts.timeout_factor),
+        ("--timeout-grace", opts.timeout_grace_s),
+    ):
+        if not (math.isfinite(v) and v >= 0):
+            raise UserError(f"{flag} must be a finite number >= 0, got {v}")
+    if opts.threads is not None and opts.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {opts.threads}")
+    for flag, v in (("--untimed-steps", opts.untimed_steps), ("--warmup-steps", opts.warmup_steps)):
+        if v < 0:
+            raise UserError(f"{flag} must be >= 0, got {v}")
+    for flag, v in (("--repeat", opts.repeat), ("--nproc-per-config", opts.nproc_per_config)):
+        if v < 1:
+            raise UserError(f"{flag} must be >= 1, got {v}")
+    if opts.reference_every < 0:
+        raise UserError(f"--reference-every must be >= 0, got {opts.reference_every}")
+    if opts.drift_correct and not opts.reference_every:
+        raise UserError("--drift-correct needs --reference-every N (a reference to correct by)")
+    if not 0.0 <= opts.wsd_fract_decay <= 1.0:
+        raise UserError(f"--wsd-fract-decay must be in [0, 1], got {opts.wsd_fract_decay}")
+    if not 0.0 <= opts.wsd_final_lr_scale <= 1.0:
+        raise UserError(f"--wsd-final-lr-scale must be in [0, 1], got {opts.wsd_final_lr_scale}")
+    if opts.data is not None:
+        check_data(opts.data)
+
+
+def check_data(path: str) -> None:
+    """The data file (or prepared folder) exists and can be read."""
+    if not os.path.exists(path):
+        raise UserError(f"--data {path}: no such file or folder")
+    target = os.path.join(path, "train.bin") if os.path.isdir(path) else path
+    try:
+        with open(target, "rb") as fh:
+            fh.read(1)
+    except OSError as e:
+        raise UserError(f"--data {target}: cannot read it ({e.strerror or e})") from None
+
+
+def measurement_settings(opts: SweepOptions) -> dict:
+    """Sweep settings that change what a row measures; a folder keeps one set of them."""
+    data = os.path.abspath(opts.data) if opts.data else None
+    return {
+        "budget_s": opts.budget_s,
+        "untimed_steps": opts.untimed_steps,
+        "data": data,
+        "threads": opts.threads,
+        "timing": opts.timing,
+        "scheduler": opts.scheduler,
+        "warmup_steps": opts.warmup_steps,
+        "wsd_fract_decay": opts.wsd_fract_decay if opts.scheduler == "wsd" else None,
+        "decay_type": opts.decay_type if opts.scheduler == "wsd" else None,
+        "wsd_final_lr_scale": opts.wsd_final_lr_scale if opts.scheduler == "wsd" else None,
+        "pin": opts.pin,
+        "nproc_per_config": opts.nproc_per_config,
+    }
+
+
+def _shown(k: str, v):
+    """(flag, value) as the user typed them."""
+    if k == "budget_s" and isinstance(v, (int, float)):
+        return "--minutes", f"{v / 60:g}"
+    if k == "pin":
+        return "pinning (--no-pin)", repr(v)
+    return "--" + k.replace("_", "-"), repr(v)
+
+
+def check_folder_settings(out_dir: str, settings: dict) -> None:
+    """Record the measurement settings in OUT/sweep.json, or refuse a mismatch with them."""
+    path = os.path.join(out_dir, "sweep.json")
+    text = json.dumps({"settings": settings}, indent=1, sort_keys=True) + "\n"
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp.{os.getpid()}"
+        atomic_write(tmp, text)
+        try:
+            os.link(tmp, path)  # atomic create: two shards starting at once agree on one file
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        finally:
+            os.remove(tmp)
+    try:
+        with open(path) as fh:
+            have = json.load(fh)["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is unreadable: remove it or use another --out") from None
+    for k, v in settings.items():
+        if k in have and have[k] != v:
+            flag, was = _shown(k, have[k])
+            now = _shown(k, v)[1]
+            raise UserError(
+                f"{out_dir} was measured with {flag} {was}, this run asks {now}: use the same "
+                "settings or another --out"
+            )
+
+
+def start_folder(opts: SweepOptions) -> None:
+    """Create OUT (one clear line if it cannot be), check its settings, drop stale temp files."""
+    out = opts.out_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a folder: pick another --out")
+    try:
+        os.makedirs(os.path.join(out, ".work"), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write into --out {out}: permission denied")
+    check_folder_settings(out, measurement_settings(opts))
+    for folder in [out, *glob.glob(os.path.join(out, "reference*"))]:
+        results.remove_stale_temps(os.path.join(folder, ".work"))
+        results.remove_stale_temps(folder)  # e.g. sweep.json's, from a sweep killed starting
+        if results.has_results(folder):  # a kill between a row and its views leaves them stale
+            results.refresh_views(folder)

@@ -1,0 +1,342 @@
+"""`bench sweep` flags and handler: build the grid, check everything, run it, report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from model.config import UserError
+from train import config as tconfig
+from train.schedules import DECAY_TYPES
+
+from . import grid as gridmod
+from . import results
+from .options import SCHEDULERS, TIMINGS, SweepOptions, check_options
+from .sweep import prepare, run_sweep
+
+# Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
+GRID_FLAGS = [k for k in gridmod.known_keys() if k != gridmod.INJECT_KEY]
+_GRID_HELP = {
+    "kernels": "auto (triton on CUDA, torch on CPU), torch or triton",
+    "device": "auto (cuda if available), cpu, cuda or cuda:N",
+    "dtype": "float32, bfloat16 or float16 (autocast on CUDA; a CPU step runs float32)",
+    "compile": "0/1: torch.compile the model",
+    "batch_size": "sequences per micro-batch per process",
+    "acc_steps": "micro-batches per optimizer step",
+    "lr": "peak learning rate",
+}
+
+
+class HelpFormat(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except for required flags and unset (None) ones."""
+
+    def _get_help_string(self, action) -> str:
+        if action.required or action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _grid_help(name: str) -> str:
+    what = _GRID_HELP.get(name, f"ModelConfig {name}")
+    default = gridmod.SETTING_DEFAULTS.get(name, "the preset's value, else ModelConfig's")
+    if name == "kernels":
+        default = "auto"
+    return f"comma list of values: {what} (default: {default})"
+
+
+def add_sweep(sub) -> None:
+    s = sub.add_parser(
+        "sweep", help="wall-clock sweep, one worker process per config", formatter_class=HelpFormat
+    )
+    s.add_argument(
+        "--minutes", type=float, required=True, metavar="M", help="timed budget per config"
+    )
+    s.add_argument("--out", required=True, metavar="DIR", help="results folder (resumable)")
+    s.add_argument(
+        "--preset", default=None, metavar="NAME", help="base config (tiny, small, 124M, ...)"
+    )
+    s.add_argument(
+        "--grid",
+        default=None,
+        metavar="FILE",
+        help="JSON list or CSV of rows instead of flag lists",
+    )
+    for k in GRID_FLAGS:
+        flag = "--" + k.replace("_", "-")
+        s.add_argument(flag, dest="g_" + k, default=None, metavar="LIST", help=_grid_help(k))
+    s.add_argument(
+        "--max-configs",
+        type=int,
+        default=gridmod.DEFAULT_MAX_CONFIGS,
+        metavar="N",
+        help="refuse grids larger than N configs (checked before expanding)",
+    )
+    _add_timing(s)
+    _add_schedule(s)
+    _add_running(s)
+    try:
+        from . import executors
+
+        executors.add_flags(s)
+    except ImportError:  # bench.executors is optional
+        pass
+    s.set_defaults(func=sweep_cmd)
+
+
+def _add_timing(s) -> None:
+    s.add_argument(
+        "--timing",
+        choices=TIMINGS,
+        default="windows",
+        help="windows: k steps between events, no sync inside (steady state); synced: every "
+        "step synchronised",
+    )
+    s.add_argument(
+        "--untimed-steps",
+        type=int,
+        default=2,
+        metavar="N",
+        help="training steps before timing starts (allocator, autotune, compile)",
+    )
+    s.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="measure every config K times, interleaved (rows get a repeat index)",
+    )
+    s.add_argument(
+        "--reference-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-time the grid's first config every N configs to report machine drift (0: off)",
+    )
+    s.add_argument(
+        "--drift-correct",
+        action="store_true",
+        help="add step_ms_corrected = step_ms_median / drift (needs --reference-every)",
+    )
+    s.add_argument(
+        "--no-pin", action="store_true", help="do not pin CPU workers to one core per thread"
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads per worker (default: 1 on CPU, torch's on GPU)",
+    )
+    s.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="token file or prepared folder (default: the embedded corpus)",
+    )
+
+
+def _add_schedule(s) -> None:
+    s.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default="constant",
+        help="constant LR, or warmup-stable-cooldown fitted into the budget",
+    )
+    s.add_argument(
+        "--warmup-steps", type=int, default=0, metavar="N", help="linear LR warmup steps"
+    )
+    for name in ("wsd_fract_decay", "wsd_final_lr_scale"):
+        s.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            default=tconfig.field_default(name),
+            metavar="F",
+            help=tconfig.field_help(name),
+        )
+    s.add_argument(
+        "--decay-type",
+        choices=DECAY_TYPES,
+        default=tconfig.field_default("decay_type"),
+        help=tconfig.field_help("decay_type"),
+    )
+
+
+def _add_running(s) -> None:
+    s.add_argument(
+        "--timeout-factor",
+        type=float,
+        default=3.0,
+        metavar="F",
+        help="per-config timeout = F x budget + --timeout-grace",
+    )
+    s.add_argument(
+        "--timeout-grace",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds added to every per-config timeout",
+    )
+    s.add_argument(
+        "--retry",
+        default=None,
+        metavar="LIST",
+        help="also rerun rows with these final statuses: oom,nan (error and timeout rows are "
+        "always retried)",
+    )
+    s.add_argument(
+        "--shard", default=None, metavar="I/N", help="run only this deterministic share of the grid"
+    )
+    s.add_argument(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="comma list of GPU ids, one config per GPU at a time",
+    )
+    s.add_argument(
+        "--nproc-per-config",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes per config under torchrun (DDP; gloo on CPU, NCCL on CUDA)",
+    )
+    s.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none off a terminal anyway)",
+    )
+
+
+def _retry(text: str) -> tuple[str, ...]:
+    extra = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in extra if x not in ("oom", "nan", "error", "timeout")]
+    if bad:
+        raise UserError(f"--retry takes oom, nan, error, timeout; got {', '.join(bad)}")
+    return tuple(dict.fromkeys(results.RETRY_DEFAULT + tuple(extra)))
+
+
+def options(a) -> SweepOptions:
+    from train import smoke
+
+    return SweepOptions(
+        out_dir=a.out,
+        minutes=smoke.scale_minutes(a.minutes),
+        timeout_factor=a.timeout_factor,
+        timeout_grace_s=a.timeout_grace,
+        shard=gridmod.parse_shard(a.shard) if a.shard else None,
+        gpus=[g.strip() for g in a.gpus.split(",") if g.strip()] if a.gpus else [],
+        untimed_steps=a.untimed_steps,
+        data=a.data,
+        threads=a.threads,
+        timing=a.timing,
+        scheduler=a.scheduler,
+        warmup_steps=a.warmup_steps,
+        wsd_fract_decay=a.wsd_fract_decay,
+        decay_type=a.decay_type,
+        wsd_final_lr_scale=a.wsd_final_lr_scale,
+        retry=_retry(a.retry or ""),
+        repeat=a.repeat,
+        reference_every=a.reference_every,
+        drift_correct=a.drift_correct,
+        pin=not a.no_pin,
+        nproc_per_config=a.nproc_per_config,
+        progress=not a.no_progress,
+    )
+
+
+def grid_rows(a) -> list[dict]:
+    from train import smoke
+
+    lists = {
+        k: getattr(a, "g_" + k).split(",") for k in GRID_FLAGS if getattr(a, "g_" + k) is not None
+    }
+    if a.max_configs < 1:
+        raise UserError(f"--max-configs must be >= 1, got {a.max_configs}")
+    if a.grid:
+        if lists:
+            raise UserError("use either --grid FILE or grid flags, not both")
+        rows = gridmod.read_grid_file(a.grid, a.preset, a.max_configs)
+    else:
+        rows = gridmod.expand(smoke.scale_grid(lists), a.preset, a.max_configs)
+    if not rows:
+        raise UserError("the grid is empty")
+    return rows
+
+
+def check_gpus(gpus: list[str]) -> None:
+    """Every --gpus id names a GPU of this machine."""
+    if not gpus:
+        return
+    bad = [g for g in gpus if not g.isdigit()]
+    if bad:
+        raise UserError(f"--gpus takes GPU ids like 0,1; got {','.join(bad)}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--gpus {','.join(gpus)}: this machine has no CUDA GPU")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in visible.split(",")] if visible else None
+    ids = ids or [str(i) for i in range(torch.cuda.device_count())]
+    missing = [g for g in gpus if g not in ids]
+    if missing:
+        raise UserError(f"--gpus {','.join(missing)}: not on this machine (GPUs: {','.join(ids)})")
+
+
+def sweep_cmd(a) -> int:
+    opts = options(a)
+    check_options(opts)
+    rows = grid_rows(a)
+    valid, invalid = prepare(rows, opts)
+    if not valid and not invalid:
+        raise UserError("the grid is empty in this shard" if opts.shard else "the grid is empty")
+    if not valid:
+        raise UserError(f"every config is invalid, e.g. {invalid[0][2]}")
+    if getattr(a, "executor", "local") != "local":
+        return _submit(a, rows, opts)
+    if hasattr(a, "executor"):  # refuse --slurm-* / --detach without an executor that uses them
+        from . import executors
+
+        executors.options_from_args(a)
+    check_gpus(opts.gpus)
+    out = run_sweep(rows, opts)
+    return report(out["rows"], valid, opts)
+
+
+def _submit(a, rows, opts: SweepOptions) -> int:
+    from . import executors
+    from .options import start_folder
+    from .sweep import _write_skipped, plan
+
+    if opts.reference_every or opts.gpus:
+        raise UserError("--reference-every and --gpus need --executor local")
+    eopts = executors.options_from_args(a)
+    start_folder(opts)
+    _write_skipped(rows, opts, results.load_rows(opts.out_dir), lambda m: print(m, file=sys.stderr))
+    specs = plan(rows, opts)
+    got = executors.run_pending(specs, opts.out_dir, eopts, opts.timeout_s)
+    if got is None:
+        return 0
+    valid, _ = prepare(rows, opts)
+    return report(got, valid, opts)
+
+
+def report(rows: list[dict], valid: list[tuple[dict, str]], opts: SweepOptions) -> int:
+    """Print this grid's rows; exit 1 (one line) when none of its configs has an ok row."""
+    import pandas as pd
+
+    from .show import format_table
+
+    ids = {cid for _, cid in valid}
+    mine = [r for r in rows if r.get("config_id") in ids and r.get("kind", "config") == "config"]
+    print(format_table(pd.DataFrame(mine)) if mine else "(no rows)")
+    if any(r.get("status") == "ok" for r in mine):
+        return 0
+    counts: dict[str, int] = {}
+    for r in mine:
+        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+    what = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    logs = os.path.join(opts.out_dir, ".work", "*.log")
+    print(
+        f"error: every config failed ({what}); see the messages above and {logs}", file=sys.stderr
+    )
+    return 1

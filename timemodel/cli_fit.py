@@ -1,0 +1,283 @@
+"""Handlers of the fitting commands: fit, fit-loss, replicate-chinchilla, fit-isoflop."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from model import costs
+from model.config import UserError
+from timemodel import isoflop, lawfit, losslaw, models, plots, stepmodel
+from timemodel import table as ttable
+from timemodel.io import (
+    data_hash,
+    finite,
+    ok_rows,
+    parse_floats,
+    positive_numeric,
+    read_table,
+    read_tables,
+    require_columns,
+    write_json,
+)
+from timemodel.table import IDENTITY, load_step_table
+
+VERSION = "0.2"
+EPOCH_CSV = Path(__file__).resolve().parent / "data" / "chinchilla" / "epoch_svg_extracted_data.csv"
+# Epoch's exact replication of the approach-3 procedure on these points (Besiroglu et al. 2024,
+# arXiv:2404.10102; epoch-research/analyzing-chinchilla data_analysis.ipynb).
+EPOCH_PUBLISHED = {"E": 1.817, "A": 477.8, "B": 2143.9, "alpha": 0.3473, "beta": 0.3672}
+
+FIT_HELP = ttable.__doc__ + (
+    "\nThe feature set is chosen by k-fold held-out MAPE among the Time Matters comparison sets\n"
+    "and ours (see timemodel/stepmodel.py); the fit minimises relative error, coefficients >= 0."
+)
+FIT_LOSS_HELP = lawfit.__doc__
+REPLICATE_HELP = (
+    "A REPLICATION of a published fit, not a law for your models: Chinchilla approach 3\n"
+    "(Hoffmann et al. 2022, arXiv:2203.15556) on the 245 points Epoch AI digitised from its\n"
+    "Fig. 4 (Besiroglu et al. 2024, arXiv:2404.10102), 5 highest-loss points dropped as Epoch\n"
+    "do. The law it writes records its N and D range (57M-16B params, 0.8B-320B tokens), so\n"
+    "predict and search warn when it is applied to small models."
+)
+ISOFLOP_HELP = isoflop.__doc__
+
+
+def _first(df: pd.DataFrame, col: str):
+    if col not in df.columns:
+        return None
+    vals = [v for v in df[col].tolist() if v is not None and v == v and str(v) != ""]
+    return str(Counter(map(str, vals)).most_common(1)[0][0]) if vals else None
+
+
+def _stamp() -> dict:
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "steptime_version": VERSION,
+    }
+
+
+def _fit_features(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in costs.STEP_FEATURES]
+    if bad or not names:
+        raise UserError(
+            f"--features: unknown {', '.join(bad) or '(empty)'}; choose from "
+            f"{', '.join(costs.STEP_FEATURES)}"
+        )
+    return names
+
+
+def cmd_fit(args) -> int:
+    what = ", ".join(args.tables)
+    df = read_tables(args.tables)
+    table, y = load_step_table(df, time_col=args.time_col, time_unit=args.time_unit, what=what)
+    feats = _fit_features(args.features)
+    n_cfg = table["group"].nunique()
+    if not 1 <= args.cv_repeats <= 1000:
+        raise UserError(f"--cv-repeats must be in 1..1000, got {args.cv_repeats}")
+    if args.folds < 2 or n_cfg < args.folds:
+        raise UserError(
+            f"{n_cfg} distinct configs is too few for --folds {args.folds} "
+            "(need 2 <= folds <= configs)"
+        )
+    res = stepmodel.fit_table(
+        table,
+        y,
+        folds=args.folds,
+        features=feats,
+        objective=args.objective,
+        extrapolate=args.extrapolate,
+        cv_repeats=args.cv_repeats,
+    )
+    held = res.pop("_held_out_pred")
+    res |= {
+        "kind": "steptime time model",
+        "device_name": _first(table, "device_name"),
+        "dtype": _first(table, "dtype"),
+        "kernels": _first(table, "kernels"),
+        "attention": _first(table, "attention"),
+        "time_col": args.time_col,
+        "data_hash": data_hash(table.assign(_y=y), list(IDENTITY) + ["_y"]),
+        "sources": list(args.tables),
+    } | _stamp()
+    for line in stepmodel.table_lines(res):
+        print(line)
+    if args.extrapolate:
+        for line in stepmodel.extrapolation_lines(res):
+            print(line)
+    for line in stepmodel.coefficient_lines(res):
+        print(line)
+    write_json(res, args.out)
+    print(f"wrote {args.out}")
+    if args.plot:
+        res["_held_out_pred"] = held
+        col = args.color_by if args.color_by in table.columns else "batch_size"
+        color = pd.to_numeric(table[col], errors="coerce").fillna(1.0).to_numpy(float)
+        plots.fit_plot(args.plot, res, y, color, col)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _table_runs(args, df: pd.DataFrame, what: str):
+    """fit-loss table mode: N, D, L straight from columns (D = C/(6N) with --tokens-from-flops)."""
+    dcol = args.tokens_from_flops or args.tokens_col
+    cols = [args.params_col, dcol, args.loss_col]
+    require_columns(df, cols, what)
+    df = positive_numeric(df, cols, what)
+    if args.drop_highest:
+        df = df.sort_values(args.loss_col).iloc[: -args.drop_highest]
+    N = df[args.params_col].to_numpy(float)
+    D = df[dcol].to_numpy(float) / (6 * N) if args.tokens_from_flops else df[dcol].to_numpy(float)
+    return N, D, df[args.loss_col].to_numpy(float), None, None
+
+
+def _check_loss_args(args) -> list[float]:
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.max_starts < 0:
+        raise UserError(f"--max-starts must be >= 0, got {args.max_starts}")
+    if args.drop_highest < 0:
+        raise UserError(f"--drop-highest must be >= 0, got {args.drop_highest}")
+    return parse_floats("--budgets", args.budgets, hi=1e40)
+
+
+def cmd_fit_loss(args) -> int:
+    budgets = _check_loss_args(args)
+    what = ", ".join(args.sweeps)
+    df = ok_rows(read_tables(args.sweeps))
+    if args.params_col:
+        N, D, L, batch, note = _table_runs(args, df, what)
+    else:
+        N, D, L, batch, note = lawfit.sweep_runs(
+            df, convention=args.convention, loss_col=args.loss_col, what=what
+        )
+    if note:
+        print(f"note: {note}")
+    law = lawfit.fit_law(
+        N, D, L, batch, max_starts=args.max_starts or None, batch_term=not args.no_batch_term
+    )
+    if args.bootstrap:
+        law["ci95"] = losslaw.bootstrap(
+            N,
+            D,
+            L,
+            args.bootstrap,
+            max_starts=min(args.max_starts or 10, 10),
+            batch=batch if law.get("b_crit") else None,
+        )
+        law["bootstrap_n"] = args.bootstrap
+    law["compute_optimal"] = [losslaw.compute_optimal(law, c) for c in budgets]
+    law |= {
+        "kind": "steptime loss law",
+        "convention": args.convention,
+        "sources": args.sweeps,
+        "data_hash": data_hash(pd.DataFrame({"N": N, "D": D, "L": L}), ["N", "D", "L"]),
+    }
+    law |= _stamp()
+    for line in lawfit.law_lines(law):
+        print(line)
+    if "ci95" in law:
+        print(
+            f"95% bootstrap CI ({args.bootstrap} refits): "
+            + " ".join(f"{k}=[{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in law["ci95"].items())
+        )
+    for r in law["compute_optimal"]:
+        models.warn_law_range(law, {"N": r["N_opt"], "D": r["D_opt"]})
+        print(
+            f"C={r['C']:.3g}: N_opt={r['N_opt']:.3g} D_opt={r['D_opt']:.3g} "
+            f"tokens/param={r['tokens_per_param']:.1f}"
+        )
+    write_json(law, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_replicate(args) -> int:
+    if args.max_starts < 0:
+        raise UserError(f"--max-starts must be >= 0, got {args.max_starts}")
+    df = read_table(args.csv)
+    cols = ["Model Size", "Training FLOP", "loss"]
+    require_columns(df, cols, args.csv)
+    df = positive_numeric(df, cols, args.csv).sort_values("loss").iloc[:-5]
+    N = df["Model Size"].to_numpy(float)
+    D = df["Training FLOP"].to_numpy(float) / (6 * N)
+    law = lawfit.fit_law(N, D, df["loss"].to_numpy(float), max_starts=args.max_starts or None)
+    law.pop("batch_term", None)
+    law |= {
+        "kind": "replication of a published fit (not a law for your models)",
+        "replication_of": "Hoffmann et al. 2022 approach 3 (arXiv:2203.15556) as replicated by "
+        "Besiroglu et al. 2024 (arXiv:2404.10102)",
+        "convention": "total",
+        "published": EPOCH_PUBLISHED,
+        "compute_optimal": [losslaw.compute_optimal(law, 5.88e23)],
+    } | _stamp()
+    print(
+        "REPLICATION of a published fit (Chinchilla approach 3 on Epoch AI's digitised points); "
+        "it is not a loss law for CPU-scale models."
+    )
+    print(f"{'':8s}" + "".join(f"{k:>10s}" for k in EPOCH_PUBLISHED))
+    print(f"{'ours':8s}" + "".join(f"{law[k]:10.4g}" for k in EPOCH_PUBLISHED))
+    print(f"{'Epoch':8s}" + "".join(f"{v:10.4g}" for v in EPOCH_PUBLISHED.values()))
+    opt = law["compute_optimal"][0]
+    print(
+        f"at C=5.88e23 (Chinchilla's budget): N_opt={opt['N_opt']:.3g} D_opt={opt['D_opt']:.3g} "
+        f"tokens/param={opt['tokens_per_param']:.1f}; fitted on {len(N)} runs"
+    )
+    if args.out:
+        write_json(law, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _where(df: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
+    for c in clauses:
+        col, sep, val = c.partition("=")
+        if not sep or col not in df.columns:
+            raise UserError(f"--where {c!r}: use COL=VALUE with a column of the table")
+        df = df[df[col].astype(str) == val]
+    if len(df) == 0:
+        raise UserError(f"no rows left after --where {' '.join(clauses)}")
+    return df
+
+
+def cmd_isoflop(args) -> int:
+    what = ", ".join(args.tables)
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    window = finite("--window", args.window, lo=0.0, lo_open=False, hi=1e6)
+    df = _where(ok_rows(read_tables(args.tables)), args.where)
+    require_columns(df, [args.group_col], f"{what} (group column)")
+    df = positive_numeric(df, [args.group_col], what)
+    if args.params_col:
+        cols = [args.params_col, args.tokens_col, args.loss_col]
+        require_columns(df, cols, what)
+        df = positive_numeric(df, cols, what)
+        N, D, L = (df[c].to_numpy(float) for c in cols)
+    else:
+        N, D, L, _, note = lawfit.sweep_runs(
+            df, convention=args.convention, loss_col=args.loss_col, what=what
+        )
+        if note:
+            print(f"note: {note}")
+    C = df[args.group_col].to_numpy(float)
+    res = isoflop.fit_isoflop(C, N, D, L, window=window, bootstrap=args.bootstrap)
+    for line in isoflop.result_lines(res, args.group_col):
+        print(line)
+    if res["a"] is None:
+        raise UserError(
+            "fewer than 2 groups have an interior optimum; measure a wider range of N "
+            "in each group (or use --window 0)"
+        )
+    if args.out:
+        write_json(res | {"group_col": args.group_col, "sources": args.tables} | _stamp(), args.out)
+        print(f"wrote {args.out}")
+    if args.plot:
+        plots.isoflop_plot(args.plot, res, C, N, D, L, args.group_col)
+        print(f"wrote {args.plot}")
+    return 0

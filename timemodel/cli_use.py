@@ -1,0 +1,234 @@
+"""Handlers of the commands that use fitted models: predict, search, describe."""
+
+from __future__ import annotations
+
+import math
+
+from model import costs
+from model.config import ModelConfig, UserError, get_preset
+from timemodel import cli_search, models
+from timemodel.fit import predict_seconds
+from timemodel.io import finite, hours_arg
+from timemodel.losslaw import predict_loss
+from timemodel.models import impl_of
+
+CONFIG_FIELDS = (
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "n_kv_head",
+    "ffn_hidden",
+    "vocab_size",
+    "sequence_length",
+)
+# H100 SXM5 HBM3 bandwidth, NVIDIA H100 Tensor Core GPU datasheet (3.35 TB/s).
+H100_BANDWIDTH = 3.35e12
+
+
+def add_config_args(p) -> None:
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="a model.config preset (the flags below override its fields)",
+    )
+    for f in CONFIG_FIELDS:
+        p.add_argument(
+            f"--{f.replace('_', '-')}",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"ModelConfig.{f} (default: the preset's)",
+        )
+    p.add_argument("--arch", default=None, choices=("llama", "gpt2"), help="model family")
+    p.add_argument("--bias", action="store_true", default=None, help="biases on linears (gpt2)")
+    p.add_argument(
+        "--tie-embeddings", action="store_true", default=None, help="share wte and lm_head"
+    )
+
+
+def config_from(args) -> ModelConfig:
+    """A preset with flag overrides, or a config from --n-layer/--n-embd/--n-head (+ the rest)."""
+    fields = {k: getattr(args, k) for k in CONFIG_FIELDS + ("arch", "bias", "tie_embeddings")}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if args.preset is not None:
+        return get_preset(args.preset).replace(**fields)
+    missing = [
+        f"--{k.replace('_', '-')}" for k in ("n_layer", "n_embd", "n_head") if k not in fields
+    ]
+    if missing:
+        raise UserError(
+            f"give --preset NAME or all of --n-layer, --n-embd, --n-head (missing "
+            f"{', '.join(missing)})"
+        )
+    return ModelConfig(**fields)
+
+
+def count(name: str, v: int) -> int:
+    if not 1 <= v <= 10**9:
+        raise UserError(f"{name} must be an integer in 1..1e9, got {v}")
+    return v
+
+
+def cmd_predict(args) -> int:
+    tm = models.read_time_model(args.time_model)
+    law = models.read_law(args.loss_law) if args.loss_law else None
+    cfg = config_from(args)
+    hours = hours_arg(args.hours) if args.hours is not None else None
+    B, acc, dp = (
+        count(f"--{n}", getattr(args, n.replace("-", "_")))
+        for n in ("batch-size", "acc-steps", "dp")
+    )
+    impl = impl_of(tm, args.dtype)
+    feats = costs.step_features(
+        cfg,
+        B,
+        acc_steps=acc,
+        dp=dp,
+        dtype=impl["dtype"],
+        kernels=impl.get("kernels", cfg.kernels),
+        activation_checkpointing=args.activation_checkpointing,
+    )
+    cli_search.warn_device(tm, args.device_name)
+    models.warn_time_range(tm, feats)
+    step = float(predict_seconds(tm, feats))
+    if not (step >= 1e-9 and math.isfinite(step)):
+        raise UserError(f"{args.time_model}: predicts a step time of {step:.3g} s; refit it")
+    per_step = B * acc * dp * cfg.sequence_length
+    print(
+        f"config: arch={cfg.arch} n_layer={cfg.n_layer} n_embd={cfg.n_embd} n_head={cfg.n_head} "
+        f"kv_heads={cfg.kv_heads} ffn_hidden={cfg.hidden} vocab={cfg.vocab_size} "
+        f"T={cfg.sequence_length} batch={B} acc_steps={acc} dp={dp}"
+    )
+    print("features: " + "  ".join(f"{k} {feats[k]:.4g}" for k in tm["features"]))
+    print(
+        f"step time {step * 1e3:.3f} ms  tokens/s {per_step / step:.4g}  "
+        f"(model fitted on {tm.get('device_name')})"
+    )
+    if hours is None:
+        if law:
+            print("(give --hours for a predicted loss: it needs the token count)")
+        return 0
+    steps = math.floor(hours * 3600 / step)
+    tokens = steps * per_step
+    N = costs.law_params(cfg, law["convention"]) if law else costs.num_params(cfg)
+    print(f"in {hours:g} h: {steps} steps, {tokens:.4g} tokens ({tokens / N:.3g} tokens/param)")
+    if law:
+        if steps == 0:
+            raise UserError(f"not one step fits in {hours:g} h")
+        models.warn_law_range(law, {"N": N, "D": tokens, "batch_tokens": per_step})
+        loss = predict_loss(law, N, tokens, per_step)
+        print(
+            f"predicted final loss {loss:.4f}  (L(N={N:.4g}, D={tokens:.4g}), "
+            f"{law['convention']} N)"
+        )
+    return 0
+
+
+def cmd_describe(args) -> int:
+    cfg = config_from(args)
+    B = count("--batch-size", args.batch_size)
+    cfg = cfg.replace(
+        **{k: v for k, v in (("kernels", args.kernels), ("attention", args.attention)) if v}
+    )
+    pb = costs.param_breakdown(cfg)
+    print(
+        f"config: arch={cfg.arch} n_layer={cfg.n_layer} n_embd={cfg.n_embd} n_head={cfg.n_head} "
+        f"kv_heads={cfg.kv_heads} head_dim={cfg.head_dim} ffn_hidden={cfg.hidden} "
+        f"vocab={cfg.vocab_size} T={cfg.sequence_length} tied={cfg.tie_embeddings} "
+        f"kernels={cfg.kernels} attention={cfg.attention}"
+    )
+    print("params: " + "  ".join(f"{k} {v:,}" for k, v in pb.items()))
+    fpt = costs.flops_per_token(cfg)
+    print("FLOPs per token (train, fwd+bwd): " + "  ".join(f"{k} {v:.4g}" for k, v in fpt.items()))
+    f = costs.step_features(cfg, B, dtype=args.dtype, kernels=cfg.kernels)
+    print(
+        f"per step (batch {B}, {args.dtype}): "
+        + "  ".join(f"{k} {f[k]:.4g}" for k in costs.STEP_FEATURES)
+    )
+    peak = args.peak_flops or costs.peak_flops(args.device_name, args.dtype)
+    if not peak:
+        raise UserError(
+            f"no peak FLOP/s known for {args.device_name!r} in {args.dtype}; give --peak-flops"
+        )
+    bw = finite("--bandwidth", args.bandwidth)
+    t_f, t_b = f["flops"] / peak, f["bytes"] / bw
+    binds = "compute (FLOPs)" if t_f >= t_b else "memory bandwidth"
+    print(
+        f"{args.device_name} roofline floor: max({f['flops']:.4g} FLOP / {peak:.4g}, "
+        f"{f['bytes']:.4g} B / {bw:.4g}) = max({t_f * 1e3:.4g} ms, {t_b * 1e3:.4g} ms) = "
+        f"{max(t_f, t_b) * 1e3:.4g} ms/step; {binds} binds; arithmetic intensity "
+        f"{f['flops'] / f['bytes']:.3g} FLOP/B (ridge {peak / bw:.0f})"
+    )
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="step time, tokens/s, budget tokens and loss for one config")
+    p.add_argument("time_model", metavar="TM_JSON", help="time model from `timemodel fit`")
+    add_config_args(p)
+    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="micro-batch per device")
+    p.add_argument("--acc-steps", type=int, default=1, metavar="K", help="gradient accumulation")
+    p.add_argument("--dp", type=int, default=1, metavar="N", help="data-parallel degree")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        metavar="DTYPE",
+        help="activation dtype (default: the time model's)",
+    )
+    p.add_argument(
+        "--activation-checkpointing", action="store_true", help="count the recompute forward"
+    )
+    p.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        metavar="H",
+        help="wall-clock budget: steps, tokens (and loss with --loss-law)",
+    )
+    p.add_argument(
+        "--loss-law",
+        default=None,
+        metavar="LAW_JSON",
+        help="law from `timemodel fit-loss` (needs --hours)",
+    )
+    p.add_argument(
+        "--device-name",
+        default=None,
+        metavar="NAME",
+        help="device predicted for (default: this host's GPU or CPU)",
+    )
+    p.set_defaults(func=cmd_predict)
+    cli_search.add_parser(sub)
+    d = sub.add_parser("describe", help="params, FLOPs, step features and a GPU roofline floor")
+    add_config_args(d)
+    d.add_argument("--batch-size", type=int, default=1, metavar="B", help="micro-batch")
+    d.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16", "float16"),
+        help="activation dtype of the traffic count",
+    )
+    d.add_argument("--kernels", default=None, choices=("torch", "triton"), help="kernel set")
+    d.add_argument("--attention", default=None, choices=("sdpa", "flash"), help="attention")
+    d.add_argument(
+        "--device-name",
+        default="H100",
+        metavar="NAME",
+        help="GPU whose peak (costs.peak_flops) the roofline uses",
+    )
+    d.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        metavar="FLOPS",
+        help="peak FLOP/s instead of costs.peak_flops",
+    )
+    d.add_argument(
+        "--bandwidth",
+        type=float,
+        default=H100_BANDWIDTH,
+        metavar="BPS",
+        help="memory bandwidth in B/s (default: H100 SXM5 HBM3 datasheet)",
+    )
+    d.set_defaults(func=cmd_describe)

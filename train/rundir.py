@@ -1,0 +1,135 @@
+"""The run directory: which folder a run writes, that runs never mix, and its metrics file.
+
+`metrics.jsonl` holds one JSON record per line: kind "train" (one per optimizer step: step, loss,
+lr, grad_norm, step_ms = the mean step time of the interval the record was read in, tokens_per_s,
+mfu) and kind "eval" (step, val_loss, val_loss_<average>). Records are flushed and fsync'ed before
+every checkpoint, and a resumed run first drops the records past its checkpoint's step, so the file
+ends up with every step exactly once however often the run was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from model.config import UserError, atomic_write
+
+METRICS = "metrics.jsonl"
+# A folder holding one of these is a run directory (and --overwrite removes exactly these).
+RUN_FILES = ("config.json", METRICS, "summary.json", "cooldown_table.csv", "plot.png")
+RUN_DIRS = ("latest", "ckpts", "avgs")
+
+
+def is_run_dir(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("config.json", METRICS))
+
+
+def prepare_new(out: str, *, overwrite: bool) -> None:
+    """Refuse to mix a new run into an existing one; with `overwrite`, clear the old run first."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"cannot use {out} as the run directory: it is a file")
+    if is_run_dir(out):
+        if not overwrite:
+            raise UserError(
+                f"{out} already holds a run; pass --overwrite to replace it, "
+                f"--resume-from {out} to continue it, or another --out"
+            )
+        try:
+            for name in RUN_FILES:
+                if os.path.isfile(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+            for name in os.listdir(out):
+                full = os.path.join(out, name)
+                if os.path.isdir(full) and (name in RUN_DIRS or name.startswith("cooldown_")):
+                    shutil.rmtree(full)
+        except OSError as e:
+            raise UserError(f"cannot clear {out}: {e.strerror or e}") from None
+    make_dir(out)
+
+
+def make_dir(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"cannot write into the run directory {out}: permission denied")
+
+
+def write_json(path: str, obj: dict) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+class MetricsLog:
+    """Appends metric records to OUT/metrics.jsonl and to the optional RunLogger (wandb, tb)."""
+
+    def __init__(self, out: str, *, truncate_after: int | None = None, logger=None) -> None:
+        self.path = os.path.join(out, METRICS)
+        if truncate_after is not None:
+            self._truncate(truncate_after)
+        try:
+            self.fh = open(self.path, "a")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self.logger = logger
+
+    def _truncate(self, step: int) -> None:
+        """Keep the records up to `step` (a resumed run rewrites the steps after it)."""
+        if not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path) as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                    if rec["step"] <= step:
+                        kept.append(json.dumps(rec) + "\n")
+        atomic_write(self.path, "".join(kept))
+
+    def write(self, rec: dict) -> None:
+        try:
+            self.fh.write(json.dumps(rec) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+        if self.logger is not None:
+            self.logger.log(rec)
+
+    def sync(self) -> None:
+        """Flush and fsync: everything written so far survives a kill."""
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        self.sync()
+        self.fh.close()
+        if self.logger is not None:
+            self.logger.close()
+
+
+def run_logger(cfg, out: str, config: dict):
+    """`train.logger.RunLogger` for --wandb / --tensorboard, or None when neither is asked for."""
+    io = cfg.io
+    if not (io.wandb or io.tensorboard):
+        return None
+    try:
+        from train.logger import RunLogger
+    except ImportError as e:
+        raise UserError(f"--wandb/--tensorboard logging is not available: {e}") from None
+    name = io.experiment_name or os.path.basename(os.path.abspath(out))
+    if io.wandb_run_prefix:
+        name = f"{io.wandb_run_prefix}_{name}"
+    return RunLogger(
+        out,
+        wandb=io.wandb,
+        wandb_project=io.wandb_project,
+        experiment_name=name,
+        tensorboard=io.tensorboard,
+        config=config,
+    )

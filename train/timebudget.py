@@ -1,0 +1,111 @@
+"""Fit a warmup -> stable -> cooldown (WSD) schedule into a wall-clock budget.
+
+A WSD schedule (Hägele et al. 2024, arXiv:2405.18392, §3) is constant after its warmup until the
+cooldown starts at step T - int(f * T), so its learning rate up to that point does not depend on
+the total step count T. That is what lets a run set T from its measured speed while it runs:
+
+1. a few untimed steps (allocation, autotuning, compilation) are excluded from the estimate;
+2. the step time is measured (over the last quarter of the timed steps) and T is chosen so that
+   the steps done plus the steps left at that speed end at the budget;
+3. T is re-estimated at later measurement points while the run is still in its stable phase; once
+   the cooldown has started T is frozen, so the cooldown starts at its planned fraction and ends at
+   the budget (up to the error of the last estimate).
+
+A re-plan never moves the cooldown start before the current step, which would make the LR jump.
+Standard library only: `train` and `bench` both use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+TIMING_WARMUP_STEPS = 3  # untimed steps before the step time is measured
+TIMING_PROBE_STEPS = 3  # timed steps before the first plan
+
+
+def cooldown_start(total_steps: int, fract_decay: float) -> int:
+    """First step of the cooldown of a WSD run of `total_steps` (the seed's int() truncation)."""
+    return total_steps - int(fract_decay * total_steps)
+
+
+def plan_total_steps(
+    elapsed_s: float,
+    steps_done: int,
+    budget_s: float,
+    step_s: float,
+    *,
+    fract_decay: float = 0.0,
+) -> int:
+    """Total optimizer steps T so that a run ends at `budget_s` seconds.
+
+    `elapsed_s`: seconds spent so far (everything since the run started, untimed steps included);
+    `steps_done`: optimizer steps done so far; `step_s`: the measured seconds per step from now on.
+    T = steps_done + floor((budget_s - elapsed_s) / step_s), but at least `steps_done` and, for a
+    WSD cooldown of fraction `fract_decay` < 1, never so small that the cooldown would have started
+    before `steps_done` (T is then the smallest T whose cooldown starts at `steps_done`).
+    """
+    if not (math.isfinite(step_s) and step_s > 0):
+        raise ValueError(f"step time must be a finite number > 0, got {step_s}")
+    if not (math.isfinite(budget_s) and budget_s > 0):
+        raise ValueError(f"budget must be a finite number > 0 seconds, got {budget_s}")
+    if not 0.0 <= fract_decay < 1.0:
+        raise ValueError(f"cooldown fraction must be in [0, 1) to plan in time, got {fract_decay}")
+    if steps_done < 0 or elapsed_s < 0:
+        raise ValueError("steps done and elapsed time must be >= 0")
+    left = max(0.0, budget_s - elapsed_s)
+    total = max(steps_done, 1, steps_done + int(left // step_s))
+    # cooldown_start(T) is non-decreasing in T and grows by at most 1 per step of T.
+    total = max(total, math.ceil(steps_done / (1.0 - fract_decay)) - 1)
+    while cooldown_start(total, fract_decay) < steps_done:
+        total += 1
+    return total
+
+
+class BudgetPlanner:
+    """Re-plans the total step count of a run from (steps done, seconds since start) readings.
+
+    Call `observe(steps_done, elapsed_s)` at points where the device is synchronised; it returns
+    the new total when it re-planned, else None. Plans start after TIMING_WARMUP_STEPS untimed and
+    TIMING_PROBE_STEPS timed steps, and stop once the cooldown has started.
+    """
+
+    def __init__(self, budget_s: float, fract_decay: float, total_steps: int) -> None:
+        if not (math.isfinite(budget_s) and budget_s > 0):
+            raise ValueError(f"budget must be a finite number > 0 seconds, got {budget_s}")
+        self.budget_s = budget_s
+        self.fract_decay = fract_decay
+        self.total = total_steps
+        self.planned = False
+        self._seen: list[tuple[int, float]] = []  # (steps, seconds) readings since timing began
+
+    def wants(self, steps_done: int) -> bool:
+        """True when a reading at `steps_done` would be used (the caller syncs only then)."""
+        if self.frozen(steps_done):
+            return False
+        if not self._seen:
+            return steps_done >= TIMING_WARMUP_STEPS
+        return not self.planned and steps_done >= self._seen[0][0] + TIMING_PROBE_STEPS
+
+    def frozen(self, steps_done: int) -> bool:
+        return self.planned and steps_done >= cooldown_start(self.total, self.fract_decay)
+
+    def observe(self, steps_done: int, elapsed_s: float) -> int | None:
+        if self.frozen(steps_done) or steps_done < TIMING_WARMUP_STEPS:
+            return None
+        if not self._seen or steps_done <= self._seen[-1][0]:
+            self._seen = self._seen or [(steps_done, elapsed_s)]
+            return None
+        # The step time over the most recent quarter of the timed steps: it follows a run that
+        # slows down or speeds up, and still averages over the occasional evaluation.
+        back = max(TIMING_PROBE_STEPS, (steps_done - self._seen[0][0]) // 4)
+        ref = self._seen[0]
+        for s, t in self._seen:
+            if s <= steps_done - back:
+                ref = (s, t)
+        self._seen.append((steps_done, elapsed_s))
+        step_s = max((elapsed_s - ref[1]) / (steps_done - ref[0]), 1e-9)
+        self.total = plan_total_steps(
+            elapsed_s, steps_done, self.budget_s, step_s, fract_decay=self.fract_decay
+        )
+        self.planned = True
+        return self.total
