@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-kernels test-rest demo aot clean
+.PHONY: install lint gpu-report test test-kernels test-rest demo aot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP) lint
 
 aot: $(STAMP)
 	$(BIN)/python -m kernels.aot --arch sm_90
+
+# On a CUDA machine: the CUDA kernel tests, kernel benchmarks, a 124M throughput run and a short
+# sweep, written to gpu-report/REPORT.md. Without CUDA: the static sm_90 report, exit 0.
+gpu-report: $(STAMP)
+	$(BIN)/python -m bench.gpu_report --out gpu-report
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
