@@ -72,18 +72,16 @@ def _body(argv) -> int:
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        cand = tsearch.candidates(space)
-        scored = tsearch.score(
-            cand,
+        cand, scored, order, _ = tsearch.run_search(
+            space,
             tm,
             law,
+            top=20,
             hours=args.hours,
             vocab_size=50304,
             sequence_length=512,
             max_memory_gb=80.0,
-            impl=models.impl_of(tm),
         )
-        order, _ = tsearch.rank(scored, 20)
         times.append(time.perf_counter() - t0)
     best = order[0]
     print(

@@ -17,144 +17,65 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from model.config import ArgParser, run_cli
+from model.config import run_cli
 from timemodel import cli_fit, cli_use, models
+from timemodel.cli_args import Parser, opt
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Descriptions keep their line breaks; every flag's help shows its default."""
+def _command(sub, name: str, handler, help: str, description: str, inputs: tuple[str, str]):
+    """A subcommand parser with its handler and its positional input list (METAVAR, help)."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("inputs", nargs="+", metavar=inputs[0], help=inputs[1])
+    p.set_defaults(func=handler)
+    return p
 
 
-class Parser(ArgParser):
-    """ArgParser (one-line errors) with `Formatter` for the command and every subcommand."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", Formatter)
-        super().__init__(*args, **kwargs)
+def _flag(p, flag: str, help: str) -> None:
+    p.add_argument(flag, action="store_true", help=help)
 
 
 def _fit_parser(sub) -> None:
-    f = sub.add_parser(
+    f = _command(
+        sub,
         "fit",
-        help="fit step time on a measured table (any trainer's, or a sweep)",
-        description=cli_fit.FIT_HELP,
+        cli_fit.cmd_fit,
+        "fit step time on a measured table (any trainer's, or a sweep)",
+        cli_fit.FIT_HELP,
+        ("TABLE", "CSV/JSONL/Parquet (a row per config), a sweep folder, or `cpu_sweep` (example)"),
     )
-    f.add_argument(
-        "tables",
-        nargs="+",
-        metavar="TABLE",
-        help="CSV/JSONL/Parquet with one row per measured config, or a bench sweep folder",
-    )
-    f.add_argument("--out", required=True, metavar="JSON", help="where the time model is written")
-    f.add_argument(
-        "--time-col",
-        default="step_ms_median",
-        metavar="COL",
-        help="column holding the measured step time",
-    )
-    f.add_argument("--time-unit", default="ms", choices=("ms", "s"), help="unit of --time-col")
-    f.add_argument(
-        "--features",
-        default=None,
-        metavar="LIST",
-        help="fit this comma list of costs.STEP_FEATURES instead of choosing by CV",
-    )
-    f.add_argument("--folds", type=int, default=5, metavar="K", help="k of the k-fold CV")
-    f.add_argument(
-        "--objective",
-        default="relative",
-        choices=("relative", "absolute"),
-        help="relative: least squares on (pred-y)/y; absolute: on pred-y",
-    )
-    f.add_argument(
-        "--extrapolate",
-        action="store_true",
-        help="also score extrapolation splits (small->large params, one T -> another)",
-    )
-    f.add_argument(
-        "--cv-repeats",
-        type=int,
-        default=5,
-        metavar="R",
-        help="score every feature set on R random k-fold splits; choose by the mean MAPE",
-    )
-    f.add_argument("--plot", default=None, metavar="PNG", help="held-out predicted vs measured")
-    f.add_argument(
-        "--color-by",
-        default="batch_size",
-        metavar="COL",
-        help="table column that colours the --plot points",
-    )
-    f.set_defaults(func=cli_fit.cmd_fit)
+    opt(f, "--out", None, "JSON", "where the time model is written", required=True)
+    opt(f, "--time-col", "step_ms_median", "COL", "column holding the measured step time")
+    opt(f, "--time-unit", "ms", "UNIT", "unit of --time-col", choices=("ms", "s"))
+    opt(f, "--features", None, "LIST", "fit this comma list of costs.STEP_FEATURES, not CV's")
+    opt(f, "--folds", 5, "K", "k of the k-fold CV")
+    objectives = ("relative", "absolute")
+    opt(f, "--objective", "relative", "NAME", "fit (pred-y)/y or pred-y", choices=objectives)
+    _flag(f, "--extrapolate", "also score extrapolation splits (small->large params, T -> T')")
+    opt(f, "--cv-repeats", 5, "R", "R random k-fold splits per feature set; the mean MAPE decides")
+    opt(f, "--plot", None, "PNG", "held-out predicted vs measured")
+    opt(f, "--color-by", "batch_size", "COL", "table column that colours the --plot points")
 
 
 def _loss_parser(sub) -> None:
-    g = sub.add_parser(
+    g = _command(
+        sub,
         "fit-loss",
-        help="loss law L(N, D[, batch]) from sweep results",
-        description=cli_fit.FIT_LOSS_HELP,
+        cli_fit.cmd_fit_loss,
+        "loss law L(N, D[, batch]) from sweep results",
+        cli_fit.FIT_LOSS_HELP,
+        ("SWEEP_DIR", "bench sweep folders (or tables) with val_loss and tokens_seen; combined"),
     )
-    g.add_argument(
-        "sweeps",
-        nargs="+",
-        metavar="SWEEP_DIR",
-        help="bench sweep folders (or tables) with val_loss and tokens_seen; combined",
-    )
-    g.add_argument("--out", required=True, metavar="JSON", help="where the law is written")
-    g.add_argument(
-        "--convention",
-        default="porian",
-        metavar="NAME",
-        help="N convention for costs.law_params (see costs.LAW_CONVENTIONS)",
-    )
-    g.add_argument("--loss-col", default="val_loss", metavar="COL", help="loss column")
-    g.add_argument(
-        "--params-col",
-        default=None,
-        metavar="COL",
-        help="table mode: N from this column instead of the sweep's configs",
-    )
-    g.add_argument("--tokens-col", default="tokens", metavar="COL", help="table mode: D column")
-    g.add_argument(
-        "--tokens-from-flops",
-        default=None,
-        metavar="COL",
-        help="table mode: D = COL / (6 N) from a training-FLOP column",
-    )
-    g.add_argument(
-        "--drop-highest",
-        type=int,
-        default=0,
-        metavar="K",
-        help="drop the K highest-loss runs before fitting",
-    )
-    g.add_argument(
-        "--no-batch-term",
-        action="store_true",
-        help="fit E + A/N^alpha + B/D^beta only, even when the batch varies",
-    )
-    g.add_argument(
-        "--budgets",
-        default="",
-        metavar="LIST",
-        help="FLOP budgets (comma list, > 0) for the compute-optimal N and D; warns outside the "
-        "fitted range",
-    )
-    g.add_argument(
-        "--bootstrap",
-        type=int,
-        default=0,
-        metavar="K",
-        help="K bootstrap refits for 95%% CIs (0: none)",
-    )
-    g.add_argument(
-        "--max-starts",
-        type=int,
-        default=100,
-        metavar="K",
-        help="BFGS from the K best of the 4500 grid starts (0: all)",
-    )
-    g.set_defaults(func=cli_fit.cmd_fit_loss)
+    opt(g, "--out", None, "JSON", "where the law is written", required=True)
+    opt(g, "--convention", "porian", "NAME", "N convention (costs.LAW_CONVENTIONS)")
+    opt(g, "--loss-col", "val_loss", "COL", "loss column")
+    opt(g, "--params-col", None, "COL", "table mode: N from this column, not the configs")
+    opt(g, "--tokens-col", "tokens", "COL", "table mode: D column")
+    opt(g, "--tokens-from-flops", None, "COL", "table mode: D = COL / (6 N), COL training FLOPs")
+    opt(g, "--drop-highest", 0, "K", "drop the K highest-loss runs before fitting")
+    _flag(g, "--no-batch-term", "fit E + A/N^alpha + B/D^beta only, even when the batch varies")
+    opt(g, "--budgets", "", "LIST", "FLOP budgets (comma list) for compute-optimal N and D")
+    opt(g, "--bootstrap", 0, "K", "K bootstrap refits for 95%% CIs (0: none)")
+    opt(g, "--max-starts", 100, "K", "BFGS from the K best of the 4500 grid starts (0: all)")
 
 
 def _replicate_parser(sub) -> None:
@@ -163,74 +84,38 @@ def _replicate_parser(sub) -> None:
         help="REPLICATION of Hoffmann et al.'s approach 3 on Epoch's digitised points",
         description=cli_fit.REPLICATE_HELP,
     )
-    r.add_argument(
-        "--csv",
-        default=str(cli_fit.EPOCH_CSV),
-        metavar="CSV",
-        help="Epoch's svg_extracted_data.csv (a copy ships in timemodel/data)",
-    )
-    r.add_argument("--out", default=None, metavar="JSON", help="write the replicated law here")
-    r.add_argument(
-        "--max-starts",
-        type=int,
-        default=10,
-        metavar="K",
-        help="BFGS from the K best of the 4500 grid starts (0: all)",
-    )
+    opt(r, "--csv", str(cli_fit.EPOCH_CSV), "CSV", "Epoch's svg_extracted_data.csv (shipped)")
+    opt(r, "--out", None, "JSON", "write the replicated law here")
+    opt(r, "--max-starts", 10, "K", "BFGS from the K best of the 4500 grid starts (0: all)")
     r.set_defaults(func=cli_fit.cmd_replicate)
 
 
 def _isoflop_parser(sub) -> None:
-    s = sub.add_parser(
+    s = _command(
+        sub,
         "fit-isoflop",
-        help="Chinchilla approach 2: N*, D* per budget, power laws",
-        description=cli_fit.ISOFLOP_HELP,
+        cli_fit.cmd_isoflop,
+        "Chinchilla approach 2: N*, D* per budget, power laws",
+        cli_fit.ISOFLOP_HELP,
+        ("TABLE", "tables or sweep folders, or `porian` (the shipped Porian et al. 2024 points)"),
     )
-    s.add_argument("tables", nargs="+", metavar="TABLE", help="tables or sweep folders")
-    s.add_argument(
-        "--group-col",
-        required=True,
-        metavar="COL",
-        help="column whose value is each group's budget (FLOPs, or minutes)",
-    )
-    s.add_argument(
-        "--params-col",
-        default=None,
-        metavar="COL",
-        help="N column (default: costs.law_params of each sweep row's config)",
-    )
-    s.add_argument("--tokens-col", default="tokens_seen", metavar="COL", help="D column")
-    s.add_argument("--loss-col", default="val_loss", metavar="COL", help="loss column")
-    s.add_argument(
-        "--convention",
-        default="porian",
-        metavar="NAME",
-        help="N convention when N comes from the configs",
-    )
-    s.add_argument(
+    opt(s, "--group-col", None, "COL", "each group's budget (FLOPs, minutes); `porian`: flops")
+    opt(s, "--params-col", None, "COL", "N column (default: costs.law_params of the configs)")
+    opt(s, "--tokens-col", None, "COL", "D column (default: tokens_seen; `porian`: t)")
+    opt(s, "--loss-col", None, "COL", "loss column (default: val_loss; `porian`: loss)")
+    opt(s, "--convention", "porian", "NAME", "N convention when N comes from the configs")
+    opt(
+        s,
         "--where",
+        [],
+        "COL=VALUE",
+        "keep rows whose COL equals VALUE (repeatable)",
         action="append",
-        default=[],
-        metavar="COL=VALUE",
-        help="keep rows whose COL equals VALUE (repeatable)",
     )
-    s.add_argument(
-        "--window",
-        type=float,
-        default=8.0,
-        metavar="X",
-        help="parabola only on runs within a factor X of the group's best N (0: all)",
-    )
-    s.add_argument(
-        "--bootstrap",
-        type=int,
-        default=200,
-        metavar="K",
-        help="bootstrap refits for the 95%% CIs (0: none)",
-    )
-    s.add_argument("--out", default=None, metavar="JSON", help="write the fit here")
-    s.add_argument("--plot", default=None, metavar="PNG", help="profiles and power laws")
-    s.set_defaults(func=cli_fit.cmd_isoflop)
+    opt(s, "--window", 8.0, "X", "parabola on runs within a factor X of the best N (0: all)")
+    opt(s, "--bootstrap", 200, "K", "bootstrap refits for the 95%% CIs (0: none)")
+    opt(s, "--out", None, "JSON", "write the fit here")
+    opt(s, "--plot", None, "PNG", "profiles and power laws")
 
 
 def build_parser() -> argparse.ArgumentParser:

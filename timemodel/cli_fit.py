@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 
@@ -13,7 +12,9 @@ from model.config import UserError
 from timemodel import isoflop, lawfit, losslaw, models, plots, stepmodel
 from timemodel import table as ttable
 from timemodel.io import (
+    DATASETS,
     data_hash,
+    dataset_path,
     finite,
     ok_rows,
     parse_floats,
@@ -26,7 +27,13 @@ from timemodel.io import (
 from timemodel.table import IDENTITY, load_step_table
 
 VERSION = "0.2"
-EPOCH_CSV = Path(__file__).resolve().parent / "data" / "chinchilla" / "epoch_svg_extracted_data.csv"
+EPOCH_CSV = DATASETS["chinchilla"]
+# `timemodel fit-isoflop porian`: the columns of the shipped Porian et al. table, and the setting
+# (RefinedWeb, tuned hyperparameters, short warmup, constant LR, N with the head, validation loss)
+# whose exponent the paper reports as a = 0.497 (arXiv:2406.19146, results table).
+PORIAN_SETTING = "rw/tuned/short/const/standard/val"
+PORIAN_COLUMNS = {"group_col": "flops", "params_col": "n", "tokens_col": "t", "loss_col": "loss"}
+PORIAN_PAPER_A = {PORIAN_SETTING: 0.497, "owt2/tuned/short/const/standard/val": 0.518}
 # Epoch's exact replication of the approach-3 procedure on these points (Besiroglu et al. 2024,
 # arXiv:2404.10102; epoch-research/analyzing-chinchilla data_analysis.ipynb).
 EPOCH_PUBLISHED = {"E": 1.817, "A": 477.8, "B": 2143.9, "alpha": 0.3473, "beta": 0.3672}
@@ -74,8 +81,8 @@ def _fit_features(text: str | None) -> list[str] | None:
 
 
 def cmd_fit(args) -> int:
-    what = ", ".join(args.tables)
-    df = read_tables(args.tables)
+    what = ", ".join(args.inputs)
+    df = read_tables(args.inputs)
     table, y = load_step_table(df, time_col=args.time_col, time_unit=args.time_unit, what=what)
     feats = _fit_features(args.features)
     n_cfg = table["group"].nunique()
@@ -104,7 +111,7 @@ def cmd_fit(args) -> int:
         "attention": _first(table, "attention"),
         "time_col": args.time_col,
         "data_hash": data_hash(table.assign(_y=y), list(IDENTITY) + ["_y"]),
-        "sources": list(args.tables),
+        "sources": list(args.inputs),
     } | _stamp()
     for line in stepmodel.table_lines(res):
         print(line)
@@ -149,8 +156,8 @@ def _check_loss_args(args) -> list[float]:
 
 def cmd_fit_loss(args) -> int:
     budgets = _check_loss_args(args)
-    what = ", ".join(args.sweeps)
-    df = ok_rows(read_tables(args.sweeps))
+    what = ", ".join(args.inputs)
+    df = ok_rows(read_tables(args.inputs))
     if args.params_col:
         N, D, L, batch, note = _table_runs(args, df, what)
     else:
@@ -176,7 +183,7 @@ def cmd_fit_loss(args) -> int:
     law |= {
         "kind": "steptime loss law",
         "convention": args.convention,
-        "sources": args.sweeps,
+        "sources": args.inputs,
         "data_hash": data_hash(pd.DataFrame({"N": N, "D": D, "L": L}), ["N", "D", "L"]),
     }
     law |= _stamp()
@@ -246,12 +253,31 @@ def _where(df: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
     return df
 
 
+def _isoflop_columns(args) -> str | None:
+    """Fill unset column flags: the shipped Porian table's names, else a sweep's. Returns the
+    Porian setting fitted (None for other tables)."""
+    porian = all(dataset_path(t).resolve() == DATASETS["porian"] for t in args.inputs)
+    fallback = PORIAN_COLUMNS if porian else {"tokens_col": "tokens_seen", "loss_col": "val_loss"}
+    for k, v in fallback.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.group_col is None:
+        raise UserError("give --group-col COL: the column holding each group's budget")
+    if not porian:
+        return None
+    if not args.where:
+        args.where = [f"config={PORIAN_SETTING}"]
+    print(f"note: Porian et al. 2024 iso-FLOP points, setting {' '.join(args.where)}")
+    return next((c.partition("=")[2] for c in args.where if c.startswith("config=")), None)
+
+
 def cmd_isoflop(args) -> int:
-    what = ", ".join(args.tables)
+    what = ", ".join(args.inputs)
+    setting = _isoflop_columns(args)
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     window = finite("--window", args.window, lo=0.0, lo_open=False, hi=1e6)
-    df = _where(ok_rows(read_tables(args.tables)), args.where)
+    df = _where(ok_rows(read_tables(args.inputs)), args.where)
     require_columns(df, [args.group_col], f"{what} (group column)")
     df = positive_numeric(df, [args.group_col], what)
     if args.params_col:
@@ -269,13 +295,15 @@ def cmd_isoflop(args) -> int:
     res = isoflop.fit_isoflop(C, N, D, L, window=window, bootstrap=args.bootstrap)
     for line in isoflop.result_lines(res, args.group_col):
         print(line)
+    if setting in PORIAN_PAPER_A and res["a"] is not None:
+        print(f"Porian et al. 2024 report a = {PORIAN_PAPER_A[setting]} for this setting")
     if res["a"] is None:
         raise UserError(
             "fewer than 2 groups have an interior optimum; measure a wider range of N "
             "in each group (or use --window 0)"
         )
     if args.out:
-        write_json(res | {"group_col": args.group_col, "sources": args.tables} | _stamp(), args.out)
+        write_json(res | {"group_col": args.group_col, "sources": args.inputs} | _stamp(), args.out)
         print(f"wrote {args.out}")
     if args.plot:
         plots.isoflop_plot(args.plot, res, C, N, D, L, args.group_col)

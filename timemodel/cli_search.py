@@ -9,8 +9,8 @@ import numpy as np
 from model.config import UserError
 from timemodel import models, plots
 from timemodel import search as tsearch
+from timemodel.cli_args import opt
 from timemodel.io import finite, hours_arg
-from timemodel.models import impl_of
 
 
 def local_device_name() -> str:
@@ -143,19 +143,18 @@ def cmd_search(args) -> int:
     law = models.read_law(args.loss_law)
     space = tsearch.parse_space(args.space, max_candidates=maxc)
     t0 = time.perf_counter()
-    cand = tsearch.candidates(space)
-    scored = tsearch.score(
-        cand,
+    cand, scored, order, dropped = tsearch.run_search(
+        space,
         tm,
         law,
+        top=args.top,
+        dedupe_heads=not args.keep_heads,
         hours=hours,
         vocab_size=V,
         sequence_length=T,
         tie=bool(args.tie_embeddings),
         max_memory_gb=args.max_memory_gb,
-        impl=impl_of(tm),
     )
-    order, dropped = tsearch.rank(scored, args.top, dedupe_heads=not args.keep_heads)
     dt = time.perf_counter() - t0
     n_valid, n_kept = len(cand["n_layer"]), len(scored["loss"])
     if n_kept == 0:
@@ -186,60 +185,37 @@ def add_parser(sub) -> None:
         help="rank a grid of configs by predicted loss in a time budget",
         description=tsearch.__doc__,
     )
-    s.add_argument("--time-model", required=True, metavar="TM_JSON", help="from `timemodel fit`")
-    s.add_argument(
-        "--loss-law", required=True, metavar="LAW_JSON", help="from `timemodel fit-loss`"
-    )
-    s.add_argument("--hours", type=float, required=True, metavar="H", help="wall-clock budget")
-    s.add_argument(
+    opt(s, "--time-model", None, "TM_JSON", "from `timemodel fit`", required=True)
+    opt(s, "--loss-law", None, "LAW_JSON", "from `timemodel fit-loss`", required=True)
+    opt(s, "--hours", None, "H", "wall-clock budget", type=float, required=True)
+    opt(
+        s,
         "--space",
-        default="default",
-        metavar="SPEC",
-        help="default (~1e6 configs), small (tiny CPU models), or e.g. 'n_layer=1:24,"
+        "default",
+        "SPEC",
+        "default (~1e6 configs), small (tiny CPU models), or e.g. 'n_layer=1:24,"
         "n_embd=64:2048:64,head_dim=64,ffn_mult=2,2.667,4,batch_size=8,16' (n_head= "
         "instead of head_dim=, ffn_hidden= instead of ffn_mult=)",
     )
-    s.add_argument(
+    opt(
+        s,
         "--max-candidates",
+        tsearch.MAX_CANDIDATES,
+        "N",
+        "refuse a --space with more grid points (checked before expanding it)",
         type=float,
-        default=tsearch.MAX_CANDIDATES,
-        metavar="N",
-        help="refuse a --space with more grid points (checked before expanding it)",
     )
-    s.add_argument(
-        "--sequence-length",
-        type=int,
-        default=None,
-        metavar="T",
-        help="default 512 (64 with --space small)",
-    )
-    s.add_argument(
-        "--vocab-size",
-        type=int,
-        default=None,
-        metavar="V",
-        help="default 50304 (256 with --space small)",
-    )
+    opt(s, "--sequence-length", None, "T", "default 512 (64 with --space small)", type=int)
+    opt(s, "--vocab-size", None, "V", "default 50304 (256 with --space small)", type=int)
     s.add_argument("--tie-embeddings", action="store_true", help="share wte and lm_head")
-    s.add_argument(
-        "--max-memory-gb",
-        type=float,
-        default=80.0,
-        metavar="GB",
-        help="memory limit of the estimate in timemodel/search.py",
-    )
+    opt(s, "--max-memory-gb", 80.0, "GB", "memory limit of the estimate in timemodel/search.py")
     s.add_argument(
         "--keep-heads",
         action="store_true",
         help="list configs that differ only in n_head separately",
     )
-    s.add_argument("--top", type=int, default=20, metavar="K", help="rows to print")
-    s.add_argument("--plot", default=None, metavar="PNG", help="best predicted loss vs params")
-    s.add_argument("--out", default=None, metavar="CSV", help="the top rows as CSV")
-    s.add_argument(
-        "--device-name",
-        default=None,
-        metavar="NAME",
-        help="device searched for (default: this host's GPU or CPU)",
-    )
+    opt(s, "--top", 20, "K", "rows to print")
+    opt(s, "--plot", None, "PNG", "best predicted loss vs params")
+    opt(s, "--out", None, "CSV", "the top rows as CSV")
+    opt(s, "--device-name", None, "NAME", "device searched for (default: this host's GPU or CPU)")
     s.set_defaults(func=cmd_search)

@@ -7,6 +7,7 @@ import math
 from model import costs
 from model.config import ModelConfig, UserError, get_preset
 from timemodel import cli_search, models
+from timemodel.cli_args import opt
 from timemodel.fit import predict_seconds
 from timemodel.io import finite, hours_arg
 from timemodel.losslaw import predict_loss
@@ -26,12 +27,7 @@ H100_BANDWIDTH = 3.35e12
 
 
 def add_config_args(p) -> None:
-    p.add_argument(
-        "--preset",
-        default=None,
-        metavar="NAME",
-        help="a model.config preset (the flags below override its fields)",
-    )
+    opt(p, "--preset", None, "NAME", "a model.config preset (the flags below override its fields)")
     for f in CONFIG_FIELDS:
         p.add_argument(
             f"--{f.replace('_', '-')}",
@@ -167,42 +163,28 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("predict", help="step time, tokens/s, budget tokens and loss for one config")
     p.add_argument("time_model", metavar="TM_JSON", help="time model from `timemodel fit`")
     add_config_args(p)
-    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="micro-batch per device")
-    p.add_argument("--acc-steps", type=int, default=1, metavar="K", help="gradient accumulation")
-    p.add_argument("--dp", type=int, default=1, metavar="N", help="data-parallel degree")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        metavar="DTYPE",
-        help="activation dtype (default: the time model's)",
-    )
+    opt(p, "--batch-size", 1, "B", "micro-batch per device")
+    opt(p, "--acc-steps", 1, "K", "gradient accumulation")
+    opt(p, "--dp", 1, "N", "data-parallel degree")
+    opt(p, "--dtype", None, "DTYPE", "activation dtype (default: the time model's)")
     p.add_argument(
         "--activation-checkpointing", action="store_true", help="count the recompute forward"
     )
-    p.add_argument(
+    opt(
+        p,
         "--hours",
+        None,
+        "H",
+        "wall-clock budget: steps, tokens (and loss with --loss-law)",
         type=float,
-        default=None,
-        metavar="H",
-        help="wall-clock budget: steps, tokens (and loss with --loss-law)",
     )
-    p.add_argument(
-        "--loss-law",
-        default=None,
-        metavar="LAW_JSON",
-        help="law from `timemodel fit-loss` (needs --hours)",
-    )
-    p.add_argument(
-        "--device-name",
-        default=None,
-        metavar="NAME",
-        help="device predicted for (default: this host's GPU or CPU)",
-    )
+    opt(p, "--loss-law", None, "LAW_JSON", "law from `timemodel fit-loss` (needs --hours)")
+    opt(p, "--device-name", None, "NAME", "device predicted for (default: this host's GPU or CPU)")
     p.set_defaults(func=cmd_predict)
     cli_search.add_parser(sub)
     d = sub.add_parser("describe", help="params, FLOPs, step features and a GPU roofline floor")
     add_config_args(d)
-    d.add_argument("--batch-size", type=int, default=1, metavar="B", help="micro-batch")
+    opt(d, "--batch-size", 1, "B", "micro-batch")
     d.add_argument(
         "--dtype",
         default="bfloat16",
@@ -211,24 +193,14 @@ def add_parsers(sub) -> None:
     )
     d.add_argument("--kernels", default=None, choices=("torch", "triton"), help="kernel set")
     d.add_argument("--attention", default=None, choices=("sdpa", "flash"), help="attention")
-    d.add_argument(
-        "--device-name",
-        default="H100",
-        metavar="NAME",
-        help="GPU whose peak (costs.peak_flops) the roofline uses",
-    )
-    d.add_argument(
-        "--peak-flops",
-        type=float,
-        default=None,
-        metavar="FLOPS",
-        help="peak FLOP/s instead of costs.peak_flops",
-    )
-    d.add_argument(
+    opt(d, "--device-name", "H100", "NAME", "GPU whose peak (costs.peak_flops) the roofline uses")
+    opt(d, "--peak-flops", None, "FLOPS", "peak FLOP/s instead of costs.peak_flops", type=float)
+    opt(
+        d,
         "--bandwidth",
+        H100_BANDWIDTH,
+        "BPS",
+        "memory bandwidth in B/s (default: H100 SXM5 HBM3 datasheet)",
         type=float,
-        default=H100_BANDWIDTH,
-        metavar="BPS",
-        help="memory bandwidth in B/s (default: H100 SXM5 HBM3 datasheet)",
     )
     d.set_defaults(func=cmd_describe)

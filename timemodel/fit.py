@@ -83,25 +83,15 @@ def matrix(F: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
     return np.stack([F[f] for f in names], axis=1) if names else np.zeros((n, 0))
 
 
-def cv_score(
-    F: dict[str, np.ndarray],
-    names: list[str],
-    y: np.ndarray,
-    folds: list[np.ndarray],
-    objective: str = "relative",
-) -> dict:
+Folds = list[np.ndarray]  # test-index arrays, one per fold (see group_folds)
+
+
+def cv_score(F: dict, names: list[str], y: np.ndarray, folds: Folds, objective="relative") -> dict:
     pred = held_out(matrix(F, names), y, folds, objective)
     return metrics(y, pred) | {"features": list(names), "_pred": pred}
 
 
-def forward_select(
-    F: dict[str, np.ndarray],
-    pool: list[str],
-    y: np.ndarray,
-    folds: list[np.ndarray],
-    objective: str = "relative",
-    min_gain: float = 0.01,
-) -> list[str]:
+def forward_select(F: dict, pool: list[str], y, folds: Folds, objective="relative", min_gain=0.01):
     """Greedy forward selection by held-out MAPE: add the feature that lowers it most, stop when
     the best addition gains less than `min_gain` (relative)."""
     chosen: list[str] = []

@@ -16,10 +16,31 @@ import pandas as pd
 from model.config import UserError, atomic_write
 
 RESULT_FILES = ("results.csv", "results.jsonl", "results.parquet")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# Tables that ship with steptime, usable by name from any folder (a local file of that name wins).
+# cpu_sweep lives in the source repository's examples/ (see its PROVENANCE.md).
+DATASETS = {
+    "cpu_sweep": Path(__file__).resolve().parents[1] / "examples" / "cpu_sweep",
+    "porian": DATA_DIR / "porian" / "isoflop_points.csv",
+    "chinchilla": DATA_DIR / "chinchilla" / "epoch_svg_extracted_data.csv",
+}
+
+
+def dataset_path(path: str | Path) -> Path:
+    """`path` itself, or the shipped table it names (see DATASETS) when no such path exists."""
+    p = Path(path)
+    if p.exists() or str(path) not in DATASETS:
+        return p
+    if not DATASETS[str(path)].exists():
+        raise UserError(
+            f"{path}: the shipped example is not in this install ({DATASETS[path]}); "
+            "run from a clone of the steptime repository or pass a table's path"
+        )
+    return DATASETS[str(path)]
 
 
 def _resolve(path: str | Path) -> Path:
-    p = Path(path)
+    p = dataset_path(path)
     if p.is_dir():
         for name in RESULT_FILES:
             if (p / name).is_file():

@@ -28,6 +28,7 @@ import numpy as np
 
 from model import costs
 from model.config import UserError
+from timemodel import models
 from timemodel.fit import predict_seconds
 from timemodel.losslaw import predict_loss
 
@@ -302,3 +303,12 @@ def frontier(params: np.ndarray, loss: np.ndarray, bins: int = 60) -> tuple[np.n
     centers = np.sqrt(edges_[:-1] * edges_[1:])
     keep = np.isfinite(best)
     return centers[keep], best[keep]
+
+
+def run_search(space: dict, tm: dict, law: dict, *, top: int, dedupe_heads: bool = True, **kw):
+    """Candidates of `space`, scored (`score`'s keyword arguments in kw, impl from the time model)
+    and ranked: (candidates, scored, order, dropped). What `timemodel search` times."""
+    cand = candidates(space)
+    scored = score(cand, tm, law, impl=models.impl_of(tm), **kw)
+    order, dropped = rank(scored, top, dedupe_heads=dedupe_heads)
+    return cand, scored, order, dropped

@@ -3,8 +3,9 @@
 The README's H100 commands (124M models, 5-minute sweeps, 15000 steps) cannot run in CI, yet every
 shell block of the README must be shown to work (tests/test_readme.py runs them all). With
 STEPTIME_SMOKE=1 in the environment, `train` and `bench sweep` keep every flag's meaning but shrink
-sizes: at most 2 layers of width 64, 64-token sequences, batches of 4, 40 steps, 1-second budgets
-and 2 configs per sweep. Nothing else reads the variable, and it is off by default.
+sizes: at most 2 layers of width 64, 64-token sequences, batches of 4, and 2 configs per sweep;
+runs over 1000 steps get 40, budgets over a minute get 1 second. Nothing else reads the
+variable, and it is off by default.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ SMOKE_LIMITS = {
 }
 SMOKE_ITERATIONS = 40
 SMOKE_MINUTES = 1.0 / 60
+GPU_SCALE_ITERATIONS = 1000  # longer runs are H100 examples: shrunk to SMOKE_ITERATIONS
+GPU_SCALE_MINUTES = 1.0  # longer budgets are H100 examples: shrunk to SMOKE_MINUTES
 SMOKE_CONFIGS = 2
 
 
@@ -40,10 +43,12 @@ def scale_train(flat: dict[str, Any]) -> dict[str, Any]:
     for k, cap in SMOKE_LIMITS.items():  # unset sizes would mean the seed's 24 x 768 model
         out[k] = cap if out.get(k) is None else min(int(out[k]), cap)
     out["n_head"] = SMOKE_LIMITS["n_head"]
-    if out.get("iterations") is not None:
-        out["iterations"] = min(int(out["iterations"]), SMOKE_ITERATIONS)
-    if out.get("minutes") is not None:
-        out["minutes"] = min(float(out["minutes"]), SMOKE_MINUTES)
+    # Step counts and budgets shrink only at GPU scale, so that CPU examples keep their step
+    # numbers (a cooldown branched from ckpts/160 must find it).
+    if out.get("iterations") is not None and int(out["iterations"]) > GPU_SCALE_ITERATIONS:
+        out["iterations"] = SMOKE_ITERATIONS
+    if out.get("minutes") is not None and float(out["minutes"]) > GPU_SCALE_MINUTES:
+        out["minutes"] = SMOKE_MINUTES
     out["dtype"] = out.get("dtype") if out.get("dtype") != "float16" else "bfloat16"
     return out
 
@@ -66,4 +71,4 @@ def scale_grid(lists: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def scale_minutes(minutes: float) -> float:
-    return min(minutes, SMOKE_MINUTES) if enabled() else minutes
+    return SMOKE_MINUTES if enabled() and minutes > GPU_SCALE_MINUTES else minutes

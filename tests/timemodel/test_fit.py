@@ -167,9 +167,11 @@ def test_repeats_print_repeatability_beside_held_out(tmp_path, capsys):
     assert tm["n_configs"] == 30 and tm["n_rows"] == 90
 
 
-def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsys):
+def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsys, monkeypatch):
+    """From an empty folder, the name `cpu_sweep` finds the shipped example."""
+    monkeypatch.chdir(tmp_path)
     out, png = tmp_path / "tm.json", tmp_path / "fit.png"
-    argv = ["fit", str(CPU_SWEEP), "--out", str(out), "--extrapolate", "--plot", str(png)]
+    argv = ["fit", "cpu_sweep", "--out", str(out), "--extrapolate", "--plot", str(png)]
     assert main(argv) == 0
     text = capsys.readouterr().out
     tm = json.loads(out.read_text())
@@ -183,4 +185,5 @@ def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsy
     assert {"sequence_length: 64 -> 128", "sequence_length: 128 -> 64"} <= set(splits)
     assert "saved feature set:" in text and "s per step" in text and "extrapolation" in text
     assert all(v >= 0 for v in tm["coefficients"].values()) and tm["intercept"] >= 0
-    assert png.stat().st_size > 10_000
+    assert png.stat().st_size > 10_000 and tm["sources"] == ["cpu_sweep"]
+    assert tm["n_configs"] == len(pd.read_csv(CPU_SWEEP / "results.csv"))

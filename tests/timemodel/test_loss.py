@@ -167,6 +167,16 @@ def test_fit_isoflop_cli_writes_json_and_plot(tmp_path, capsys):
     assert "N* = " in capsys.readouterr().out and png.stat().st_size > 10_000
 
 
+def test_fit_isoflop_porian_by_name_from_an_empty_folder(tmp_path, capsys, monkeypatch):
+    """`fit-isoflop porian` needs no column flags and fits the paper's tuned RefinedWeb setting."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit-isoflop", "porian", "--bootstrap", "0", "--out", "iso.json"]) == 0
+    res = json.loads((tmp_path / "iso.json").read_text())
+    text = capsys.readouterr().out
+    assert "rw/tuned/short/const/standard/val" in text and "report a = 0.497" in text
+    assert res["a"] == pytest.approx(0.497, abs=0.03) and res["kept"] == 12
+
+
 def test_parabola_vertex_edge_and_downward_groups_are_dropped():
     x = np.log(np.array([1e6, 2e6, 4e6, 8e6]))
     assert isoflop.vertex(x, (x - np.log(3e6)) ** 2) is not None

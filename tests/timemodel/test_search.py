@@ -39,6 +39,15 @@ def _step(cfg, B, **kw):
     return TM["intercept"] + sum(c * f[k] for k, c in TM["coefficients"].items())
 
 
+def _search_argv(tm: str, law: str, csv, top: int) -> list[str]:
+    """`timemodel search` over SPACE for 0.05 h (vocab 256, T 32), the top rows into csv."""
+    flags = f"--hours 0.05 --vocab-size 256 --sequence-length 32 --top {top}".split()
+    return ["search", "--time-model", tm, "--loss-law", law, "--space", SPACE, *flags, *DEV] + [
+        "--out",
+        str(csv),
+    ]
+
+
 def test_predict_matches_step_features_and_law(tmp_path, capsys):
     tm, law = _write(tmp_path)
     argv = [
@@ -119,28 +128,7 @@ def test_space_size_is_checked_before_expanding():
 def test_search_scores_rank_and_dedupe_heads(tmp_path, capsys):
     tm, law = _write(tmp_path)
     csv = tmp_path / "top.csv"
-    argv = [
-        "search",
-        "--time-model",
-        tm,
-        "--loss-law",
-        law,
-        "--hours",
-        "0.05",
-        "--space",
-        SPACE,
-        "--vocab-size",
-        "256",
-        "--sequence-length",
-        "32",
-        "--top",
-        "50",
-        "--out",
-        str(csv),
-        "--plot",
-        str(tmp_path / "f.png"),
-        *DEV,
-    ]
+    argv = _search_argv(tm, law, csv, 50) + ["--plot", str(tmp_path / "f.png")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     df = pd.read_csv(csv)
@@ -167,26 +155,7 @@ def test_search_scores_rank_and_dedupe_heads(tmp_path, capsys):
 def _best_batch(tmp_path, law, capsys) -> tuple[int, str]:
     tm, lawp = _write(tmp_path, law=law)
     csv = tmp_path / "b.csv"
-    argv = [
-        "search",
-        "--time-model",
-        tm,
-        "--loss-law",
-        lawp,
-        "--hours",
-        "0.05",
-        "--space",
-        SPACE,
-        "--vocab-size",
-        "256",
-        "--sequence-length",
-        "32",
-        "--top",
-        "1",
-        "--out",
-        str(csv),
-        *DEV,
-    ]
+    argv = _search_argv(tm, lawp, csv, 1)
     assert main(argv) == 0
     return int(pd.read_csv(csv)["batch_size"][0]), capsys.readouterr().err
 
