@@ -7,7 +7,7 @@
     bench status DIR
     bench merge DIR1 DIR2 --out DIR
     bench show DIR --sort -step_ms_median --filter 'status == ok and n_layer >= 2'
-    bench plot DIR
+    bench plot DIR --color-by n_layer
     bench kernels --op all --dtype bf16 --out results/kernels
 
 Bad input prints one `error: ...` line on stderr and exits 2; a sweep in which every config
@@ -20,6 +20,7 @@ import sys
 
 from model.config import ArgParser, run_cli
 
+from . import kernels, status
 from .sweep_cli import HelpFormat, add_sweep
 
 RESUME_HINT = "rerun the same command to resume: finished configs are kept"
@@ -29,12 +30,7 @@ def build_parser() -> ArgParser:
     p = ArgParser(prog="bench", description=__doc__.splitlines()[0], formatter_class=HelpFormat)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=ArgParser)
     add_sweep(sub)
-    try:
-        from . import status
-
-        status.add_parser(sub)
-    except ImportError:  # bench.status is optional (cluster executors)
-        pass
+    status.add_parser(sub)
     m = sub.add_parser(
         "merge",
         help="join result folders, one row per config (later dirs win)",
@@ -62,35 +58,21 @@ def build_parser() -> ArgParser:
     )
     pl.add_argument("dir", metavar="DIR", help="sweep output folder")
     pl.add_argument("--out", default=None, metavar="DIR", help="PNG folder (default: DIR)")
+    pl.add_argument(
+        "--color-by",
+        default="batch_size",
+        metavar="COL",
+        help="column that colours the step-time scatter (one fit line per value)",
+    )
+    pl.add_argument(
+        "--loss-color-by",
+        default="params",
+        metavar="COL",
+        help="column that colours the loss-vs-time curves",
+    )
     pl.set_defaults(func=_plot)
-    _add_kernels(sub)
+    kernels.add_parser(sub)
     return p
-
-
-def _add_kernels(sub) -> None:
-    from . import kernels as kb
-
-    if hasattr(kb, "add_parser"):  # the kernel benchmark owns its flags when it defines them
-        kb.add_parser(sub)
-        return
-    k = sub.add_parser(
-        "kernels",
-        help="kernel micro-benchmarks (GPU; AOT report otherwise)",
-        formatter_class=HelpFormat,
-    )
-    k.add_argument(
-        "--op",
-        default="all",
-        choices=["rmsnorm", "swiglu", "adamw", "all"],
-        help="kernel(s) to time",
-    )
-    k.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="data type")
-    k.add_argument(
-        "--shapes", default=None, metavar="LIST", help="comma list: MxN (rmsnorm/swiglu) or N"
-    )
-    k.add_argument("--out", default=None, metavar="DIR", help="folder for kernels.csv/png")
-    k.add_argument("--arch", default="sm_90", metavar="ARCH", help="AOT report target without GPU")
-    k.set_defaults(func=_kernels)
 
 
 def _merge(a) -> int:
@@ -113,15 +95,9 @@ def _show(a) -> int:
 def _plot(a) -> int:
     from .plot import plot_dir
 
-    for path in plot_dir(a.dir, a.out):
+    for path in plot_dir(a.dir, a.out, color_by=a.color_by, loss_color_by=a.loss_color_by):
         print(path)
     return 0
-
-
-def _kernels(a) -> int:
-    from .kernels_cli import kernels_cmd
-
-    return kernels_cmd(a)
 
 
 def _join_dash_values(argv: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ from model.config import UserError, atomic_write
 
 from . import status as st
 from .job import ident_of, run_job, spec_key, spec_row
+from .progress import Progress
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 SLURM_MARGIN_MIN = 10  # Slurm time limit = the per-config timeout + this (start-up, imports)
@@ -55,6 +56,7 @@ class ExecutorOptions:
     nodes: int = 1
     detach: bool = False
     poll_s: float | None = None  # None: 1 s for submitit-local, 30 s for Slurm
+    progress: bool = True  # a progress bar while waiting (on a terminal only)
 
 
 _SLURM_FLAGS = (  # (flag, type, default, metavar, help)
@@ -72,8 +74,8 @@ _SLURM_FLAGS = (  # (flag, type, default, metavar, help)
         int,
         None,
         "N",
-        "GPUs per node of each task (default: --nproc-per-config / --slurm-nodes, none when "
-        "every config has --device cpu)",
+        "GPUs per node of each task (default: --nproc-per-config / --slurm-nodes, one per "
+        "process, when a config's device is cuda or auto; 0 when every config has --device cpu)",
     ),
     (
         "--slurm-cpus-per-task",
@@ -156,6 +158,7 @@ def options_from_args(a) -> ExecutorOptions:
         nodes=a.slurm_nodes,
         detach=a.detach,
         poll_s=a.poll_interval,
+        progress=not getattr(a, "no_progress", False),
     )
 
 
@@ -198,17 +201,30 @@ def require(executor: str):
 
 
 def _resources(specs: list[dict], opts: ExecutorOptions) -> tuple[int, bool]:
-    """(processes per node, any config wants a GPU) for the array's resource request."""
+    """(processes per node, whether to ask for one GPU per process) for the jobs' request.
+
+    A config with device cuda asks for GPUs. Device auto (the default) means CUDA where there is
+    one: on Slurm the nodes are the cluster's GPU nodes, so auto asks for GPUs too (--device cpu
+    or --slurm-gpus-per-task 0 says otherwise); submitit-local runs here, so auto asks for GPUs
+    only when this machine has one.
+    """
     nproc = max(int(s.get("nproc_per_config") or 1) for s in specs)
     if nproc % opts.nodes:
         raise UserError(
             f"--nproc-per-config {nproc} does not split over --slurm-nodes {opts.nodes}: "
             "use a multiple of the node count"
         )
-    # "auto" means CUDA where there is one: on a cluster that asks for GPUs (override with
-    # --slurm-gpus-per-task 0 or --device cpu).
-    gpu = any(str(spec_row(s).get("device", "auto")).startswith(("cuda", "auto")) for s in specs)
+    devices = {str(spec_row(s).get("device", "auto")) for s in specs}
+    gpu = any(d.startswith("cuda") for d in devices)
+    if "auto" in devices and not gpu:
+        gpu = opts.executor == "slurm" or _gpu_here()
     return nproc // opts.nodes, gpu
+
+
+def _gpu_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def make_executor(submitit, out_dir: str, specs: list[dict], opts: ExecutorOptions, timeout_s):
@@ -350,7 +366,7 @@ def wait(out_dir: str, keys: list[str], opts: ExecutorOptions, log) -> None:
 
     poll = opts.poll_s or (30.0 if opts.executor == "slurm" else 1.0)
     remaining = set(keys)
-    bar = _Bar(len(remaining))
+    bar = Progress(len(remaining), opts.progress)
     try:  # Ctrl-C stops the waiting only: the jobs go on, and the same command waits again
         while remaining:
             states = {s.key: s for s in st.config_states(out_dir)}
@@ -369,25 +385,3 @@ def wait(out_dir: str, keys: list[str], opts: ExecutorOptions, log) -> None:
                 time.sleep(poll)
     finally:
         bar.close()
-
-
-class _Bar:
-    """A tqdm bar on a terminal; plain lines in a redirected log."""
-
-    def __init__(self, total: int) -> None:
-        self.tqdm = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.tqdm = tqdm(total=total, unit="config", file=sys.stderr, dynamic_ncols=True)
-
-    def done(self, line: str) -> None:
-        if self.tqdm is None:
-            print(line, file=sys.stderr)
-        else:
-            self.tqdm.update(1)
-            self.tqdm.write(line)
-
-    def close(self) -> None:
-        if self.tqdm is not None:
-            self.tqdm.close()

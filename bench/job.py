@@ -95,7 +95,6 @@ def run_job(spec: dict, out_dir: str) -> dict:
 
     env = _job_env()
     ident = ident_of(spec)
-    spec = dict(spec, cpu_cores=_cores_here(spec.get("cpu_cores")))
     if env.num_nodes > 1:  # --nproc-per-config N counts every node's processes
         port = 20000 + sum(map(ord, env.job_id)) * 7919 % 20000  # one port per array task
         per_node = max(1, int(spec.get("nproc_per_config") or 1) // env.num_nodes)
@@ -108,17 +107,3 @@ def run_job(spec: dict, out_dir: str) -> dict:
         row = run_config(spec, out_dir)
         hb.status = str(row.get("status", ""))
     return {**ident, "status": row.get("status"), "message": row.get("message", "")}
-
-
-def _cores_here(cores: list[int] | None) -> list[int] | None:
-    """CPU pinning chosen on the submitting machine, redone where the job runs.
-
-    On Slurm: the last cores of those the job was given. submitit-local runs every job at once,
-    so pinning them all to the same cores would serialise them: no pinning there.
-    """
-    if not cores or not hasattr(os, "sched_getaffinity"):
-        return None
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    return allowed[-min(len(cores), len(allowed)) :]

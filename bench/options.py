@@ -44,6 +44,7 @@ class SweepOptions:
     reference_every: int = 0  # re-time the reference config every N configs (0: never)
     drift_correct: bool = False
     pin: bool = True  # CPU workers: pin to cores (one per thread)
+    cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.runsetup)
     nproc_per_config: int = 1
     progress: bool = True
 
@@ -84,6 +85,26 @@ def check_options(opts: SweepOptions) -> None:
         raise UserError(f"--wsd-final-lr-scale must be in [0, 1], got {opts.wsd_final_lr_scale}")
     if opts.data is not None:
         check_data(opts.data)
+    if opts.cpu_cores:
+        check_cores(opts)
+
+
+def check_cores(opts: SweepOptions) -> None:
+    """--cpu-cores names cores this process may run on, and pinning is on."""
+    if not opts.pin:
+        raise UserError("--cpu-cores pins the workers, --no-pin says not to: drop one of them")
+    if opts.nproc_per_config > 1:
+        raise UserError("--cpu-cores pins one-process configs: drop it or --nproc-per-config")
+    if not hasattr(os, "sched_getaffinity"):
+        raise UserError("--cpu-cores needs Linux's CPU affinity calls: drop it on this system")
+    allowed = sorted(os.sched_getaffinity(0))
+    bad = [c for c in opts.cpu_cores if c not in allowed]
+    if bad:
+        have = ",".join(map(str, allowed))
+        raise UserError(
+            f"--cpu-cores {','.join(map(str, bad))}: not a core this process may use "
+            f"(allowed: {have})"
+        )
 
 
 def check_data(path: str) -> None:

@@ -52,21 +52,18 @@ EFFECTIVE = ("device", "kernels", "dtype")
 
 
 def static_columns(row: dict, kernels: str, dtype: str, dp: int = 1) -> dict:
-    """Per-device, per-step features of the config as it ran (params, FLOPs, bytes, ...)."""
+    """Per-device, per-step features of the config as it ran (params, FLOPs, bytes, ...).
+
+    `kernels` and `dtype` are the effective ones (a CPU step runs float32, see finish_row).
+    """
     from model import costs
 
     cfg = model_config(row, kernels=kernels if kernels in ("torch", "triton") else None)
     bs, acc = int(row["batch_size"]), int(row["acc_steps"])
-    out: dict = {}
-    if hasattr(costs, "step_features"):
-        feats = costs.step_features(cfg, bs, acc_steps=acc, dp=dp, dtype=dtype, kernels=cfg.kernels)
-        out.update({k: float(v) for k, v in feats.items()})
-        out["flops_per_step"] = out.get("flops", math.nan)
-        out["memory_traffic"] = out.get("bytes", math.nan)
-        return out
-    out["params"] = costs.num_params(cfg)
-    out["flops_per_step"] = costs.train_flops(cfg, bs * acc)["exact"]
-    out["memory_traffic"] = costs.memory_traffic(cfg, bs * acc, dtype=dtype)["total"]
+    feats = costs.step_features(cfg, bs, acc_steps=acc, dp=dp, dtype=dtype, kernels=cfg.kernels)
+    out = {k: float(v) for k, v in feats.items()}
+    out["flops_per_step"] = out.get("flops", math.nan)
+    out["memory_traffic"] = out.get("bytes", math.nan)
     return out
 
 
@@ -103,6 +100,8 @@ def finish_row(spec: dict, measured: dict) -> dict:
     out["ref_group"] = spec.get("ref_group")
     for k in EFFECTIVE:  # what ran; the request when the worker never said
         out[k] = measured.get(k) or row.get(k)
+    if out["device"] == "cpu":
+        out["dtype"] = "float32"  # the trainer autocasts on CUDA only
     settings = dict(spec.get("settings") or {})
     settings["threads_requested"] = settings.pop("threads", None)
     out.update(settings)

@@ -123,10 +123,7 @@ def _mfu(tokens_per_s: float, cfg, device_name: str, dtype: str) -> float | None
 
     if not (device_name and math.isfinite(tokens_per_s)):
         return None
-    try:
-        return costs.mfu(tokens_per_s, cfg, device_name, dtype=dtype)
-    except TypeError:  # an mfu without the dtype argument: bf16 dense peak
-        return costs.mfu(tokens_per_s, cfg, device_name)
+    return costs.mfu(tokens_per_s, cfg, device_name, dtype=dtype)
 
 
 def _affinity() -> str:
@@ -171,13 +168,11 @@ def _threads_and_affinity(spec: dict, cpu: bool, world: int) -> None:
         torch.set_num_threads(int(threads))
     if not (cpu and settings.get("pin", True) and world == 1 and hasattr(os, "sched_setaffinity")):
         return
-    if "cpu_cores" in spec:  # an executor chose (None: do not pin, e.g. jobs run side by side)
-        cores = spec["cpu_cores"]
-    else:
+    cores = spec.get("cpu_cores")  # --cpu-cores; else one core per thread, chosen here
+    if not cores:
         cores = pin_cores(sorted(os.sched_getaffinity(0)), threads or 1, spec.get("cpu_slot", 0))
-    if cores:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, set(cores))
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, set(cores))
 
 
 def pin_cores(allowed: list[int], threads: int, slot: int) -> list[int]:

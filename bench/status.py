@@ -208,6 +208,8 @@ def config_states(out_dir: str) -> list[ConfigState]:
 
 def live_keys(out_dir: str) -> set[str]:
     """Keys of configs that a job runs or that wait in a scheduler's queue (not to resubmit)."""
+    if not glob.glob(os.path.join(jobs_dir(out_dir), "submit-*.jsonl")):
+        return set()  # no job was ever submitted into this folder
     return {s.key for s in config_states(out_dir) if s.state in LIVE}
 
 

@@ -24,9 +24,10 @@ import time
 
 from model.config import atomic_write
 
-from . import drift, proc, results
+from . import drift, proc, results, status
 from .grid import config_id, in_shard, validate
 from .options import SweepOptions, measurement_settings, start_folder
+from .progress import Progress
 from .rowbuild import failure_row, finish_row, summary_line
 
 # ---------------------------------------------------------------------------------- planning
@@ -59,6 +60,7 @@ def make_spec(row: dict, cid: str, repeat: int, opts: SweepOptions, kind: str = 
         "timeout_s": opts.timeout_s,
         "nproc_per_config": opts.nproc_per_config,
         "cpu_slot": opts.shard[0] if opts.shard else 0,  # shards on one machine pin apart
+        "cpu_cores": list(opts.cpu_cores) or None,  # --cpu-cores (None: bench.runsetup picks)
         "gpu": None,
         "ref_group": drift.ref_group(opts.shard) if opts.reference_every else None,
     }
@@ -83,18 +85,13 @@ def plan(rows: list[dict], opts: SweepOptions, have: list[dict] | None = None) -
 # ---------------------------------------------------------------------------------- one config
 
 
-def key_of(spec: dict) -> str:
-    rep = int(spec.get("repeat") or 0)
-    return f"{spec['config_id']}-r{rep}" if rep else str(spec["config_id"])
-
-
 def worker_command(spec: dict, spec_path: str, result_path: str) -> list[str]:
     n = int(spec.get("nproc_per_config") or 1)
+    nnodes = int(spec.get("nnodes") or 1)
     worker = ["-m", "bench.worker", spec_path, result_path]
-    if n <= 1:
+    if n <= 1 and nnodes <= 1:
         return [sys.executable, *worker]
     run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}"]
-    nnodes = int(spec.get("nnodes") or 1)
     if nnodes > 1:  # multi-node (bench.executors fills these in per Slurm node)
         run += [f"--nnodes={nnodes}", f"--node-rank={int(spec.get('node_rank') or 0)}"]
         run += [f"--master-addr={spec['master_addr']}", f"--master-port={spec['master_port']}"]
@@ -113,7 +110,7 @@ def run_config(spec: dict, out_dir: str) -> dict:
     target = os.path.join(os.path.abspath(out_dir), spec.get("subdir") or "")
     work = os.path.join(target, ".work")
     os.makedirs(work, exist_ok=True)
-    key = key_of(spec)
+    key = status.key_of(spec)
     spec_path = os.path.join(work, f"{key}.spec.json")
     result_path = os.path.join(work, f"{key}.result.json")
     node_rank = int(spec.get("node_rank") or 0)
@@ -126,7 +123,7 @@ def run_config(spec: dict, out_dir: str) -> dict:
         os.remove(result_path)  # a stale result of a killed earlier run must not be reused
     extra = {"CUDA_VISIBLE_DEVICES": str(spec["gpu"])} if spec.get("gpu") is not None else {}
     cmd = worker_command(spec, spec_path, result_path)
-    log_path = os.path.join(work, f"{key}.log")
+    log_path = os.path.join(work, f"{key}.node{node_rank}.log" if node_rank else f"{key}.log")
     started = time.perf_counter()
     child = proc.spawn(cmd, log_path, proc.child_env(extra))
     timeout_s = float(spec.get("timeout_s") or math.inf)
@@ -186,9 +183,10 @@ def _queue_with_references(specs: list[dict], rows, opts: SweepOptions) -> list[
 
 
 def run_sweep(rows: list[dict], opts: SweepOptions, log=None) -> dict:
-    """Run every pending config of `rows` into opts.out_dir.
+    """Run every pending config of `rows` into opts.out_dir, except those a live job holds.
 
-    Returns {"rows": all rows of the folder, "ran": rows written by this call, "drift": report}.
+    Returns {"rows": all rows of the folder, "ran": rows written by this call, "drift": report,
+    "held": keys of the pending configs left to the submitit/Slurm jobs running them}.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     start_folder(opts)
@@ -199,10 +197,19 @@ def run_sweep(rows: list[dict], opts: SweepOptions, log=None) -> dict:
     n_done = len(valid) * opts.repeat - len(specs)
     if n_done:
         log(f"resume: {n_done} config(s) already done in {opts.out_dir}")
+    live = status.live_keys(opts.out_dir)  # configs a submitit/Slurm job runs or will run
+    held = [s for s in specs if status.key_of(s) in live]
+    if held:
+        log(
+            f"{len(held)} config(s) are running or queued as jobs in {opts.out_dir}: not run "
+            f"again here (`bench status {opts.out_dir}` follows them)"
+        )
+        specs = [s for s in specs if status.key_of(s) not in live]
     todo = _queue_with_references(specs, rows, opts)
     ran = _run_local(todo, opts, log)
     report = drift.report(opts, log) if opts.reference_every else None
-    return {"rows": results.load_rows(opts.out_dir), "ran": ran, "drift": report}
+    rows_now = results.load_rows(opts.out_dir)
+    return {"rows": rows_now, "ran": ran, "drift": report, "held": [status.key_of(s) for s in held]}
 
 
 def _write_skipped(rows, opts: SweepOptions, have: list[dict], log) -> None:
@@ -221,7 +228,7 @@ def _run_local(todo: list[dict], opts: SweepOptions, log) -> list[dict]:
     for s in todo:
         jobs.put(s)
     done: list[dict] = []
-    bar = _progress(sum(1 for s in todo if s["kind"] == "config"), opts.progress)
+    bar = Progress(sum(1 for s in todo if s["kind"] == "config"), opts.progress)
     errors: list[BaseException] = []
 
     def slot_loop(gpu: str | None) -> None:
@@ -237,8 +244,7 @@ def _run_local(todo: list[dict], opts: SweepOptions, log) -> list[dict]:
                 return
             if spec["kind"] == "config":
                 done.append(row)
-                bar.update(1)
-            bar.write(summary_line(row))
+            bar.done(summary_line(row), count=spec["kind"] == "config")
 
     try:
         if len(slots) == 1:
@@ -259,23 +265,3 @@ def _run_local(todo: list[dict], opts: SweepOptions, log) -> list[dict]:
     if errors:
         raise errors[0]
     return done
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def write(self, msg: str) -> None:
-        print(msg, file=sys.stderr)
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    """A tqdm bar on a terminal only; redirected logs get plain lines."""
-    if not (enabled and sys.stderr.isatty()):
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="config", file=sys.stderr, dynamic_ncols=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -122,6 +123,13 @@ def _add_timing(s) -> None:
         "--no-pin", action="store_true", help="do not pin CPU workers to one core per thread"
     )
     s.add_argument(
+        "--cpu-cores",
+        default=None,
+        metavar="LIST",
+        help="pin CPU workers to these cores, e.g. 0 or 2-3, one per --threads (default: the last "
+        "allowed core, one further down per --shard index): sweeps side by side on other cores",
+    )
+    s.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -207,6 +215,18 @@ def _add_running(s) -> None:
     )
 
 
+def parse_cores(text: str) -> tuple[int, ...]:
+    """'0,2-3' -> (0, 2, 3): core ids and inclusive ranges, in the order given, no repeats."""
+    cores: list[int] = []
+    for part in (x.strip() for x in text.split(",")):
+        lo, sep, hi = part.partition("-")
+        hi = hi if sep else lo
+        if not (lo.isdigit() and hi.isdigit() and 0 <= int(hi) - int(lo) < 4096):
+            raise UserError(f"--cpu-cores takes core ids like 0,1 or 2-5; got {text!r}")
+        cores += range(int(lo), int(hi) + 1)
+    return tuple(dict.fromkeys(cores))
+
+
 def _retry(text: str) -> tuple[str, ...]:
     extra = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in extra if x not in ("oom", "nan", "error", "timeout")]
@@ -239,6 +259,7 @@ def options(a) -> SweepOptions:
         reference_every=a.reference_every,
         drift_correct=a.drift_correct,
         pin=not a.no_pin,
+        cpu_cores=parse_cores(a.cpu_cores) if a.cpu_cores is not None else (),
         nproc_per_config=a.nproc_per_config,
         progress=not a.no_progress,
     )
@@ -299,7 +320,7 @@ def sweep_cmd(a) -> int:
         executors.options_from_args(a)
     check_gpus(opts.gpus)
     out = run_sweep(rows, opts)
-    return report(out["rows"], valid, opts)
+    return report(out["rows"], valid, opts, out["held"])
 
 
 def _submit(a, rows, opts: SweepOptions) -> int:
@@ -307,9 +328,15 @@ def _submit(a, rows, opts: SweepOptions) -> int:
     from .options import start_folder
     from .sweep import _write_skipped, plan
 
-    if opts.reference_every or opts.gpus:
-        raise UserError("--reference-every and --gpus need --executor local")
+    local_only = {"--reference-every": opts.reference_every, "--gpus": opts.gpus}
+    local_only["--cpu-cores"] = opts.cpu_cores  # cores of this machine, not of a job's
+    given = [flag for flag, v in local_only.items() if v]
+    if given:
+        verb = "needs" if len(given) == 1 else "need"
+        raise UserError(f"{', '.join(given)} {verb} --executor local")
     eopts = executors.options_from_args(a)
+    if eopts.executor == "submitit-local":  # its jobs run side by side: none is pinned
+        opts = dataclasses.replace(opts, pin=False)
     start_folder(opts)
     _write_skipped(rows, opts, results.load_rows(opts.out_dir), lambda m: print(m, file=sys.stderr))
     specs = plan(rows, opts)
@@ -320,8 +347,13 @@ def _submit(a, rows, opts: SweepOptions) -> int:
     return report(got, valid, opts)
 
 
-def report(rows: list[dict], valid: list[tuple[dict, str]], opts: SweepOptions) -> int:
-    """Print this grid's rows; exit 1 (one line) when none of its configs has an ok row."""
+def report(
+    rows: list[dict], valid: list[tuple[dict, str]], opts: SweepOptions, held: list[str] = ()
+) -> int:
+    """Print this grid's rows; exit 1 (one line) when none of its configs has an ok row.
+
+    Configs in `held` are still run by submitit/Slurm jobs: they have not failed (yet).
+    """
     import pandas as pd
 
     from .show import format_table
@@ -331,11 +363,24 @@ def report(rows: list[dict], valid: list[tuple[dict, str]], opts: SweepOptions) 
     print(format_table(pd.DataFrame(mine)) if mine else "(no rows)")
     if any(r.get("status") == "ok" for r in mine):
         return 0
+    if held:
+        print(
+            f"{len(held)} config(s) still run by jobs: `bench status {opts.out_dir}` follows "
+            "them; rerun this command when they are done",
+            file=sys.stderr,
+        )
+        return 0
+    logs = os.path.join(opts.out_dir, ".work", "*.log")
     counts: dict[str, int] = {}
     for r in mine:
         counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+    if not counts:
+        print(
+            f"error: no config of this grid has a row in {opts.out_dir}; see {logs}",
+            file=sys.stderr,
+        )
+        return 1
     what = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    logs = os.path.join(opts.out_dir, ".work", "*.log")
     print(
         f"error: every config failed ({what}); see the messages above and {logs}", file=sys.stderr
     )

@@ -118,6 +118,17 @@ def _is_oom(e: BaseException) -> bool:
     return "out of memory" in str(e).lower() or type(e).__name__ == "OutOfMemoryError"
 
 
+def _effective_columns(row: dict) -> dict:
+    """device/kernels/dtype this config would have run with (for a failed run's row)."""
+    try:
+        import torch
+
+        device, kernels, dtype = effective(row, torch.cuda.is_available())
+    except Exception:  # noqa: BLE001  (a broken torch or row: the row keeps the request)
+        return {}
+    return {"device": device.split(":")[0], "kernels": kernels, "dtype": dtype}
+
+
 def _write(path: str, result: dict) -> None:
     from model.config import atomic_write
 
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         status = "oom" if _is_oom(e) else "error"
         result = {"status": status, "message": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
         traceback.print_exc()  # into the config's log, OUT/.work/<config>.log
+        result.update(_effective_columns(spec["row"]))
     if rank == 0:
         _write(argv[1], result)
     return 0

@@ -310,14 +310,33 @@ def _per_writer_counts(out: Path) -> dict[tuple, int]:
     return counts
 
 
+def _rows_written(out: Path) -> int:
+    return sum(_per_writer_counts(out).values())
+
+
+def _kill_after_next_row(p: subprocess.Popen, out: Path, rng: random.Random) -> None:
+    """SIGKILL `p` within 0.2 s of its next row (the row, the views, the next worker's start)."""
+    before = _rows_written(out)
+    deadline = time.time() + 120
+    while _rows_written(out) == before and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.2))
+    p.send_signal(signal.SIGKILL)
+
+
 def test_sweep_killed_at_random_moments_keeps_every_config_once(tmp_path):
     out = tmp_path / "out"
     cmd = _sweep_cmd(out, "--n-layer", "1,2,3")
     rng = random.Random(1234)
-    for _ in range(5):
+    # Kills inside a worker's life (start-up, timing) and right around a row being written; the
+    # latter also let the sweep make progress, so the final rerun is short.
+    for when in ("any", "row", "any", "row", "row"):
         p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 4.0))
-        p.send_signal(signal.SIGKILL)
+        if when == "row":
+            _kill_after_next_row(p, out, rng)
+        else:
+            time.sleep(rng.uniform(0.3, 4.0))
+            p.send_signal(signal.SIGKILL)
         p.wait()
         _assert_no_orphans(out)
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -388,7 +407,7 @@ def test_hung_worker_dies_at_its_timeout(tmp_path, capsys):
 
     out = tmp_path / "out"
     argv = ["sweep", "--minutes", "0.01", "--preset", "tiny", "--grid", _hang_grid(tmp_path)]
-    argv += ["--timeout-factor", "0", "--timeout-grace", "4", "--out", str(out)]
+    argv += ["--timeout-factor", "0", "--timeout-grace", "2", "--out", str(out)]
     t = time.perf_counter()
     assert main(argv) == 1  # every config failed
     assert time.perf_counter() - t < 60

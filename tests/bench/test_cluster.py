@@ -76,6 +76,10 @@ def test_submitit_local_gives_the_rows_of_local(tmp_path):
     }
     states = st.config_states(str(tmp_path / "sub"))
     assert [s.state for s in states] == ["done"] * 4 and all(s.job_id for s in states)
+    # the jobs ran side by side, unpinned, and the folder says so
+    settings = json.loads((tmp_path / "sub" / "sweep.json").read_text())["settings"]
+    assert settings["pin"] is False and {r["pin"] for r in sub} == {False}
+    assert json.loads((tmp_path / "local" / "sweep.json").read_text())["settings"]["pin"] is True
 
 
 def test_killing_the_submitter_loses_nothing(tmp_path, capsys):

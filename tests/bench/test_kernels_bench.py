@@ -74,3 +74,27 @@ def test_adamw_bench_row_is_labelled_swa():
     cases = list(kb._cases(["adamw"], {"adamw": ["1000"]}))
     assert ("adamw", "1000", "ours", "full", True) in cases
     assert all(mode == "full" for _, _, _, mode, _ in cases)
+
+
+def test_gpu_path_honours_dtype_and_creates_out(tmp_path, monkeypatch):
+    """The timing path (faked here) gets --dtype and writes into a missing nested --out."""
+    from bench import envinfo
+    from bench.cli import main
+
+    seen = {}
+
+    def fake_run(ops, dtype, shapes, env, log):
+        seen.update(ops=ops, dtype=dtype, shapes=shapes)
+        row = dict.fromkeys(kb.COLUMNS, 1.0)
+        row.update(op="rmsnorm", provider="ours", mode="full", shape="8x8", status="ok")
+        return [row]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(envinfo, "env_info", lambda device: {"gpu_name": "fake"})
+    monkeypatch.setattr(kb, "run_kernels", fake_run)
+    out = tmp_path / "x" / "y"
+    argv = ["kernels", "--op", "rmsnorm", "--dtype", "fp16", "--shapes", "8x8", "--out", str(out)]
+    assert main(argv) == 0
+    assert seen == {"ops": ["rmsnorm"], "dtype": "fp16", "shapes": {"rmsnorm": ["8x8"]}}
+    assert (out / "kernels.csv").read_text().startswith("op,provider,mode,dtype")
+    assert (out / "kernels.png").stat().st_size > 0

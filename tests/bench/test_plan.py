@@ -153,10 +153,10 @@ def test_every_flag_has_help_and_a_readable_metavar():
 def test_progress_bar_only_on_a_terminal(monkeypatch):
     import sys
 
-    from bench.sweep import _NoBar, _progress
+    from bench.progress import Progress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    assert isinstance(_progress(3, True), _NoBar)
+    assert Progress(3, True).tqdm is None
 
 
 def test_cpu_pinning_takes_the_last_cores_and_keeps_shards_apart():

@@ -75,8 +75,10 @@ def test_wsd_in_time_records_its_schedule(tmp_path, monkeypatch):
     out = tmp_path / "w"
     argv = ["sweep", "--minutes", "0.03", "--n-layer", "1", *TINY, "--out", str(out)]
     argv += ["--scheduler", "wsd", "--wsd-fract-decay", "0.2", "--decay-type", "sqrt"]
-    assert main([*argv, "--warmup-steps", "5"]) == 0
+    first = min(os.sched_getaffinity(0))  # not the core pinning would choose by default
+    assert main([*argv, "--warmup-steps", "5", "--cpu-cores", str(first)]) == 0
     (x,) = _rows(out)
+    assert x["cpu_affinity"] == str(first)
     assert x["status"] == "ok" and x["scheduler"] == "wsd" and x["decay_type"] == "sqrt"
     total = x["steps_total"]
     assert x["cooldown_start_step"] == total - int(0.2 * total)
