@@ -13,6 +13,7 @@ in memory (the last `max_windows`), so nothing is written unless asked, and EMA 
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 
 import torch
@@ -98,3 +99,14 @@ def swap_in(model: nn.Module, weights: list[torch.Tensor]) -> list[torch.Tensor]
     for p, w in zip(model.parameters(), weights):
         p.copy_(w.to(p.dtype))
     return old
+
+
+def warn_window_files(a, n_params: int, step: int, end: int, out: str) -> None:
+    """--wa-save-windows: say on stderr how many window files (and GB) steps step..end write."""
+    n_files = max(0, end // a.wa_horizon - step // a.wa_horizon)
+    mb = n_params * 4 / 2**20  # windows are stored in fp32
+    print(
+        f"warning: --wa-save-windows writes {n_files} window file(s) of {mb:.1f} MB each "
+        f"({n_files * mb / 1024:.2f} GB) to {out}/avgs",
+        file=sys.stderr,
+    )

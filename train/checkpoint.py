@@ -9,8 +9,10 @@ objects. Everything read back is validated, so a crafted or damaged file is one 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,31 @@ def save(path: str, payload: dict) -> str:
     if not path.endswith(".pt"):
         path = os.path.join(path, CKPT_NAME)
     atomic_write(path, lambda fh: torch.save(payload, fh))
+    return path
+
+
+def save_copy(src_file: str, path: str) -> str:
+    """`path` (a file, or a directory that gets `ckpt.pt`) holding checkpoint `src_file`: a hard
+    link where the filesystem allows (no second write of a model-sized file), else a copy;
+    atomic either way (a later atomic rewrite of one name leaves the other intact)."""
+    if not path.endswith(".pt"):
+        path = os.path.join(path, CKPT_NAME)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(src_file, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+        def copy(fh) -> None:
+            with open(src_file, "rb") as src:
+                shutil.copyfileobj(src, fh)
+
+        atomic_write(path, copy)
     return path
 
 

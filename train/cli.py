@@ -4,7 +4,8 @@ epfml/schedules-and-scaling `src/config/base.py`) plus preset, data, out, kernel
 Modes: a new run; `--resume-from CKPT` (continue exactly, in the checkpoint's own run folder or
 --out); `--cooldown-from CKPT` (a WSD branch into its own folder); `--cooldown-targets T1,T2,...`
 (the whole WSD recipe); `--minutes M` (fit the schedule into a time budget); `--print-schedule`;
-`--plot RUN_DIR`. Subcommands: `train prepare ...` (text -> token files), `train sample ...`.
+`--plot RUN_DIR [--plot-log]`. Every run ends with a checkpoint in OUT/latest (none with
+`--final-ckpt false`). Subcommands: `train prepare ...` (text -> token files), `train sample ...`.
 This is the one place a TrainConfig is built from user input; resume and cooldown derive theirs
 from the checkpoint's with `TrainConfig.with_`. Bad input prints one `error: ...` line, exit 2.
 """
@@ -71,6 +72,7 @@ def build_parser() -> ArgParser:
     modes.add_argument(
         "--plot", metavar="DIR", help="write DIR/plot.png (loss and LR vs step) and exit"
     )
+    modes.add_argument("--plot-log", action="store_true", help="with --plot: loss on a log scale")
     add_config_flags(p)
     add_refused_flags(p)
     p.set_defaults(func=_train)
@@ -104,12 +106,14 @@ def _body(argv: Sequence[str]) -> int:
 
 def _train(ns: argparse.Namespace) -> int:
     a = vars(ns)
-    explicit = {k: v for k, v in a.items() if k in field_index()}
+    explicit = absolute_data_paths({k: v for k, v in a.items() if k in field_index()})
     if a.get("plot") is not None:
         from train.plot import plot_run
 
-        print(plot_run(a["plot"]))
+        print(plot_run(a["plot"], log_loss=bool(a.get("plot_log"))))
         return 0
+    if a.get("plot_log"):
+        raise UserError("--plot-log goes with --plot RUN_DIR")
     if a.get("resume_from") is not None and a.get("cooldown_from") is not None:
         raise UserError("give --resume-from or --cooldown-from, not both")
     if a.get("cooldown_from") is not None:
@@ -138,12 +142,24 @@ def new_config(explicit: dict) -> TrainConfig:
 
     flat = {k: field_default(k) for k in field_index()}
     flat.update(explicit)
-    flat = smoke.scale_train(flat)
+    flat = absolute_data_paths(smoke.scale_train(flat))
     named = "experiment_name" in explicit or "results_base_folder" in explicit
     if "out" not in explicit and named:
         name = flat["experiment_name"] or _auto_name(flat)
         flat["out"] = os.path.join(flat["results_base_folder"], name)
     return TrainConfig.from_flat(flat)
+
+
+def absolute_data_paths(flat: dict) -> dict:
+    """--data, --datasets-dir and a --dataset folder as absolute paths, so the stored config
+    finds the data from any working directory (`train sample RUN`, a resume from elsewhere)."""
+    out = dict(flat)
+    for k in ("data", "datasets_dir"):
+        if isinstance(out.get(k), str):
+            out[k] = os.path.abspath(out[k])
+    if isinstance(out.get("dataset"), str) and os.path.isdir(out["dataset"]):
+        out["dataset"] = os.path.abspath(out["dataset"])
+    return out
 
 
 def _auto_name(flat: dict) -> str:
@@ -178,7 +194,7 @@ def _resume(path: str, explicit: dict) -> int:
             file=sys.stderr,
         )
         return 0
-    loop.run(cfg, start=payload)
+    loop.run(cfg, start=payload, resume=True)
     return 0
 
 
@@ -198,10 +214,11 @@ def _print_schedule(cfg: TrainConfig) -> int:
     from train.schedules import schedule_csv
 
     if cfg.schedule.warmup_tokens is not None:
-        from train.setup import load_data, model_config, resolve_warmup
+        from train.setup import load_data, model_config, resolve_warmup, vocab_from_data
 
         _, _, vocab = load_data(cfg)
-        cfg = resolve_warmup(cfg, model_config(cfg, vocab), 1)
+        mcfg = model_config(cfg, vocab, from_data=vocab_from_data(cfg))
+        cfg = resolve_warmup(cfg, mcfg, 1)
     sys.stdout.write(schedule_csv(**cfg.schedule_kwargs()))
     return 0
 

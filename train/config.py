@@ -123,6 +123,11 @@ class IOConfig:
     no_progress: bool = _f(False, "no progress bar even on a terminal")
     permanent_ckpt_interval: int = _f(0, "keep a checkpoint every N steps in OUT/ckpts/<step>/")
     latest_ckpt_interval: int = _f(0, "overwrite OUT/latest/ every N steps (0 = off)")
+    final_ckpt: bool = _f(
+        True,
+        "write the last step to OUT/latest/ (what `train sample OUT` and `--resume-from OUT` "
+        "read); false = no final checkpoint",
+    )
     overwrite: bool = _f(False, "replace an existing run directory instead of refusing")
     auto_resume: bool = _f(False, "continue from OUT/latest when it exists (else start fresh)")
     branch_ckpt: bool = _f(True, "WSD runs keep the checkpoint where the cooldown starts")

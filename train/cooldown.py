@@ -63,6 +63,12 @@ def cooldown_targets(cfg: TrainConfig, targets: list[int]) -> list[dict]:
     branches = {t: cooldown_start(t, s.wsd_fract_decay) for t in targets}
     if min(branches.values()) <= 0:
         raise UserError("a cooldown target is too short: its branch step is 0")
+    first, warmup = min(branches.values()), s.warmup_steps
+    if s.warmup_tokens is None and warmup >= first:  # else the first branch is still warming up
+        raise UserError(
+            f"--warmup-steps {warmup} does not end before the first cooldown branch (step "
+            f"{first}); pass --warmup-steps below {first}"
+        )
     stable = cfg.with_(scheduler="wsd", wsd_fract_decay=0.0, iterations=max(branches.values()))
     stable_summary = run(stable, save_at=frozenset(branches.values()))
     fps = stable_summary["flops_per_step"]

@@ -25,7 +25,7 @@ from model import costs
 from model.config import UserError
 from train import checkpoint as ckpt_io
 from train import rundir
-from train.averaging import WindowSnapshots, swap_in
+from train.averaging import WindowSnapshots, swap_in, warn_window_files
 from train.config import TrainConfig
 from train.schedules import lr_factor
 from train.setup import (
@@ -38,6 +38,7 @@ from train.setup import (
     resolve_warmup,
     seed_everything,
     tokens_per_step,
+    vocab_from_data,
 )
 from train.step import evaluate, train_step
 from train.timebudget import BudgetPlanner, cooldown_start
@@ -51,9 +52,14 @@ class Trainer:
     """One run: `setup()`, `restore(payload)` (optional), `train()`, `finish()`."""
 
     def __init__(
-        self, cfg: TrainConfig, *, start: dict | None = None, save_at: frozenset[int] = frozenset()
+        self,
+        cfg: TrainConfig,
+        *,
+        start: dict | None = None,
+        save_at: frozenset[int] = frozenset(),
+        resume: bool = False,
     ) -> None:
-        self.cfg, self.start, self.save_at = cfg, start, save_at
+        self.cfg, self.start, self.save_at, self.resume = cfg, start, save_at, resume
         self.step, self.pending, self.last_eval = 0, [], {}
         self.metrics, self.bar, self.planner, self.plans = None, None, None, 0
 
@@ -70,10 +76,9 @@ class Trainer:
         self.dtype = effective_dtype(cfg.runtime.dtype, self.device)
         self.autocast = DTYPES[self.dtype]
         train_tok, val_tok, vocab = load_data(cfg)
-        self.mcfg = mcfg = model_config(cfg, vocab, self.kernels)
+        from_data = vocab_from_data(cfg)
+        self.mcfg = mcfg = model_config(cfg, vocab, self.kernels, from_data=from_data)
         self.cfg = cfg = resolve_warmup(cfg, mcfg, self.world)
-        if self.master:  # everything is validated before the first file is written
-            self._check_run_dir()
         if self.device.type == "cuda":  # TF32 as in the seed: fp32 params, tensor-core matmuls
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -110,6 +115,8 @@ class Trainer:
         self.device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
         self.end, self.sk = cfg.schedule.iterations, cfg.schedule_kwargs()
         self.grad_clip = None if self.fused else cfg.optim.grad_clip
+        if self.master:  # everything is validated before the first file is written
+            self._check_run_dir()
 
     def _check_run_dir(self) -> None:
         out = self.cfg.io.out
@@ -117,6 +124,7 @@ class Trainer:
             rundir.prepare_new(out, overwrite=self.cfg.io.overwrite)
         else:
             rundir.make_dir(out)
+        rundir.remove_stale_temps(out)  # of a run killed while writing a checkpoint
 
     def _loss_scaler(self):
         if self.dtype != "float16":
@@ -199,8 +207,9 @@ class Trainer:
         if self._eval_due(done):
             self._evaluate(done)
             synced = True
+        saved = None
         for path in self._ckpt_paths(done):
-            self._save(path, done)
+            saved = self._save(path, done, saved)
             synced = True
         if synced:  # eval and checkpoint time stays out of the next interval's step time
             self.t_read = time.perf_counter()
@@ -222,6 +231,9 @@ class Trainer:
             keep = keep or lr_factor(done - 1, **self.sk) == 1.0  # a constant-LR branch point
         if keep:
             paths.append(f"{io.out}/ckpts/{done}")
+        final = f"{io.out}/latest"
+        if done == self.end and io.final_ckpt and final not in paths:
+            paths.append(final)
         return paths
 
     # ----------------------------------------------------------------------------- read points
@@ -246,7 +258,7 @@ class Trainer:
                 raise UserError(f"loss became {loss} at step {step}; lower --lr")
         if self.master:
             tok_s = self.tokens_per_step / dt if dt > 0 else math.nan
-            mfu = costs.mfu(tok_s, self.mcfg, self.device_name)
+            mfu = costs.mfu(tok_s, self.mcfg, self.device_name, dtype=self.dtype)
             for (step, lr, _), loss, gn in zip(self.pending, values[0], values[1]):
                 rec = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": gn}
                 rec.update(step_ms=dt * 1e3, tokens_per_s=tok_s, mfu=mfu)
@@ -293,9 +305,12 @@ class Trainer:
             extra = "".join(f" | {k[9:]} {v:.4f}" for k, v in rec.items() if k[:9] == "val_loss_")
             self._log(f"eval step {done} | val loss {rec['val_loss']:.4f}{extra}")
 
-    def _save(self, path: str, done: int) -> None:
+    def _save(self, path: str, done: int, same: str | None = None) -> str | None:
+        """Checkpoint step `done` into `path`; `same`: a file already holding it (linked)."""
         if not self.master:
-            return
+            return None
+        if same is not None:
+            return ckpt_io.save_copy(same, path)
         self.metrics.sync()  # every step the checkpoint covers is on disk before it
         payload = {
             "model": self.raw.state_dict(),
@@ -310,7 +325,7 @@ class Trainer:
         }
         if self.scaler is not None:
             payload["scaler"] = self.scaler.state_dict()
-        ckpt_io.save(path, payload)
+        return ckpt_io.save(path, payload)
 
     # ----------------------------------------------------------------------------------- output
     def _open_outputs(self) -> None:
@@ -319,19 +334,12 @@ class Trainer:
         cfg, out = self.cfg, self.cfg.io.out
         info = {"config": cfg.to_dict(), "model": self.mcfg.to_dict(), "params": self.n_params}
         info["effective"] = self.effective()
+        logger = rundir.run_logger(cfg, out, info, resume=self.resume)  # may fail: files after it
         rundir.write_json(f"{out}/config.json", info)
-        logger = rundir.run_logger(cfg, out, info)
         truncate = self.step if self.start is not None else None
         self.metrics = rundir.MetricsLog(out, truncate_after=truncate, logger=logger)
-        a = cfg.averaging
-        if a.wa_save_windows and a.weight_average:
-            n_files = max(0, self.end // a.wa_horizon - self.step // a.wa_horizon)
-            mb = self.n_params * 4 / 2**20  # windows are stored in fp32
-            print(
-                f"warning: --wa-save-windows writes {n_files} window file(s) of {mb:.1f} MB each "
-                f"({n_files * mb / 1024:.2f} GB) to {out}/avgs",
-                file=sys.stderr,
-            )
+        if cfg.averaging.wa_save_windows and cfg.averaging.weight_average:
+            warn_window_files(cfg.averaging, self.n_params, self.step, self.end, out)
         self._log(
             f"run {out} | {self.n_params:,} params | device {self.device_name} x{self.world} | "
             f"kernels {self.kernels} | dtype {self.dtype}"
@@ -358,25 +366,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- finish
     def finish(self) -> dict:
-        s = self.cfg.schedule
-        summary = {
-            "final_step": self.step,
-            "iterations": s.iterations,
-            "steps_total": self.end,
-            "scheduler": s.scheduler,
-            "minutes": s.minutes,
-            "budget_plans": self.plans,
-            "tokens": self.step * self.tokens_per_step,
-            "tokens_seen": self.step * self.tokens_per_step,
-            "tokens_per_step": self.tokens_per_step,
-            "flops_per_step": self.fps,
-            "flops_this_run": (self.step - (self.start or {}).get("step", 0)) * self.fps,
-            "params": self.n_params,
-            "wall_s": time.perf_counter() - self.t_start,
-            "warmup_steps": s.warmup_steps,
-            **self.effective(),
-            **{k: v for k, v in self.last_eval.items() if k.startswith("val_loss")},
-        }
+        summary = rundir.summary_of(self, time.perf_counter() - self.t_start)
         if self.master:
             self.metrics.close()
             rundir.write_json(f"{self.cfg.io.out}/summary.json", summary)
@@ -384,15 +374,25 @@ class Trainer:
 
 
 def run(
-    cfg: TrainConfig, *, start: dict | None = None, save_at: frozenset[int] = frozenset()
+    cfg: TrainConfig,
+    *,
+    start: dict | None = None,
+    save_at: frozenset[int] = frozenset(),
+    resume: bool = False,
 ) -> dict:
-    """Train per `cfg`, optionally from checkpoint payload `start`; returns the summary dict."""
-    t = Trainer(cfg, start=start, save_at=save_at)
-    t.setup()
-    if start is not None:
-        t.restore(start)
+    """Train per `cfg`, optionally from checkpoint payload `start` (`resume`: continuing the same
+    run, not branching from it); returns the summary dict."""
+    t = Trainer(cfg, start=start, save_at=save_at, resume=resume)
+    created = not os.path.exists(cfg.io.out)
     try:
+        t.setup()
+        if start is not None:
+            t.restore(start)
         t.train()
+    except BaseException:
+        if created:  # a failed start leaves no empty folder behind
+            rundir.remove_if_empty(cfg.io.out)
+        raise
     finally:
         if t.metrics is not None and not t.metrics.fh.closed:
             t.metrics.sync()

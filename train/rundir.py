@@ -9,16 +9,21 @@ ends up with every step exactly once however often the run was killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 
 from model.config import UserError, atomic_write
 
 METRICS = "metrics.jsonl"
+WANDB_ID = "wandb_id.txt"  # train.logger.WANDB_ID_FILE: the wandb run a resumed run continues
 # A folder holding one of these is a run directory (and --overwrite removes exactly these).
-RUN_FILES = ("config.json", METRICS, "summary.json", "cooldown_table.csv", "plot.png")
-RUN_DIRS = ("latest", "ckpts", "avgs")
+RUN_FILES = ("config.json", METRICS, "summary.json", "cooldown_table.csv", "plot.png", WANDB_ID)
+RUN_DIRS = ("latest", "ckpts", "avgs", "wandb")
+# model.config.atomic_write's temporary files: NAME.tmp.PID
+_TEMP = re.compile(r"\.tmp\.[0-9]+$")
 
 
 def is_run_dir(path: str) -> bool:
@@ -46,6 +51,36 @@ def prepare_new(out: str, *, overwrite: bool) -> None:
         except OSError as e:
             raise UserError(f"cannot clear {out}: {e.strerror or e}") from None
     make_dir(out)
+
+
+def remove_stale_temps(out: str) -> list[str]:
+    """Delete the temporary files a killed run left in OUT (checkpoints being written when it
+    died: latest/, ckpts/N/, avgs/, and its own json files); ckpts/N folders left empty go too.
+    They are never read as checkpoints (only `ckpt.pt` is). Returns the removed paths."""
+    mine = f".tmp.{os.getpid()}"
+    ckpts = os.path.join(out, "ckpts")
+    steps = sorted(os.listdir(ckpts)) if os.path.isdir(ckpts) else []
+    folders = [out] + [os.path.join(out, d) for d in ("latest", "avgs")]
+    folders += [os.path.join(ckpts, d) for d in steps if d.isdigit()]
+    removed = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            ours = folder != out or _TEMP.sub("", name) in RUN_FILES  # OUT may hold user files
+            if ours and _TEMP.search(name) and not name.endswith(mine) and os.path.isfile(path):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                    removed.append(path)
+        if os.path.dirname(folder) == ckpts:
+            remove_if_empty(folder)
+    return removed
+
+
+def remove_if_empty(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # fails (and is ignored) unless `path` is an empty folder
 
 
 def make_dir(out: str) -> None:
@@ -113,8 +148,9 @@ class MetricsLog:
             self.logger.close()
 
 
-def run_logger(cfg, out: str, config: dict):
-    """`train.logger.RunLogger` for --wandb / --tensorboard, or None when neither is asked for."""
+def run_logger(cfg, out: str, config: dict, *, resume: bool = False):
+    """`train.logger.RunLogger` for --wandb / --tensorboard, or None when neither is asked for.
+    `resume`: the run continues in OUT, so wandb continues the run OUT/wandb_id.txt names."""
     io = cfg.io
     if not (io.wandb or io.tensorboard):
         return None
@@ -132,4 +168,28 @@ def run_logger(cfg, out: str, config: dict):
         experiment_name=name,
         tensorboard=io.tensorboard,
         config=config,
+        resume=resume,
     )
+
+
+def summary_of(t, wall_s: float) -> dict:
+    """summary.json of a finished `train.loop.Trainer` `t`."""
+    s = t.cfg.schedule
+    return {
+        "final_step": t.step,
+        "iterations": s.iterations,
+        "steps_total": t.end,
+        "scheduler": s.scheduler,
+        "minutes": s.minutes,
+        "budget_plans": t.plans,
+        "tokens": t.step * t.tokens_per_step,
+        "tokens_seen": t.step * t.tokens_per_step,
+        "tokens_per_step": t.tokens_per_step,
+        "flops_per_step": t.fps,
+        "flops_this_run": (t.step - (t.start or {}).get("step", 0)) * t.fps,
+        "params": t.n_params,
+        "wall_s": wall_s,
+        "warmup_steps": s.warmup_steps,
+        **t.effective(),
+        **{k: v for k, v in t.last_eval.items() if k.startswith("val_loss")},
+    }

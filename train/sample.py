@@ -69,36 +69,73 @@ def _check(a) -> None:
 
 
 def find_checkpoint(path: str) -> str:
-    """A checkpoint path for train.checkpoint.load: a run folder without latest/ gives its
-    highest-step ckpts/N."""
+    """A checkpoint path for train.checkpoint.load: a run folder without latest/ckpt.pt gives its
+    highest-step ckpts/N/ckpt.pt (folders holding only a killed write's temporary file are no
+    checkpoints)."""
     ckpts = os.path.join(path, "ckpts")
-    plain = os.path.exists(os.path.join(path, "ckpt.pt"))
-    if plain or os.path.isdir(os.path.join(path, "latest")):
+    if os.path.isfile(path) or os.path.isfile(os.path.join(path, "ckpt.pt")):
+        return path
+    if os.path.isfile(os.path.join(path, "latest", "ckpt.pt")):
         return path
     steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+    steps = [n for n in steps if os.path.isfile(os.path.join(ckpts, str(n), "ckpt.pt"))]
     if steps:
         return os.path.join(ckpts, str(max(steps)))
     if os.path.isfile(os.path.join(path, "metrics.jsonl")):
         raise UserError(
-            f"run {path} kept no checkpoint; train with --latest-ckpt-interval N or "
-            "--permanent-ckpt-interval N"
+            f"run {path} kept no checkpoint; train with --latest-ckpt-interval N "
+            "(or without --final-ckpt false)"
         )
     return path
+
+
+def _recorded(payload: dict) -> tuple:
+    """(data, dataset, datasets_dir, out) as the training run recorded them."""
+    tc = payload.get("train_config")  # the TrainConfig train.checkpoint.load parsed
+    if tc is not None:
+        d = tc.data
+        return d.data, d.dataset, d.datasets_dir, tc.io.out
+    cfg = payload.get("config") or payload.get("args")  # TrainConfig sections, or old flat args
+    if not isinstance(cfg, dict) or "data" not in cfg:
+        raise UserError("the checkpoint does not record its data; pass --data DIR or --tokenizer")
+    d, io = cfg["data"], cfg.get("io")
+    if not isinstance(d, dict):  # flat args: "data" is the path itself
+        d, io = {**cfg, "data": d}, cfg
+    io = io if isinstance(io, dict) else {}
+    return d.get("data"), d.get("dataset"), d.get("datasets_dir"), io.get("out")
+
+
+def training_cwd(payload: dict, out) -> str | None:
+    """The directory `train` ran in, when the checkpoint's run folder ends with its relative
+    --out (runs/a/ckpts/6/ckpt.pt with out "runs/a" ran in the folder holding runs/)."""
+    path = payload.get("path")
+    if not isinstance(path, str) or not isinstance(out, str) or not out or os.path.isabs(out):
+        return None
+    from train.checkpoint import run_dir_of
+
+    run, rel = run_dir_of(path), os.path.normpath(out)
+    if rel.startswith("..") or not (run == rel or run.endswith(os.sep + rel)):
+        return None
+    return run[: len(run) - len(rel)] or os.sep
 
 
 def run_data(payload: dict) -> str | None:
     """The data folder/file of the run that wrote a checkpoint (None: the embedded corpus).
 
-    Reads TrainConfig's sections ("config": {"data": {"data", "dataset", "datasets_dir"}}) or the
-    older flat "args"; UserError when the checkpoint records neither.
+    Reads the checkpoint's TrainConfig (or its older flat "args"); a relative path (written
+    before train stored absolute ones) is resolved against the directory the run trained in.
+    UserError when the checkpoint records no data setting.
     """
-    cfg = payload.get("config", payload.get("args"))
-    if not isinstance(cfg, dict) or "data" not in cfg:
-        raise UserError("the checkpoint does not record its data; pass --data DIR or --tokenizer")
-    d = cfg["data"]
-    if not isinstance(d, dict):  # flat args: "data" is the path itself
-        return d if isinstance(d, str) else None
-    data, dataset, root = d.get("data"), d.get("dataset"), d.get("datasets_dir")
+    data, dataset, root, out = _recorded(payload)
+    base = training_cwd(payload, out)
+
+    def where(p):
+        if not isinstance(p, str) or os.path.isabs(p) or base is None:
+            return p
+        cand = os.path.join(base, p)
+        return cand if os.path.exists(cand) else p
+
+    data, dataset, root = where(data), where(dataset), where(root)
     if data is None and isinstance(dataset, str):  # --dataset NAME: a folder, or NAME in root
         cands = [dataset] + ([os.path.join(root, dataset)] if isinstance(root, str) else [])
         return next((c for c in cands if os.path.isdir(c)), cands[-1])

@@ -96,8 +96,21 @@ def load_data(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
     return train_tok, val_tok, vocab
 
 
-def model_config(cfg: TrainConfig, data_vocab: int, kernels: str = "torch") -> ModelConfig:
-    """The ModelConfig of a run: preset (or the seed's default) with the explicit flags on top."""
+def vocab_from_data(cfg: TrainConfig) -> bool:
+    """Whether the run's data names its vocabulary (a prepared folder's meta.json)."""
+    from train.data import data_meta
+
+    return data_meta(data_path(cfg)) is not None
+
+
+def model_config(
+    cfg: TrainConfig, data_vocab: int, kernels: str = "torch", *, from_data: bool = False
+) -> ModelConfig:
+    """The ModelConfig of a run: preset (or the seed's default) with the explicit flags on top.
+
+    `from_data` (the data has a meta.json): without --vocab-size the model's vocabulary is the
+    data's (`data_vocab`, already rounded up to a multiple of 64), whatever the preset's is.
+    """
     m = cfg.model
     if m.preset is not None:
         if m.preset not in PRESETS:
@@ -109,6 +122,8 @@ def model_config(cfg: TrainConfig, data_vocab: int, kernels: str = "torch") -> M
     changes = {k: getattr(m, k) for k in names + ("init_std", "dropout", "bias")}
     changes["norm_eps"] = m.rmsnorm_eps
     changes = {k: v for k, v in changes.items() if v is not None}
+    if from_data and m.vocab_size is None:
+        changes["vocab_size"] = data_vocab
     if m.arch == "base":
         changes["arch"] = "gpt2"
         if m.mlp_dim_exp_factor != 1.0:

@@ -47,6 +47,8 @@ def scale_train(flat: dict[str, Any]) -> dict[str, Any]:
     # numbers (a cooldown branched from ckpts/160 must find it).
     if out.get("iterations") is not None and int(out["iterations"]) > GPU_SCALE_ITERATIONS:
         out["iterations"] = SMOKE_ITERATIONS
+        if out.get("warmup_steps") is not None:  # keep warmup -> stable -> cooldown in the 40 steps
+            out["warmup_steps"] = min(int(out["warmup_steps"]), SMOKE_ITERATIONS // 10)
     if out.get("minutes") is not None and float(out["minutes"]) > GPU_SCALE_MINUTES:
         out["minutes"] = SMOKE_MINUTES
     out["dtype"] = out.get("dtype") if out.get("dtype") != "float16" else "bfloat16"

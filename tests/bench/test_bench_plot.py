@@ -162,6 +162,18 @@ def test_loss_vs_time_legend_then_colour_scale():
     assert texts == ["batch_size = 4", "batch_size = 8", "batch_size = 16"]
 
 
+def test_plot_dir_passes_both_colour_columns(tmp_path, monkeypatch):
+    import bench.plot
+    from bench.results import append_row
+
+    for row in frame(sizes=(1e5,), batches=(4,)).to_dict("records"):
+        append_row(str(tmp_path), row)
+    seen = {}
+    monkeypatch.setattr(bench.plot, "plot_frame", lambda df, d, **kw: seen.update(kw) or [])
+    plot_dir(str(tmp_path), color_by="n_layer", loss_color_by="batch_size")
+    assert seen == {"color_by": "n_layer", "loss_color_by": "batch_size"}
+
+
 def test_config_labels_name_only_what_differs():
     df = frame(sizes=(1e5,), batches=(4,), layers=(1, 2))
     assert config_labels(df) == ["L1", "L2"]
@@ -185,5 +197,7 @@ def test_plot_dir_writes_every_png_from_results(tmp_path):
         assert (img[:, -2:] > 0.99).all(), p
     with pytest.raises(UserError, match="unknown colour column 'nope'"):
         plot_frame(df, str(tmp_path / "x"), color_by="nope")
+    with pytest.raises(UserError, match="unknown colour column 'nope'"):  # what `bench plot
+        plot_dir(str(tmp_path), str(tmp_path / "x"), color_by="nope")  # --color-by COL` calls
     with pytest.raises(UserError, match="no ok rows"):
         plot_frame(df.assign(status="error"), str(tmp_path / "x"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from tiny_bpe import documents, train_bpe, write_jsonl
 
 from model.config import UserError
 from train import cli
-from train.sample import build_parser, generate, load_model, pick_codec, run_data
+from train.sample import build_parser, find_checkpoint, generate, load_model, pick_codec, run_data
 from train.tokenizer import ByteCodec, HFCodec
 
 STEPS = 6
@@ -20,23 +21,30 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A prepared BPE dataset and a 6-step tiny run on it, with a checkpoint at the end."""
+    """A prepared 300-token BPE dataset and a 6-step tiny run on it (preset vocab 256, no
+    --vocab-size: the model takes the data's 300 -> 320), trained with relative paths in its own
+    folder; the tests sample from another working directory."""
     root = tmp_path_factory.mktemp("e2e")
     tok = train_bpe(root / "tok.json")
     write_jsonl(root / "docs.jsonl", documents(150))
     data, out = root / "data", root / "run"
-    argv = ["prepare", root / "docs.jsonl", "--out", data, "--tokenizer", tok]
-    assert cli.main([str(x) for x in argv + ["--val-fraction", "0.1"]]) == 0
-    meta = json.loads((data / "meta.json").read_text())
-    assert meta["vocab_size"] == 300
-    assert cli.main(_train_argv(data, out, STEPS) + ["--vocab-size", "320"]) == 0
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        argv = ["prepare", "docs.jsonl", "--out", "data", "--tokenizer", tok, "--val-fraction", 0.1]
+        assert cli.main([str(x) for x in argv]) == 0
+        meta = json.loads((data / "meta.json").read_text())
+        assert meta["vocab_size"] == 300
+        assert cli.main(_train_argv("data", "run", STEPS)) == 0
+    finally:
+        os.chdir(cwd)
     return {"root": root, "data": data, "out": out}
 
 
 def _train_argv(data, out, steps) -> list[str]:
     argv = ["--preset", "tiny", "--data", data, "--iterations", steps, "--warmup-steps", 1,
             "--batch-size", 4, "--acc-steps", 1, "--eval-batches", 1, "--lr", "3e-3",
-            "--permanent-ckpt-interval", steps, "--out", out, "--no-progress"]  # fmt: skip
+            "--out", out, "--no-progress"]  # fmt: skip
     return [str(x) for x in argv]
 
 
@@ -59,8 +67,9 @@ def test_end_to_end_sample_decodes_with_the_runs_tokenizer(run, capsys):
     assert cli.main([str(x) for x in argv]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("the quick") and "warning" not in err
-    model, payload = load_model(str(run["out"]), torch.device("cpu"))  # the run folder's ckpts/6
-    assert payload["step"] == STEPS
+    model, payload = load_model(str(run["out"]), torch.device("cpu"))  # the final latest/
+    assert payload["step"] == STEPS and model.cfg.vocab_size == 320
+    assert payload["train_config"].data.data == str(run["data"])  # stored absolute
     codec = pick_codec(_args(run["out"]), payload)
     assert isinstance(codec, HFCodec) and codec.spec["file"] == str(run["data"] / "tokenizer.json")
     # The printed text is exactly the tokenizer's decoding of what the model generates.
@@ -143,3 +152,27 @@ def test_missing_checkpoints(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     assert cli.main(["sample", str(tmp_path)]) == 2
     assert "kept no checkpoint; train with --latest-ckpt-interval" in capsys.readouterr().err
+
+
+def test_relative_data_of_older_runs_resolves_against_the_training_directory(run, tmp_path):
+    """Checkpoints written before paths were stored absolute: `data` relative to where train ran,
+    which is the run folder minus its relative --out."""
+    ckpt = str(run["out"] / "latest" / "ckpt.pt")
+    nested = {"config": {"data": {"data": "data"}, "io": {"out": "run"}}, "path": ckpt}
+    assert run_data(nested) == str(run["data"])
+    assert run_data({"args": {"data": "data", "out": "./run/"}, "path": ckpt}) == str(run["data"])
+    named = {"args": {"data": None, "dataset": "data", "datasets_dir": ".", "out": "run"}}
+    assert run_data({**named, "path": ckpt}) == str(run["data"])
+    elsewhere = str(tmp_path / "x" / "latest" / "ckpt.pt")  # not under its --out: kept as written
+    assert run_data({**nested, "path": elsewhere}) == "data"
+
+
+def test_a_killed_checkpoint_write_is_no_checkpoint(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    for step in (3, 9):
+        (tmp_path / "ckpts" / str(step)).mkdir(parents=True)
+    (tmp_path / "ckpts" / "3" / "ckpt.pt").write_bytes(b"x")
+    (tmp_path / "ckpts" / "9" / "ckpt.pt.tmp.4242").write_bytes(b"x")  # killed mid-write
+    (tmp_path / "latest").mkdir()
+    (tmp_path / "latest" / "ckpt.pt.tmp.4242").write_bytes(b"x")
+    assert find_checkpoint(str(tmp_path)) == str(tmp_path / "ckpts" / "3")
