@@ -187,3 +187,16 @@ def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsy
     assert all(v >= 0 for v in tm["coefficients"].values()) and tm["intercept"] >= 0
     assert png.stat().st_size > 10_000 and tm["sources"] == ["cpu_sweep"]
     assert tm["n_configs"] == len(pd.read_csv(CPU_SWEEP / "results.csv"))
+
+
+def test_parquet_table_and_status_filter(tmp_path, capsys):
+    df = _synthetic_table(n=30)
+    df["status"] = "ok"
+    df.loc[0, "status"] = "oom"
+    df.loc[0, "step_time_s"] = -1.0  # a failed row's junk must not reach the fit
+    path = tmp_path / "times.parquet"
+    df.to_parquet(path)
+    out = tmp_path / "tm.json"
+    argv = ["fit", str(path), "--out", str(out), "--time-col", "step_time_s", "--time-unit", "s"]
+    assert main(argv + ["--features", "flops,bytes", "--cv-repeats", "1"]) == 0
+    assert json.loads(out.read_text())["n_rows"] == 29
