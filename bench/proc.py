@@ -96,13 +96,13 @@ def die_with_parent(poll_s: float = 0.5) -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if not _alive(pid):  # the parent died before the signal was armed
+    if not pid_alive(pid):  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(pid, poll_s), daemon=True).start()
 
 
 def _watch(pid: int, poll_s: float) -> None:
-    while _alive(pid):
+    while pid_alive(pid):
         time.sleep(poll_s)
     # Kill our whole group: with torchrun that is the launcher and every rank.
     with contextlib.suppress(OSError):
@@ -110,7 +110,8 @@ def _watch(pid: int, poll_s: float) -> None:
     os._exit(1)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 
+from bench.proc import pid_alive
 from model.config import UserError, atomic_write
 
 FINAL_STATUSES = ("ok", "oom", "nan", "error", "timeout", "skipped")
@@ -170,20 +171,10 @@ def remove_stale_temps(folder: str, *, any_pid: bool = False, pattern: str = "*.
     """Delete `*.tmp.<pid>` files left by killed writers (only dead pids unless `any_pid`)."""
     for path in glob.glob(os.path.join(folder, pattern)):
         pid = path.rsplit(".", 1)[-1]
-        if not any_pid and pid.isdigit() and _alive(int(pid)):
+        if not any_pid and pid.isdigit() and pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             os.remove(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_rows(out_dir: str, rows: list[dict]) -> None:
