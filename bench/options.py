@@ -47,6 +47,7 @@ class SweepOptions:
     cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.runsetup)
     nproc_per_config: int = 1
     progress: bool = True
+    val_tokens: int = 16384  # held-out tokens per val_loss, the same sequences for every batch size
 
     @property
     def budget_s(self) -> float:
@@ -75,6 +76,8 @@ def check_options(opts: SweepOptions) -> None:
     for flag, v in (("--repeat", opts.repeat), ("--nproc-per-config", opts.nproc_per_config)):
         if v < 1:
             raise UserError(f"{flag} must be >= 1, got {v}")
+    if opts.val_tokens < 1:
+        raise UserError(f"--val-tokens must be >= 1, got {opts.val_tokens}")
     if opts.reference_every < 0:
         raise UserError(f"--reference-every must be >= 0, got {opts.reference_every}")
     if opts.drift_correct and not opts.reference_every:
@@ -135,6 +138,7 @@ def measurement_settings(opts: SweepOptions) -> dict:
         "wsd_final_lr_scale": opts.wsd_final_lr_scale if opts.scheduler == "wsd" else None,
         "pin": opts.pin,
         "nproc_per_config": opts.nproc_per_config,
+        "val_tokens": opts.val_tokens,
     }
 
 

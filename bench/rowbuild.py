@@ -31,6 +31,7 @@ MEASURED = (
     "loss_start",
     "loss_end",
     "val_loss",
+    "val_tokens",
     "steps_timed",
     "steps_total",
     "tokens_seen",

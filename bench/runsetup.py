@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+VAL_BATCH = 16  # sequences per validation batch
+VAL_SEED = 7919  # one validation sample for every config (not the training data seed)
+
 
 @dataclass
 class Run:
@@ -223,8 +226,12 @@ def setup(spec: dict, tcfg) -> Run:
         scaler = DynamicLossScaler(device)
     step_model = torch.compile(model) if tcfg.runtime.compile else model
     sampler = Sampler(train_tok, d.batch_size, cfg.sequence_length, d.data_seed, rank, world)
-    val = Sampler(val_tok, d.batch_size, cfg.sequence_length, d.data_seed + 1, rank, world)
-    n_val = int(spec.get("val_batches", 2))
+    # The val set depends on the sequence length only (fixed batch of VAL_BATCH sequences, fixed
+    # seed), so configs that differ in batch size are scored on the same held-out tokens.
+    val_tokens = int((spec.get("settings") or {}).get("val_tokens") or 16384)
+    val_batch = max(1, min(VAL_BATCH, val_tokens // cfg.sequence_length))
+    val = Sampler(val_tok, val_batch, cfg.sequence_length, VAL_SEED, rank, world)
+    n_val = max(1, math.ceil(val_tokens / (val_batch * cfg.sequence_length * world)))
     return Run(
         spec=spec,
         tcfg=tcfg,

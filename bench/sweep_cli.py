@@ -101,6 +101,14 @@ def _add_timing(s) -> None:
         help="training steps before timing starts (allocator, autotune, compile)",
     )
     s.add_argument(
+        "--val-tokens",
+        type=int,
+        default=16384,
+        metavar="N",
+        help="held-out tokens behind each val_loss: the same sequences for every config of a "
+        "sequence length, whatever its batch size",
+    )
+    s.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -246,6 +254,7 @@ def options(a) -> SweepOptions:
         shard=gridmod.parse_shard(a.shard) if a.shard else None,
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()] if a.gpus else [],
         untimed_steps=a.untimed_steps,
+        val_tokens=a.val_tokens,
         data=a.data,
         threads=a.threads,
         timing=a.timing,

@@ -106,6 +106,7 @@ def run(spec: dict) -> dict:
     out = summarize(timed, budget_s, r.tokens_per_step)
     out.update(status=timed.status, message=timed.message, scheduler=sched.scheduler)
     out["val_loss"] = r.evaluate() if timed.status == "ok" else math.nan
+    out["val_tokens"] = r.world * sum(int(y.numel()) for _, y in r.val_batches)
     out["loss_curve"] = json.dumps(timed.curve[:: max(1, len(timed.curve) // 200)])
     out["overhead_s"] = overhead_s if overhead_s is not None else time.perf_counter() - _T0
     out["steps_total"] = timed.total if timed.status == "ok" else timed.steps

@@ -18,7 +18,7 @@ from train.config import TrainConfig
 def _spec(**settings):
     row = expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["2"]}, "tiny")[0]
     s = {"scheduler": "constant", "warmup_steps": 0, "untimed_steps": 1, **settings}
-    return {"config_id": "x", "row": row, "settings": s, "val_batches": 1}
+    return {"config_id": "x", "row": row, "settings": s}
 
 
 def test_the_run_is_the_trainers_with_trainconfig_defaults(monkeypatch):
@@ -89,3 +89,17 @@ def test_injected_failures_raise(inject, exc):
     spec["row"] = {**spec["row"], "inject": inject}
     with pytest.raises(exc):
         run(spec)
+
+
+def test_val_loss_is_scored_on_the_same_tokens_whatever_the_batch(monkeypatch):
+    """--val-tokens: every config of a sequence length sees the same held-out sequences, so a
+    batch-size sweep compares losses on one val set (not 2 batches of its own batch size)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    got = []
+    for bs in ("2", "8"):
+        spec = _spec(val_tokens=1000)
+        spec["row"] = expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": [bs]}, "tiny")[0]
+        r = setup(spec, train_config(spec, spec["row"]))
+        got.append(torch.cat([y for _, y in r.val_batches]))
+    assert torch.equal(got[0], got[1])
+    assert got[0].numel() >= 1000 and got[0].numel() < 1000 + 16 * 64
