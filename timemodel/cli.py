@@ -52,6 +52,14 @@ def _fit_parser(sub) -> None:
     opt(f, "--objective", "relative", "NAME", "fit (pred-y)/y or pred-y", choices=objectives)
     _flag(f, "--extrapolate", "also score extrapolation splits (small->large params, T -> T')")
     opt(f, "--cv-repeats", 5, "R", "R random k-fold splits per feature set; the mean MAPE decides")
+    opt(
+        f,
+        "--aggregate",
+        "rows",
+        "HOW",
+        "repeats of a config: rows (each its own sample), median or min (one target per config)",
+        choices=("rows", "median", "min"),
+    )
     opt(f, "--plot", None, "PNG", "held-out predicted vs measured")
     opt(f, "--color-by", "batch_size", "COL", "table column that colours the --plot points")
 

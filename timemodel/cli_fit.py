@@ -85,6 +85,9 @@ def cmd_fit(args) -> int:
     df = read_tables(args.inputs)
     table, y = load_step_table(df, time_col=args.time_col, time_unit=args.time_unit, what=what)
     feats = _fit_features(args.features)
+    raw_repeatability = ttable.repeatability(table["group"].to_numpy(), y)
+    n_measured = len(y)
+    table, y = ttable.aggregate(table, y, args.aggregate)
     n_cfg = table["group"].nunique()
     if not 1 <= args.cv_repeats <= 1000:
         raise UserError(f"--cv-repeats must be in 1..1000, got {args.cv_repeats}")
@@ -103,7 +106,10 @@ def cmd_fit(args) -> int:
         cv_repeats=args.cv_repeats,
     )
     held = res.pop("_held_out_pred")
+    res["repeatability"] = raw_repeatability  # of single measurements, whatever --aggregate
     res |= {
+        "aggregate": args.aggregate,
+        "n_measurements": n_measured,
         "kind": "steptime time model",
         "device_name": _first(table, "device_name"),
         "dtype": _first(table, "dtype"),

@@ -103,6 +103,12 @@ def isoflop_plot(path: str, res: dict, C, N, D, L, group_col: str) -> None:
     _save(fig, path)
 
 
+def budget_text(hours: float) -> str:
+    """A wall-clock budget in the unit a reader thinks in: 40 s, 5 min, 2.5 h."""
+    s = hours * 3600.0
+    return f"{s:.3g} s" if s < 120 else f"{s / 60:.3g} min" if s < 7200 else f"{hours:.3g} h"
+
+
 def frontier_plot(path: str, scored: dict, order: np.ndarray, hours: float, fx, fy) -> None:
     """Predicted loss vs params of the candidates (a sample), the best-per-size frontier, best."""
     plt = _plt()
@@ -130,7 +136,7 @@ def frontier_plot(path: str, scored: dict, order: np.ndarray, hours: float, fx, 
         zorder=3,
         label="best",
     )
-    ax.set(xscale="log", xlabel="params", ylabel=f"predicted loss after {hours:g} h")
+    ax.set(xscale="log", xlabel="params", ylabel=f"predicted loss after {budget_text(hours)}")
     ax.set_ylim(fy.min() - 0.05 * (fy.max() - fy.min() + 1e-9), np.percentile(scored["loss"], 99))
     ax.legend(fontsize=7)
     _save(fig, path)

@@ -172,6 +172,11 @@ def table_lines(res: dict) -> list[str]:
             f"repeatability MAPE {rep['mape']:.2f}% (worst {rep['max_ape']:.1f}%, "
             f"{rep['configs']} configs measured more than once) vs held-out MAPE "
             f"{res['held_out']['mape']:.2f}% of the chosen model"
+            + (
+                f" (fitted and scored on each config's {res['aggregate']} over its repeats)"
+                if res.get("aggregate") not in (None, "rows")
+                else ""
+            )
         )
     nested = res.get("nested_cv")
     if nested:

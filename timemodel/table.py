@@ -180,6 +180,24 @@ def load_step_table(
     return out, y
 
 
+AGGREGATES = ("rows", "median", "min")
+
+
+def aggregate(df: pd.DataFrame, y: np.ndarray, how: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per config: its first row's columns and the median (or min) of its step times.
+
+    `rows` keeps every measurement as its own sample. The median of interleaved repeats is robust
+    to one slow process (a noisy neighbour, a slow core); the min is the timeit convention."""
+    if how not in AGGREGATES:
+        raise UserError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {how!r}")
+    if how == "rows":
+        return df, y
+    s = pd.Series(y, index=df.index).groupby(df["group"].to_numpy())
+    agg = s.median() if how == "median" else s.min()
+    first = df.groupby("group", sort=True).head(1).set_index("group", drop=False)
+    return first.loc[agg.index].reset_index(drop=True), agg.to_numpy(float)
+
+
 def repeatability(groups: np.ndarray, y: np.ndarray) -> dict | None:
     """Leave-one-out APE of each repeat against the mean of its config's other repeats.
 

@@ -244,14 +244,16 @@ def search_picks(run: Runner, tables: list[str], plan: dict) -> tuple[pd.DataFra
     taken = set(map(tuple, picks[key].to_numpy(dtype=float)))
     pool = [i for i, r in enumerate(allc[key].to_numpy(dtype=float)) if tuple(r) not in taken]
     rand = allc.iloc[sorted(random.Random(1).sample(pool, plan["random"]))].astype(int)
-    chosen = pd.concat(
-        [
-            picks[key + ["n_head"]].assign(role=[f"pick {i + 1}" for i in range(len(picks))]),
-            rand[key + ["n_head"]].assign(role="random"),
-        ],
-        ignore_index=True,
-    )
     before = pd.read_csv(out / "search_nobatch.csv").head(1)
+    parts = [
+        picks[key + ["n_head"]].assign(role=[f"pick {i + 1}" for i in range(len(picks))]),
+        rand[key + ["n_head"]].assign(role="random"),
+    ]
+    trained = taken | set(map(tuple, rand[key].to_numpy(dtype=float)))
+    if tuple(before[key].to_numpy(dtype=float)[0]) not in trained:
+        # Also train the pick of the law without the batch term: does the term pay?
+        parts.append(before[key + ["n_head"]].assign(role="pick without batch term"))
+    chosen = pd.concat(parts, ignore_index=True)
     info = {
         "space": SPACE,
         "n_candidates": int(len(allc)),
@@ -263,7 +265,8 @@ def search_picks(run: Runner, tables: list[str], plan: dict) -> tuple[pd.DataFra
 
 
 def verify(run: Runner, chosen: pd.DataFrame, plan: dict) -> tuple[dict, pd.DataFrame]:
-    """(c, d): train the picks and the random configs for B2; regret and prediction error."""
+    """(c, d): train the picks and the random configs for B2 (and the pick of the law without the
+    batch term); regret and prediction error over all of them."""
     tm = models.read_time_model(str(run.out / "tm_all.json"))
     law = models.read_law(str(run.out / "law_all.json"))
     grid = [grid_row(r.n_layer, r.n_embd, r.batch_size) for r in chosen.itertuples()]
@@ -276,7 +279,8 @@ def verify(run: Runner, chosen: pd.DataFrame, plan: dict) -> tuple[dict, pd.Data
         raise UserError("some B2 configs did not finish; rerun to resume the sweep")
     runs = runs.join(predict(runs, tm, law, plan["b2_minutes"]))
     best = runs["val_loss"].min()
-    picks = runs[runs["role"].str.startswith("pick")]
+    picks = runs[runs["role"].str.fullmatch(r"pick \d+")]
+    nob = runs[runs["role"] == "pick without batch term"]
     res = {
         "b2_minutes": plan["b2_minutes"],
         "best_measured_loss": float(best),
@@ -284,6 +288,10 @@ def verify(run: Runner, chosen: pd.DataFrame, plan: dict) -> tuple[dict, pd.Data
         "pick1_measured_loss": float(picks["val_loss"].iloc[0]),
         "regret_pick1": float(picks["val_loss"].iloc[0] - best),
         "regret_best_of_picks": float(picks["val_loss"].min() - best),
+        # The no-batch-term law's pick, when it differs from every run above (else null).
+        "regret_pick_without_batch_term": float(nob["val_loss"].iloc[0] - best)
+        if len(nob)
+        else None,
         "prediction": scores(runs["val_loss"], runs["pred_loss"]),
         "step_time": scores(runs["step_ms_median"], runs["pred_step_ms"]),
     }
@@ -344,7 +352,12 @@ def report(out: Path, res: dict, test: pd.DataFrame, runs: pd.DataFrame) -> None
         f"{b['step_time']['mape_pct']:.1f}%.",
         f"(c) regret at B2 = {v['b2_minutes']:g} min: search's pick {v['regret_pick1']:+.4f} "
         f"nats, best of its picks {v['regret_best_of_picks']:+.4f} (best measured: "
-        f"{v['best_measured_role']}, {v['best_measured_loss']:.4f}).",
+        f"{v['best_measured_role']}, {v['best_measured_loss']:.4f})"
+        + (
+            f"; the no-batch-term law's pick {v['regret_pick_without_batch_term']:+.4f}."
+            if v["regret_pick_without_batch_term"] is not None
+            else "; the no-batch-term law picks one of the runs above."
+        ),
         f"(d) predicted vs measured at B2: R2 {v['prediction']['r2']:.3f}, MAPE "
         f"{v['prediction']['mape_pct']:.2f}%, Spearman {v['prediction']['spearman']:.3f}.",
         "",

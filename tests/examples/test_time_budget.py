@@ -41,7 +41,10 @@ def test_time_budget_ci_produces_every_number(tmp_path: Path) -> None:
     assert v["regret_best_of_picks"] <= v["regret_pick1"]
     # The B2 runs are the search's top picks (in its order) and the random configs.
     runs = pd.read_csv(out / "verify_b2.csv")
-    assert list(runs["role"]) == ["pick 1", "pick 2", "random"]
+    assert list(runs["role"])[:3] == ["pick 1", "pick 2", "random"]
+    # ... and the no-batch-term law's pick, when it is not one of them already.
+    assert list(runs["role"])[3:] in ([], ["pick without batch term"])
+    assert (v["regret_pick_without_batch_term"] is None) == (len(runs) == 3)
     search = pd.read_csv(out / "search.csv")
     key = ["n_layer", "n_embd", "batch_size"]
     assert runs[key].head(2).to_numpy().tolist() == search[key].head(2).to_numpy().tolist()

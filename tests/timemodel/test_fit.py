@@ -167,6 +167,32 @@ def test_repeats_print_repeatability_beside_held_out(tmp_path, capsys):
     assert tm["n_configs"] == 30 and tm["n_rows"] == 90
 
 
+def test_aggregate_median_shrugs_off_one_slow_process(tmp_path, capsys):
+    """--aggregate median: one target per config, the median of its repeats, so one repeat run
+    1.6x slow (a slow process) does not move it; repeatability stays that of single rows."""
+    df = _synthetic_table(n=30, noise=0.0)
+    reps = pd.concat([df.assign(repeat=k) for k in range(3)], ignore_index=True)
+    slow = reps.index[reps["repeat"] == 1][::3]  # every third config has one slow repeat
+    reps.loc[slow, "step_time_s"] *= 1.6
+    path = tmp_path / "r.csv"
+    reps.to_csv(path, index=False)
+    base = ["fit", str(path), "--time-col", "step_time_s", "--time-unit", "s"]
+    base += ["--features", "launches,flops,bytes,allreduce_bytes"]
+    fits = {}
+    for how in ("rows", "median"):
+        out = tmp_path / f"{how}.json"
+        assert main(base + ["--out", str(out), "--aggregate", how]) == 0
+        fits[how] = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    med, rows = fits["median"], fits["rows"]
+    assert (med["n_rows"], med["n_configs"], med["n_measurements"]) == (30, 30, 90)
+    assert med["repeatability"] == rows["repeatability"] and med["repeatability"]["mape"] > 5
+    assert med["held_out"]["mape"] < 0.1 < rows["held_out"]["mape"]
+    for k in ("launches", "flops", "bytes", "allreduce_bytes"):
+        assert med["coefficients"][k] == pytest.approx(TRUE[k], rel=1e-3)
+    assert "each config's median over its repeats" in text
+
+
 def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsys, monkeypatch):
     """From an empty folder, the name `cpu_sweep` finds the shipped example."""
     monkeypatch.chdir(tmp_path)
@@ -186,7 +212,7 @@ def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsy
     assert "saved feature set:" in text and "s per step" in text and "extrapolation" in text
     assert all(v >= 0 for v in tm["coefficients"].values()) and tm["intercept"] >= 0
     assert png.stat().st_size > 10_000 and tm["sources"] == ["cpu_sweep"]
-    assert tm["n_configs"] == len(pd.read_csv(CPU_SWEEP / "results.csv"))
+    assert tm["n_configs"] == pd.read_csv(CPU_SWEEP / "results.csv")["config_id"].nunique()
 
 
 def test_parquet_table_and_status_filter(tmp_path, capsys):
