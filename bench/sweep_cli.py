@@ -254,7 +254,7 @@ def options(a) -> SweepOptions:
         shard=gridmod.parse_shard(a.shard) if a.shard else None,
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()] if a.gpus else [],
         untimed_steps=a.untimed_steps,
-        val_tokens=a.val_tokens,
+        val_tokens=smoke.scale_val_tokens(a.val_tokens),
         data=a.data,
         threads=a.threads,
         timing=a.timing,

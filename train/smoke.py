@@ -4,7 +4,8 @@ The README's H100 commands (124M models, 5-minute sweeps, 15000 steps) cannot ru
 shell block of the README must be shown to work (tests/test_readme.py runs them all). With
 STEPTIME_SMOKE=1 in the environment, `train` and `bench sweep` keep every flag's meaning but shrink
 sizes: at most 2 layers of width 64, 64-token sequences, batches of 4, and 2 configs per sweep;
-runs over 1000 steps get 40, budgets over a minute get 1 second. Nothing else reads the
+runs over 1000 steps get 40, budgets over a minute get 1 second, a sweep's val_loss sample at
+most 1024 tokens. Nothing else reads the
 variable, and it is off by default.
 """
 
@@ -27,6 +28,7 @@ SMOKE_MINUTES = 1.0 / 60
 GPU_SCALE_ITERATIONS = 1000  # longer runs are H100 examples: shrunk to SMOKE_ITERATIONS
 GPU_SCALE_MINUTES = 1.0  # longer budgets are H100 examples: shrunk to SMOKE_MINUTES
 SMOKE_CONFIGS = 2
+SMOKE_VAL_TOKENS = 1024  # a sweep's val_loss sample (bench sweep --val-tokens)
 
 
 def enabled() -> bool:
@@ -70,6 +72,10 @@ def scale_grid(lists: dict[str, list[str]]) -> dict[str, list[str]]:
     if "n_embd" in out or "n_head" in out:
         out["n_head"] = ["2"]
     return out
+
+
+def scale_val_tokens(n: int) -> int:
+    return min(n, SMOKE_VAL_TOKENS) if enabled() else n
 
 
 def scale_minutes(minutes: float) -> float:

@@ -32,9 +32,14 @@ def test_time_budget_ci_produces_every_number(tmp_path: Path) -> None:
     res = json.loads((out / "results.json").read_text())
     b, v = res["heldout_b1"], res["verify_b2"]
     for d in (b, b["law_at_measured_tokens"], b["step_time"], v["prediction"], v["step_time"]):
-        for k in ("r2", "mape_pct", "worst_ape_pct", "spearman"):
+        for k in ("r2", "mape_pct", "worst_ape_pct"):
             assert _finite(d[k]), (k, d)
-        assert d["mape_pct"] >= 0 and -1 <= d["spearman"] <= 1
+        assert d["mape_pct"] >= 0
+        # A rank correlation needs >= 3 points: the CI hold-out is 1 config at 2 budgets.
+        if d["n"] >= 3:
+            assert _finite(d["spearman"]) and -1 <= d["spearman"] <= 1, d
+        else:
+            assert math.isnan(d["spearman"]), d
     assert b["n_train_configs"] == 3 and b["n_test_configs"] == 1
     for k in ("regret_pick1", "regret_best_of_picks", "best_measured_loss"):
         assert _finite(v[k]) and v[k] >= 0, k
