@@ -20,6 +20,7 @@ from . import results
 
 TIMINGS = ("windows", "synced")
 SCHEDULERS = ("constant", "wsd")
+VAL_TOKENS = 16384  # default held-out tokens behind each val_loss
 
 
 @dataclass
@@ -47,7 +48,9 @@ class SweepOptions:
     cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.runsetup)
     nproc_per_config: int = 1
     progress: bool = True
-    val_tokens: int = 16384  # held-out tokens per val_loss, the same sequences for every batch size
+    val_tokens: int = (
+        VAL_TOKENS  # held-out tokens per val_loss, the same sequences for every batch size
+    )
 
     @property
     def budget_s(self) -> float:

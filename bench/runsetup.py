@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .options import VAL_TOKENS
+
 VAL_BATCH = 16  # sequences per validation batch
 VAL_SEED = 7919  # one validation sample for every config (not the training data seed)
 
@@ -228,7 +230,7 @@ def setup(spec: dict, tcfg) -> Run:
     sampler = Sampler(train_tok, d.batch_size, cfg.sequence_length, d.data_seed, rank, world)
     # The val set depends on the sequence length only (fixed batch of VAL_BATCH sequences, fixed
     # seed), so configs that differ in batch size are scored on the same held-out tokens.
-    val_tokens = int((spec.get("settings") or {}).get("val_tokens") or 16384)
+    val_tokens = int((spec.get("settings") or {}).get("val_tokens") or VAL_TOKENS)
     val_batch = max(1, min(VAL_BATCH, val_tokens // cfg.sequence_length))
     val = Sampler(val_tok, val_batch, cfg.sequence_length, VAL_SEED, rank, world)
     n_val = max(1, math.ceil(val_tokens / (val_batch * cfg.sequence_length * world)))

@@ -13,7 +13,7 @@ from train.schedules import DECAY_TYPES
 
 from . import grid as gridmod
 from . import results
-from .options import SCHEDULERS, TIMINGS, SweepOptions, check_options
+from .options import SCHEDULERS, TIMINGS, VAL_TOKENS, SweepOptions, check_options
 from .sweep import prepare, run_sweep
 
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
@@ -103,7 +103,7 @@ def _add_timing(s) -> None:
     s.add_argument(
         "--val-tokens",
         type=int,
-        default=16384,
+        default=VAL_TOKENS,
         metavar="N",
         help="held-out tokens behind each val_loss: the same sequences for every config of a "
         "sequence length, whatever its batch size",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from model.config import run_cli
 from timemodel import cli_fit, cli_use, models
+from timemodel import table as ttable
 from timemodel.cli_args import Parser, opt
 
 
@@ -58,7 +59,7 @@ def _fit_parser(sub) -> None:
         "rows",
         "HOW",
         "repeats of a config: rows (each its own sample), median or min (one target per config)",
-        choices=("rows", "median", "min"),
+        choices=ttable.AGGREGATES,
     )
     opt(f, "--plot", None, "PNG", "held-out predicted vs measured")
     opt(f, "--color-by", "batch_size", "COL", "table column that colours the --plot points")
