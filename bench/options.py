@@ -48,9 +48,7 @@ class SweepOptions:
     cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.runsetup)
     nproc_per_config: int = 1
     progress: bool = True
-    val_tokens: int = (
-        VAL_TOKENS  # held-out tokens per val_loss, the same sequences for every batch size
-    )
+    val_tokens: int = VAL_TOKENS  # held-out tokens per val_loss, the same for every batch
 
     @property
     def budget_s(self) -> float:
