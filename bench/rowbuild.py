@@ -43,6 +43,7 @@ MEASURED = (
     "wall_s",
     "threads",
     "cpu_affinity",
+    "cpu_malloc",
     "world_size",
     "dp",
     "global_batch",

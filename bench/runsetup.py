@@ -102,6 +102,8 @@ class Run:
         """Effective settings, world, memory, MFU and environment columns of the row."""
         import torch
 
+        from train import cpumem
+
         from .envinfo import env_info
 
         per_device = tokens_per_s / self.world if math.isfinite(tokens_per_s) else math.nan
@@ -115,6 +117,7 @@ class Run:
             "global_batch": self.tcfg.data.batch_size * self.tcfg.data.acc_steps * self.world,
             "threads": torch.get_num_threads(),
             "cpu_affinity": _affinity(),
+            "cpu_malloc": cpumem.mode(),
             "mfu": math.nan if mfu is None else mfu,
             "peak_mem_mb": _peak_mem_mb(self.cuda),
         }
@@ -165,7 +168,11 @@ def _device(name: str, world: int, local_rank: int):
 def _threads_and_affinity(spec: dict, cpu: bool, world: int) -> None:
     import torch
 
+    from train.cpumem import keep_freed_memory
+
     settings = spec.get("settings") or {}
+    if cpu:  # before the model is built: see train/cpumem.py (page faults were the sweep's noise)
+        keep_freed_memory()
     threads = settings.get("threads") or (1 if cpu else None)
     # On CPU default to one thread: with several, BLAS threads spin-wait whenever the machine is
     # shared, and a small matmul measured 50x slower on a loaded 2-core box (timings become noise).

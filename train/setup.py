@@ -15,6 +15,7 @@ import torch.distributed as dist
 from model.config import PRESETS, ModelConfig, UserError
 from model.costs import num_params
 from train.config import TrainConfig
+from train.cpumem import keep_freed_memory
 
 # The seed's model when no preset is given (upstream `src/config/base.py` defaults).
 SEED_DEFAULT_CFG = ModelConfig(n_layer=24, n_embd=768, n_head=12, tie_embeddings=True)
@@ -45,6 +46,8 @@ def init_distributed(device_arg: str) -> tuple[int, int, torch.device]:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     else:
         device = torch.device(device_arg)
+    if device.type == "cpu":
+        keep_freed_memory()  # steady CPU steps: no page faults per step (train/cpumem.py)
     return rank, world, device
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def test_sweep_from_another_directory_with_relative_paths(tmp_path):
         assert (x["device"], x["kernels"], x["dtype"]) == ("cpu", "torch", "float32")
         assert (x["kernels_requested"], x["dtype_requested"]) == ("auto", "bfloat16")
         assert x["threads"] == 1 and len(x["cpu_affinity"].split(",")) == 1  # pinned
+        assert x["cpu_malloc"] == ("recycle" if platform.libc_ver()[0] == "glibc" else "system")
         assert x["windows"] >= 2 and x["window_steps"] > 1 and x["step_spread"] >= 1.0
         assert 0 < x["host_ms"] and x["step_ms_p10"] <= x["step_ms_median"] <= x["step_ms_p90"]
         assert x["tokens_per_s"] == pytest.approx(4 * 64 / (x["step_ms_median"] / 1e3))
