@@ -287,7 +287,7 @@ def grid_rows(a) -> list[dict]:
             raise UserError("use either --grid FILE or grid flags, not both")
         rows = gridmod.read_grid_file(a.grid, a.preset, a.max_configs)
     else:
-        rows = gridmod.expand(smoke.scale_grid(lists), a.preset, a.max_configs)
+        rows = gridmod.expand(smoke.scale_grid(lists), smoke.scale_preset(a.preset), a.max_configs)
     if not rows:
         raise UserError("the grid is empty")
     return rows

@@ -10,6 +10,16 @@ and the coefficients are unscaled afterwards; a positive rescaling keeps them >=
 Scoring. Every number we report is held out: k-fold CV over distinct configs (repeats of a config
 stay in one fold), scored as MAPE, worst APE and R^2 of the held-out predictions. The feature set is
 chosen by that held-out MAPE, never by training error; nested CV scores the choice itself.
+
+Choice. Among the candidate sets, the one with the fewest features whose held-out MAPE is within
+one standard error of the lowest (the one-standard-error rule of Breiman et al. 1984, Hastie,
+Tibshirani & Friedman, "The Elements of Statistical Learning", 2nd ed., section 7.10). The SE is
+that of the best set's MAPE over configs (a config's rows averaged first). Greedy forward
+selection adds features while they lower the held-out MAPE, and takes the shortest prefix of its
+path under the same rule. Sets within the noise of the best fit it equally well in CV, and the
+smaller one carries further outside the fitted range: on examples/cpu_sweep the 8-feature minimum
+extrapolated from one sequence length to another with up to 2.5x the error of a 5-feature set one
+SE away.
 """
 
 from __future__ import annotations
@@ -32,15 +42,19 @@ def fit_nnls(X: np.ndarray, y: np.ndarray, objective: str = "relative") -> tuple
     return float(coef[0]), coef[1:]
 
 
-def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
-    """MAPE and worst APE in %, and R^2 of the step times (seconds)."""
+def metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray | None = None) -> dict:
+    """MAPE and worst APE in %, R^2 of the step times (seconds), and `se`, the standard error of
+    the MAPE over configs (`groups`: a config's rows count once; None: every row a config)."""
     ss_res = float(np.sum((y - pred) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     ape = np.abs(pred - y) / y * 100.0
+    per = ape if groups is None else np.array([ape[groups == g].mean() for g in np.unique(groups)])
+    se = float(per.std(ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0
     return {
         "mape": float(ape.mean()),
         "max_ape": float(ape.max()),
         "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else None,
+        "se": se,
         "n": int(len(y)),
     }
 
@@ -86,28 +100,49 @@ def matrix(F: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
 Folds = list[np.ndarray]  # test-index arrays, one per fold (see group_folds)
 
 
-def cv_score(F: dict, names: list[str], y: np.ndarray, folds: Folds, objective="relative") -> dict:
+def cv_score(
+    F: dict, names: list[str], y: np.ndarray, folds: Folds, objective="relative", groups=None
+) -> dict:
     pred = held_out(matrix(F, names), y, folds, objective)
-    return metrics(y, pred) | {"features": list(names), "_pred": pred}
+    return metrics(y, pred, groups) | {"features": list(names), "_pred": pred}
 
 
-def forward_select(F: dict, pool: list[str], y, folds: Folds, objective="relative", min_gain=0.01):
+def one_se_choice(scores: dict[str, dict], key: str = "mape") -> str:
+    """The fewest-feature set whose `key` is within one SE of the lowest (ties: lower `key`)."""
+    best = min(scores, key=lambda n: scores[n][key])
+    bar = scores[best][key] + scores[best].get("se", 0.0)
+    near = [n for n in scores if scores[n][key] <= bar + 1e-12]
+    return min(near, key=lambda n: (len(scores[n]["features"]), scores[n][key]))
+
+
+def forward_path(
+    F: dict, pool: list[str], y, folds: Folds, objective="relative", min_gain=0.01, groups=None
+) -> list[dict]:
     """Greedy forward selection by held-out MAPE: add the feature that lowers it most, stop when
-    the best addition gains less than `min_gain` (relative)."""
+    the best addition gains less than `min_gain` (relative). Returns the scores of every prefix."""
+    path: list[dict] = []
     chosen: list[str] = []
-    best = cv_score(F, [], y, folds, objective)["mape"]
+    best = cv_score(F, [], y, folds, objective, groups)["mape"]
     while True:
         trials = [
-            (cv_score(F, chosen + [f], y, folds, objective)["mape"], f)
-            for f in pool
-            if f not in chosen
+            cv_score(F, chosen + [f], y, folds, objective, groups) for f in pool if f not in chosen
         ]
         if not trials:
-            return chosen
-        mape, f = min(trials)
-        if mape >= best * (1 - min_gain):
-            return chosen
-        chosen, best = chosen + [f], mape
+            return path
+        top = min(trials, key=lambda t: t["mape"])
+        if top["mape"] >= best * (1 - min_gain):
+            return path
+        chosen, best = top["features"], top["mape"]
+        path.append(top)
+
+
+def forward_select(F: dict, pool: list[str], y, folds: Folds, objective="relative", groups=None):
+    """The forward path's shortest prefix within one SE of its best (see one_se_choice)."""
+    path = forward_path(F, pool, y, folds, objective, groups=groups)
+    if not path:
+        return []
+    scores = {str(i): p for i, p in enumerate(path)}
+    return scores[one_se_choice(scores)]["features"]
 
 
 def select(
@@ -117,16 +152,16 @@ def select(
     folds: list[np.ndarray],
     objective: str = "relative",
     forward_pool: list[str] | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[str, dict[str, dict]]:
-    """Score every named set (and a greedy forward set) by CV; the winner has the lowest held-out
-    MAPE, ties broken by fewer features. Returns (winner name, {name: scores})."""
-    scores = {n: cv_score(F, usable(F, s), y, folds, objective) for n, s in sets.items()}
+    """Score every named set (and a greedy forward set) by CV; the winner is the fewest-feature
+    set within one SE of the lowest held-out MAPE. Returns (winner name, {name: scores})."""
+    scores = {n: cv_score(F, usable(F, s), y, folds, objective, groups) for n, s in sets.items()}
     if forward_pool:
-        fwd = forward_select(F, usable(F, forward_pool), y, folds, objective)
+        fwd = forward_select(F, usable(F, forward_pool), y, folds, objective, groups)
         if fwd:
-            scores["forward selection"] = cv_score(F, fwd, y, folds, objective)
-    best = min(scores, key=lambda n: (round(scores[n]["mape"], 6), len(scores[n]["features"])))
-    return best, scores
+            scores["forward selection"] = cv_score(F, fwd, y, folds, objective, groups)
+    return one_se_choice(scores), scores
 
 
 def nested_cv(
@@ -146,12 +181,12 @@ def nested_cv(
         tr = np.setdiff1d(np.arange(len(y)), te)
         sub = {n: v[tr] for n, v in F.items()}
         inner = group_folds(groups[tr], min(k, len(np.unique(groups[tr]))), seed=2)
-        name, sc = select(sub, sets, y[tr], inner, objective, forward_pool)
+        name, sc = select(sub, sets, y[tr], inner, objective, forward_pool, groups[tr])
         names = sc[name]["features"]
         c0, c = fit_nnls(matrix(sub, names), y[tr], objective)
         pred[te] = predict(c0, c, matrix({n: v[te] for n, v in F.items()}, names))
         picks.append(name)
-    return metrics(y, pred) | {"picked": picks}
+    return metrics(y, pred, groups) | {"picked": picks}
 
 
 def extrapolation_splits(df, groups: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -77,15 +77,21 @@ def fit_table(
 ) -> dict:
     """Everything `timemodel fit` reports and saves, from feature columns and step seconds `y`.
 
-    Every set is scored on `cv_repeats` different random k-fold splits; the winner has the lowest
-    mean held-out MAPE over them (one split of a small table is a noisy score)."""
+    Every set is scored on `cv_repeats` different random k-fold splits (one split of a small table
+    is a noisy score); the winner is the fewest-feature set whose mean held-out MAPE over them is
+    within one standard error of the lowest (`timemodel.fit.one_se_choice`)."""
     F, groups = feature_arrays(df), df["group"].to_numpy()
     cv_folds = tfit.group_folds(groups, folds)
     sets = paper_sets() | ({"given": features} if features else our_sets())
     pool = None if features else [f for f in costs.STEP_FEATURES if f in F]
-    best, scores = tfit.select(F, sets, y, cv_folds, objective, forward_pool=pool)
+    best, scores = tfit.select(F, sets, y, cv_folds, objective, forward_pool=pool, groups=groups)
+    path = (
+        tfit.forward_path(F, tfit.usable(F, pool), y, cv_folds, objective, groups=groups)
+        if pool
+        else []
+    )
     _resplit(scores, F, y, groups, folds, cv_repeats, objective)
-    best = min(scores, key=lambda n: (round(scores[n]["mape_mean"], 6), len(scores[n]["features"])))
+    best = tfit.one_se_choice(scores, key="mape_mean")
     if features:  # the user's set is the one saved; the paper's sets are only compared
         best = "given"
     names = scores[best]["features"]
@@ -101,8 +107,12 @@ def fit_table(
         "units": {f: unit_of(f)[0] for f in ["intercept"] + names},
         "objective": objective,
         "folds": folds,
-        "selected_by": f"lowest mean {folds}-fold held-out MAPE over {cv_repeats} random splits "
-        "(never training error)",
+        "selected_by": f"fewest features within one standard error of the lowest mean {folds}-fold "
+        f"held-out MAPE over {cv_repeats} random splits (never training error)",
+        "forward_path": [
+            {"features": p["features"], "mape": p["mape"], "se": p["se"], "max_ape": p["max_ape"]}
+            for p in path
+        ],
         "cv_repeats": cv_repeats,
         "held_out": cv[best],
         "cv": cv,
@@ -166,6 +176,17 @@ def table_lines(res: dict) -> list[str]:
         lines.append(f"{name:40s} {m['mape']:6.2f} {m['max_ape']:6.1f} {r2} {spread:>20s}{mark}")
         if name not in paper_sets() and name != "given":
             lines.append(f"    = {'+'.join(m['features']) or '(intercept only)'}")
+    best = res["cv"][res["feature_set"]]
+    low = min(res["cv"].values(), key=lambda m: m["mape_mean"])
+    lines.append(
+        f"chosen: the fewest features within one SE of the lowest mean MAPE "
+        f"({low['mape_mean']:.2f}% + SE {low.get('se', 0.0):.2f}) -> {res['feature_set']} "
+        f"({best['mape_mean']:.2f}%)"
+    )
+    path = res.get("forward_path") or []
+    if path:
+        steps = [f"{p['features'][-1]} {p['mape']:.2f}" for p in path]
+        lines.append("forward path (feature added: held-out MAPE%): " + " -> ".join(steps))
     rep = res.get("repeatability")
     if rep:
         lines.append(

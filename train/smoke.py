@@ -3,7 +3,8 @@
 The README's H100 commands (124M models, 5-minute sweeps, 15000 steps) cannot run in CI, yet every
 shell block of the README must be shown to work (tests/test_readme.py runs them all). With
 STEPTIME_SMOKE=1 in the environment, `train` and `bench sweep` keep every flag's meaning but shrink
-sizes: at most 2 layers of width 64, 64-token sequences, batches of 4, and 2 configs per sweep;
+sizes: at most 2 layers of width 64, 64-token sequences, batches of 4, and 2 configs per sweep
+(a sweep's or run's preset becomes `tiny`);
 runs over 1000 steps get 40, budgets over a minute get 1 second, a sweep's val_loss sample at
 most 1024 tokens. Nothing else reads the
 variable, and it is off by default.
@@ -72,6 +73,12 @@ def scale_grid(lists: dict[str, list[str]]) -> dict[str, list[str]]:
     if "n_embd" in out or "n_head" in out:
         out["n_head"] = ["2"]
     return out
+
+
+def scale_preset(name: str | None) -> str | None:
+    """A sweep's --preset: any preset but tiny becomes tiny (its width, vocab and sequence are the
+    base of every config the grid flags leave unset, and a 124M base made a smoke sweep slow)."""
+    return "tiny" if enabled() and name not in (None, "tiny") else name
 
 
 def scale_val_tokens(n: int) -> int:

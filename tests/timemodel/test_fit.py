@@ -141,6 +141,40 @@ def test_selection_uses_held_out_error_not_training_error():
     assert best == "a" and scores["a"]["mape"] < scores["a+noise"]["mape"]
 
 
+def test_one_se_rule_prefers_fewer_features_within_the_noise():
+    """A weak second feature lowers held-out MAPE by less than its SE: the 1-feature set is chosen;
+    a strong one (far beyond the SE) is kept."""
+    rng = np.random.default_rng(5)
+    a, b = rng.uniform(1, 100, 80), rng.uniform(1, 100, 80)
+    noise = 1 + 0.05 * rng.standard_normal(80)
+    folds = tfit.group_folds(np.arange(80), 5)
+    for weight, want in ((0.003, ["a"]), (0.1, ["a", "b"])):
+        F = {"a": a, "b": b}
+        y = (1.0 + 0.1 * a + weight * b) * noise
+        path = tfit.forward_path(F, ["a", "b"], y, folds, min_gain=0.0)
+        assert [p["features"] for p in path][0] == ["a"] and all(p["se"] > 0 for p in path)
+        if weight < 0.01:  # b's gain is real in CV but inside the SE
+            assert len(path) == 2 and path[1]["mape"] < path[0]["mape"] + path[0]["se"]
+        assert tfit.forward_select(F, ["a", "b"], y, folds) == want
+    scores = {
+        "big": {"mape": 5.0, "se": 0.5, "features": ["a", "b", "c"]},
+        "small": {"mape": 5.4, "se": 0.6, "features": ["a"]},
+        "far": {"mape": 9.0, "se": 0.1, "features": []},
+    }
+    assert tfit.one_se_choice(scores) == "small"  # 5.4 <= 5.0 + 0.5; "far" is outside
+    scores["small"]["mape"] = 5.6
+    assert tfit.one_se_choice(scores) == "big"
+
+
+def test_se_counts_a_config_once_whatever_its_repeats():
+    y = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 2.0])
+    pred = np.array([1.1, 1.1, 1.1, 1.1, 2.0, 2.0])  # config 0 (4 rows) off by 10%, config 1 exact
+    rows = tfit.metrics(y, pred)["se"]
+    per_config = tfit.metrics(y, pred, np.array([0, 0, 0, 0, 1, 1]))["se"]
+    assert per_config == pytest.approx(np.std([10.0, 0.0], ddof=1) / np.sqrt(2))
+    assert rows < per_config  # 6 rows would claim more certainty than 2 configs give
+
+
 def test_group_folds_keep_repeats_together():
     groups = np.repeat(np.arange(10), 3)
     folds = tfit.group_folds(groups, 5)
@@ -203,8 +237,15 @@ def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsy
     tm = json.loads(out.read_text())
     for name in stepmodel.paper_sets():
         assert name in tm["cv"] and name in text
-    chosen = tm["cv"][tm["feature_set"]]["mape"]
-    assert all(chosen <= m["mape"] + 1e-9 for m in tm["cv"].values())
+    # the one-SE rule: within one SE of the lowest mean MAPE, and no smaller set is
+    low = min(tm["cv"].values(), key=lambda m: m["mape_mean"])
+    bar = low["mape_mean"] + low["se"]
+    chosen = tm["cv"][tm["feature_set"]]
+    assert chosen["mape_mean"] <= bar + 1e-9
+    n = len(chosen["features"])
+    assert not [m for m in tm["cv"].values() if len(m["features"]) < n and m["mape_mean"] <= bar]
+    assert tm["forward_path"] and "one standard error" in tm["selected_by"]
+    chosen = chosen["mape"]
     assert tm["held_out"]["mape"] == chosen and "nested_cv" in tm
     splits = tm["extrapolation"]
     assert "params: smaller half -> larger half" in splits
