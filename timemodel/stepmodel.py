@@ -208,18 +208,40 @@ def table_lines(res: dict) -> list[str]:
     return lines
 
 
+SHORT = {
+    "params only": "params",
+    "FLOPs only": "FLOPs",
+    "memory copies only": "bytes",
+    "Time Matters: params+FLOPs+bytes": "TM",
+    "launches+FLOPs+bytes": "L+F+B",
+    "launches+matmul/other FLOPs+bytes": "L+mo+B",
+    "launches+matmul FLOPs+bytes by class": "L+m+Bc",
+    "forward selection": "forward",
+}
+
+
 def extrapolation_lines(res: dict) -> list[str]:
+    """One line per split: the chosen model's MAPE / worst APE, verdict, then every set's MAPE."""
     best, cv_mape = res["feature_set"], res["held_out"]["mape"]
-    lines = ["extrapolation (train on one part, test on the other; MAPE% / worst%):"]
     names = list(res["cv"])
+    short = [SHORT.get(n, n[:8]) for n in names]
+    lines = [
+        "extrapolation (train on one part, test on the other): the chosen model's MAPE% / worst% "
+        f"(FAILS: over 1.5x its CV MAPE {cv_mape:.2f}% and 5%), then every set's MAPE%",
+        f"  {'split':36s} {'train':>5s} {'test':>5s} {'chosen':20s}"
+        + " ".join(f"{c:>7s}" for c in short),
+    ]
     for split, sc in res.get("extrapolation", {}).items():
-        head = f"  {split} (train {sc['_n_train']}, test {sc['_n_test']} rows)"
-        m = sc[best]["mape"]
+        m = sc[best]
         verdict = "FAILS" if fails(sc, best, cv_mape) else "holds"
-        lines.append(f"{head}: chosen model {verdict} (MAPE {m:.2f}% vs {cv_mape:.2f}% in CV)")
-        for n in names:
-            m = sc[n]
-            lines.append(f"    {n:42s} {m['mape']:7.2f} {m['max_ape']:7.1f}")
+        lines.append(
+            f"  {split.replace('sequence_length', 'T'):36s} {sc['_n_train']:5d} {sc['_n_test']:5d} "
+            f"{m['mape']:6.2f} / {m['max_ape']:5.1f} {verdict} "
+            + " ".join(f"{sc[n]['mape']:7.2f}" for n in names)
+        )
+    legend = [f"{c} = {n}" for c, n in zip(short, names) if c != n]
+    if legend:
+        lines.append("  (" + "; ".join(legend) + ")")
     return lines
 
 
