@@ -136,13 +136,16 @@ def forward_path(
         path.append(top)
 
 
-def forward_select(F: dict, pool: list[str], y, folds: Folds, objective="relative", groups=None):
+def shortest_within_se(path: list[dict]) -> list[str]:
     """The forward path's shortest prefix within one SE of its best (see one_se_choice)."""
-    path = forward_path(F, pool, y, folds, objective, groups=groups)
     if not path:
         return []
     scores = {str(i): p for i, p in enumerate(path)}
     return scores[one_se_choice(scores)]["features"]
+
+
+def forward_select(F: dict, pool: list[str], y, folds: Folds, objective="relative", groups=None):
+    return shortest_within_se(forward_path(F, pool, y, folds, objective, groups=groups))
 
 
 def select(
@@ -158,9 +161,11 @@ def select(
     set within one SE of the lowest held-out MAPE. Returns (winner name, {name: scores})."""
     scores = {n: cv_score(F, usable(F, s), y, folds, objective, groups) for n, s in sets.items()}
     if forward_pool:
-        fwd = forward_select(F, usable(F, forward_pool), y, folds, objective, groups)
+        path = forward_path(F, usable(F, forward_pool), y, folds, objective, groups=groups)
+        fwd = shortest_within_se(path)
         if fwd:
             scores["forward selection"] = cv_score(F, fwd, y, folds, objective, groups)
+            scores["forward selection"]["_path"] = path
     return one_se_choice(scores), scores
 
 

@@ -85,11 +85,7 @@ def fit_table(
     sets = paper_sets() | ({"given": features} if features else our_sets())
     pool = None if features else [f for f in costs.STEP_FEATURES if f in F]
     best, scores = tfit.select(F, sets, y, cv_folds, objective, forward_pool=pool, groups=groups)
-    path = (
-        tfit.forward_path(F, tfit.usable(F, pool), y, cv_folds, objective, groups=groups)
-        if pool
-        else []
-    )
+    path = scores.get("forward selection", {}).pop("_path", [])
     _resplit(scores, F, y, groups, folds, cv_repeats, objective)
     best = tfit.one_se_choice(scores, key="mape_mean")
     if features:  # the user's set is the one saved; the paper's sets are only compared
