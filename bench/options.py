@@ -42,6 +42,8 @@ class SweepOptions:
     wsd_final_lr_scale: float = 0.0
     retry: tuple[str, ...] = results.RETRY_DEFAULT
     repeat: int = 1
+    repeat_until: float = 0.0  # re-measure configs until their median's SE is <= this % (0: off)
+    max_repeat: int = 0  # most measurements per config with repeat_until (0: 3 * repeat)
     reference_every: int = 0  # re-time the reference config every N configs (0: never)
     drift_correct: bool = False
     pin: bool = True  # CPU workers: pin to cores (one per thread)
@@ -53,6 +55,11 @@ class SweepOptions:
     @property
     def budget_s(self) -> float:
         return 60.0 * self.minutes
+
+    @property
+    def repeat_cap(self) -> int:
+        """Most measurements of one config: --max-repeat, else 3 * --repeat."""
+        return self.max_repeat or 3 * self.repeat
 
     @property
     def timeout_s(self) -> float:
@@ -77,6 +84,18 @@ def check_options(opts: SweepOptions) -> None:
     for flag, v in (("--repeat", opts.repeat), ("--nproc-per-config", opts.nproc_per_config)):
         if v < 1:
             raise UserError(f"{flag} must be >= 1, got {v}")
+    if not (math.isfinite(opts.repeat_until) and opts.repeat_until >= 0):
+        raise UserError(f"--repeat-until must be a percentage >= 0, got {opts.repeat_until}")
+    if opts.max_repeat < 0:
+        raise UserError(f"--max-repeat must be >= 0, got {opts.max_repeat}")
+    if opts.max_repeat and not opts.repeat_until:
+        raise UserError("--max-repeat caps --repeat-until PCT: give that too (or drop it)")
+    if opts.repeat_until and opts.repeat < 3:
+        raise UserError(
+            f"--repeat-until needs --repeat 3 or more (a spread to start from), got {opts.repeat}"
+        )
+    if opts.repeat_until and opts.repeat_cap < opts.repeat:
+        raise UserError(f"--max-repeat {opts.max_repeat} is below --repeat {opts.repeat}")
     if opts.val_tokens < 1:
         raise UserError(f"--val-tokens must be >= 1, got {opts.val_tokens}")
     if opts.reference_every < 0:

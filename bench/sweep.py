@@ -24,7 +24,7 @@ import time
 
 from model.config import atomic_write
 
-from . import drift, proc, results, status
+from . import adaptive, drift, proc, results, status
 from .grid import config_id, in_shard, validate
 from .options import SweepOptions, measurement_settings, start_folder
 from .progress import Progress
@@ -207,9 +207,37 @@ def run_sweep(rows: list[dict], opts: SweepOptions, log=None) -> dict:
         specs = [s for s in specs if status.key_of(s) not in live]
     todo = _queue_with_references(specs, rows, opts)
     ran = _run_local(todo, opts, log)
+    if opts.repeat_until:
+        ran += _adaptive_rounds(rows, valid, opts, live, log)
     report = drift.report(opts, log) if opts.reference_every else None
     rows_now = results.load_rows(opts.out_dir)
     return {"rows": rows_now, "ran": ran, "drift": report, "held": [status.key_of(s) for s in held]}
+
+
+def _adaptive_rounds(rows, valid, opts: SweepOptions, live: set, log) -> list[dict]:
+    """--repeat-until: rounds of one more measurement of every still-uncertain config.
+
+    Each round is decided from the rows in the folder (so a rerun resumes it) and ends when no
+    config is above the target or every such config has --max-repeat measurements; a config
+    whose new measurement keeps failing is retried at most once per round, so the rounds end.
+    """
+    ran: list[dict] = []
+    for rnd in range(1, opts.repeat_cap - opts.repeat + 1):
+        have = results.load_rows(opts.out_dir)
+        todo = adaptive.next_repeats(
+            valid, have, opts.repeat, opts.repeat_until, opts.repeat_cap, opts.retry
+        )
+        todo = [t for t in todo if status.key_of({"config_id": t[1], "repeat": t[2]}) not in live]
+        if not todo:
+            break
+        log(
+            f"--repeat-until {opts.repeat_until:g}%: round {rnd}, {len(todo)} config(s) still "
+            "above it, measuring each once more"
+        )
+        specs = [make_spec(row, cid, rep, opts) for row, cid, rep in todo]
+        ran += _run_local(_queue_with_references(specs, rows, opts), opts, log)
+    log(adaptive.summary(valid, results.load_rows(opts.out_dir), opts.repeat_until))
+    return ran
 
 
 def _write_skipped(rows, opts: SweepOptions, have: list[dict], log) -> None:

@@ -116,6 +116,22 @@ def _add_timing(s) -> None:
         help="measure every config K times, interleaved (rows get a repeat index)",
     )
     s.add_argument(
+        "--repeat-until",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="after the K repeats, re-measure (in interleaved rounds) every config whose median "
+        "step time has a standard error above PCT%% of it, up to --max-repeat (0: off; needs "
+        "--repeat 3 or more)",
+    )
+    s.add_argument(
+        "--max-repeat",
+        type=int,
+        default=0,
+        metavar="M",
+        help="most measurements of one config under --repeat-until (0: 3 * --repeat)",
+    )
+    s.add_argument(
         "--reference-every",
         type=int,
         default=0,
@@ -265,6 +281,8 @@ def options(a) -> SweepOptions:
         wsd_final_lr_scale=a.wsd_final_lr_scale,
         retry=_retry(a.retry or ""),
         repeat=a.repeat,
+        repeat_until=a.repeat_until,
+        max_repeat=a.max_repeat,
         reference_every=a.reference_every,
         drift_correct=a.drift_correct,
         pin=not a.no_pin,
@@ -338,6 +356,7 @@ def _submit(a, rows, opts: SweepOptions) -> int:
     from .sweep import _write_skipped, plan
 
     local_only = {"--reference-every": opts.reference_every, "--gpus": opts.gpus}
+    local_only["--repeat-until"] = opts.repeat_until  # rounds decided from the rows as they land
     local_only["--cpu-cores"] = opts.cpu_cores  # cores of this machine, not of a job's
     given = [flag for flag, v in local_only.items() if v]
     if given:
