@@ -92,6 +92,19 @@ def next_repeats(
     return out
 
 
+def round_ratio(before: dict[str, list[float]], got: list[dict]) -> float | None:
+    """Median over a round's ok rows of (new step time / the config's median before the round).
+
+    The configs re-measured in a round are a subset, measured minutes after the others: if the
+    machine ran faster or slower then, their medians move for that reason alone. This ratio
+    reports it (None when no row of the round is ok)."""
+    ratios = []
+    for cid, times in config_times(got).items():
+        if before.get(cid):
+            ratios += [t / statistics.median(before[cid]) for t in times]
+    return statistics.median(ratios) if ratios else None
+
+
 def summary(valid: list[tuple[dict, str]], rows: list[dict], until_pct: float) -> str:
     """One line: how many configs' medians are known to within until_pct, and the worst one."""
     times = config_times(rows)

@@ -235,7 +235,15 @@ def _adaptive_rounds(rows, valid, opts: SweepOptions, live: set, log) -> list[di
             "above it, measuring each once more"
         )
         specs = [make_spec(row, cid, rep, opts) for row, cid, rep in todo]
-        ran += _run_local(_queue_with_references(specs, rows, opts), opts, log)
+        before = adaptive.config_times(have)
+        got = _run_local(_queue_with_references(specs, rows, opts), opts, log)
+        ran += got
+        ratio = adaptive.round_ratio(before, got)
+        if ratio is not None:  # a machine that drifted between rounds biases the re-measured
+            log(
+                f"round {rnd}: its configs took {ratio:.3f}x their median so far (a machine "
+                "that drifts between rounds shows here; 1 is steady)"
+            )
     log(adaptive.summary(valid, results.load_rows(opts.out_dir), opts.repeat_until))
     return ran
 

@@ -60,6 +60,8 @@ def test_noisy_configs_are_remeasured_in_rounds_quiet_ones_stop_and_a_rerun_adds
     assert configs[:9] == [(c, r) for r in range(3) for c in (quiet, noisy, noisier)]
     assert configs[9:] == [(c, r) for r in range(3, 7) for c in (noisy, noisier)]
     assert any("round 4, 2 config(s)" in m for m in logs)
+    ratios = [float(m.split("took ")[1].split("x")[0]) for m in logs if "x their median" in m]
+    assert len(ratios) == 4 and all(0.5 < r < 1.6 for r in ratios)
     assert "1 of 3 config(s)" in logs[-1] and "3-7 measurements" in logs[-1]
     seen.clear()
     sweep.run_sweep(rows, opts, logs.append)  # everything is done: the rerun measures nothing
@@ -67,6 +69,17 @@ def test_noisy_configs_are_remeasured_in_rounds_quiet_ones_stop_and_a_rerun_adds
     # a larger cap resumes the rounds from the rows in the folder, at the next repeat index
     sweep.run_sweep(rows, SweepOptions(**{**opts.__dict__, "max_repeat": 8}), logs.append)
     assert [(cid, rep) for k, cid, rep in seen if k == "config"] == [(noisy, 7), (noisier, 7)]
+
+
+def test_round_ratio_reports_a_machine_that_sped_up():
+    before = {"a": [10.0, 11.0, 12.0], "b": [20.0, 20.0, 22.0]}
+    got = [
+        {"config_id": "a", "status": "ok", "step_ms_median": 8.8},
+        {"config_id": "b", "status": "ok", "step_ms_median": 16.0},
+        {"config_id": "b", "status": "oom"},
+    ]
+    assert adaptive.round_ratio(before, got) == pytest.approx(0.8)
+    assert adaptive.round_ratio(before, got[2:]) is None
 
 
 def test_failed_and_unfinished_configs_take_no_part():
