@@ -112,6 +112,25 @@ def check_options(opts: SweepOptions) -> None:
         check_cores(opts)
 
 
+def check_gpus(gpus: list[str]) -> None:
+    """Every --gpus id names a GPU of this machine."""
+    if not gpus:
+        return
+    bad = [g for g in gpus if not g.isdigit()]
+    if bad:
+        raise UserError(f"--gpus takes GPU ids like 0,1; got {','.join(bad)}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--gpus {','.join(gpus)}: this machine has no CUDA GPU")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in visible.split(",")] if visible else None
+    ids = ids or [str(i) for i in range(torch.cuda.device_count())]
+    missing = [g for g in gpus if g not in ids]
+    if missing:
+        raise UserError(f"--gpus {','.join(missing)}: not on this machine (GPUs: {','.join(ids)})")
+
+
 def check_cores(opts: SweepOptions) -> None:
     """--cpu-cores names cores this process may run on, and pinning is on."""
     if not opts.pin:

@@ -13,7 +13,7 @@ from train.schedules import DECAY_TYPES
 
 from . import grid as gridmod
 from . import results
-from .options import SCHEDULERS, TIMINGS, VAL_TOKENS, SweepOptions, check_options
+from .options import SCHEDULERS, TIMINGS, VAL_TOKENS, SweepOptions, check_gpus, check_options
 from .sweep import prepare, run_sweep
 
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
@@ -85,6 +85,9 @@ def add_sweep(sub) -> None:
     s.set_defaults(func=sweep_cmd)
 
 
+MAX_REPEAT_HELP = "most measurements of one config under --repeat-until (0: 3 * --repeat)"
+
+
 def _add_timing(s) -> None:
     s.add_argument(
         "--timing",
@@ -124,13 +127,7 @@ def _add_timing(s) -> None:
         "step time has a standard error above PCT%% of it, up to --max-repeat (0: off; needs "
         "--repeat 3 or more)",
     )
-    s.add_argument(
-        "--max-repeat",
-        type=int,
-        default=0,
-        metavar="M",
-        help="most measurements of one config under --repeat-until (0: 3 * --repeat)",
-    )
+    s.add_argument("--max-repeat", type=int, default=0, metavar="M", help=MAX_REPEAT_HELP)
     s.add_argument(
         "--reference-every",
         type=int,
@@ -309,25 +306,6 @@ def grid_rows(a) -> list[dict]:
     if not rows:
         raise UserError("the grid is empty")
     return rows
-
-
-def check_gpus(gpus: list[str]) -> None:
-    """Every --gpus id names a GPU of this machine."""
-    if not gpus:
-        return
-    bad = [g for g in gpus if not g.isdigit()]
-    if bad:
-        raise UserError(f"--gpus takes GPU ids like 0,1; got {','.join(bad)}")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(f"--gpus {','.join(gpus)}: this machine has no CUDA GPU")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [x.strip() for x in visible.split(",")] if visible else None
-    ids = ids or [str(i) for i in range(torch.cuda.device_count())]
-    missing = [g for g in gpus if g not in ids]
-    if missing:
-        raise UserError(f"--gpus {','.join(missing)}: not on this machine (GPUs: {','.join(ids)})")
 
 
 def sweep_cmd(a) -> int:
