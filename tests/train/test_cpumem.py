@@ -53,10 +53,13 @@ def _faults(mode: str) -> float:
 
 def test_freed_memory_is_reused_without_page_faults():
     default, recycled = _faults("system"), _faults("recycle")  # minor page faults per step
-    assert default > 1000, default  # glibc's default maps and faults the activations every step
-    # kept in the heap, re-used as they are: measured 60-80 faults per step left (Python's own
-    # allocations) against 1500+, so a tenth is a bound that a regression cannot pass
-    assert recycled < default / 10, (recycled, default)
+    # glibc's default maps and faults the activations in again, step after step; how many depends
+    # on its dynamic mmap threshold and on what lies at the heap's top: 870-1600 per step measured
+    assert default > 400, default
+    # kept in the heap, re-used as they are: 60-80 faults per step left (Python's own allocations).
+    # A regression leaves recycled near default, so a quarter is a bound it cannot pass, with room
+    # for a loaded machine
+    assert recycled < default / 4, (recycled, default)
 
 
 def test_mode_reports_system_before_the_call():
