@@ -373,6 +373,16 @@ def flops(V, L, d, H, G, f, T, B, mlp_mats, params, wpe, nonembed, ckpt=0, drop=
     }
 
 
+def scores(L, H, T, B, ckpt=0):
+    """Elements of the T x T attention scores one micro-step forms: L*B*H*T^2 per pass, for the
+    forward, the backward (counted as one pass: it re-forms the scores and their gradients) and the
+    recomputed forward under checkpointing. Causal masking is not discounted (as in `flops`). The
+    work per score (scale, mask, exp, max, sum) does not shrink with the head width as the FLOPs
+    do, so narrow heads at long sequences cost more than the FLOPs say. Equals the elements of
+    softmax and softmax-backward on the math SDPA path (tests/model/test_costs.py)."""
+    return (2 + ckpt) * L * B * H * T * T
+
+
 def params(V, L, d, H, G, f, T, tie, bias, llama) -> dict:
     """Parameter counts; `llama` is 1 for arch "llama", 0 for "gpt2" (numbers or arrays)."""
     kvd = G * (d // H)

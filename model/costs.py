@@ -66,6 +66,7 @@ STEP_FEATURES = (
     "flops",  # exact training FLOPs per step (matmul_flops + other_flops), recompute included
     "matmul_flops",  # FLOPs of the dense linear layers (cuBLAS GEMMs), LM head included
     "other_flops",  # the rest of "flops": attention QK^T and PV inside the fused SDPA kernel
+    "attention_scores",  # elements of the T x T attention scores per step (_opcount.scores)
     "bytes",  # device-memory traffic per step (the sum of the bytes_<class> below)
     *(f"bytes_{k}" for k in _ops.CLASSES),  # traffic by op class (model._opcount.CLASSES)
     "launches",  # kernel launches per step (dispatched aten ops + Triton kernels, see traffic.py)
@@ -214,9 +215,9 @@ def _features(counted: dict, fl: dict, env: dict, dp) -> dict:
         flops=acc * fl["exact"],
         matmul_flops=acc * fl["matmul"],
         other_flops=acc * fl["other"],
-        # Ring all-reduce: each device sends (and receives) 2 (dp - 1) / dp of the buffer
-        # (Patarasuk & Yuan 2009, J. Parallel Distrib. Comput. 69(2); the "bus bandwidth" of
-        # NVIDIA nccl-tests, doc/PERFORMANCE.md); the buffer is the fp32 gradients.
+        attention_scores=acc * _ops.scores(env["L"], env["H"], env["T"], env["B"], env["ckpt"]),
+        # Ring all-reduce: each device sends (and receives) 2 (dp - 1) / dp of the fp32 gradients
+        # (Patarasuk & Yuan 2009, JPDC 69(2); "bus bandwidth" in nccl-tests doc/PERFORMANCE.md).
         allreduce_bytes=2 * (dp - 1) / dp * 4 * params,
     )
     return counted
@@ -274,9 +275,8 @@ def memory_traffic(
 
 
 def kernel_launches(cfg: ModelConfig, batch_size: int, **kw) -> dict:
-    """Kernel launches of one optimizer step by op class, and "total"; keyword arguments as
-    memory_traffic's. A launch is one dispatched aten op that does device work, or one Triton
-    kernel (defined in model/traffic.py); the count does not depend on batch_size."""
+    """Kernel launches of one step by op class, and "total"; keyword arguments as memory_traffic's.
+    A launch: a dispatched aten op doing device work, or a Triton kernel (model/traffic.py)."""
     unknown = sorted(set(kw) - set(_defaults()))
     if unknown:
         raise TypeError(f"kernel_launches() got unexpected keyword arguments {unknown}")

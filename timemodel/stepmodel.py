@@ -49,6 +49,7 @@ UNITS = {
     "matmul_flops": ("s per FLOP", "FLOP/s"),
     "other_flops": ("s per FLOP", "FLOP/s"),
     "launches": ("s per launch", "launches/s"),
+    "attention_scores": ("s per attention score", "scores/s"),
     "micro_steps": ("s per micro-step", None),
     "allreduce_bytes": ("s per all-reduced byte", "B/s"),
     "tokens": ("s per token", "tokens/s"),

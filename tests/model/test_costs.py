@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import costs
@@ -117,6 +118,35 @@ def test_exact_flops_with_activation_checkpointing(cfg, B):
     model = Transformer(cfg, activation_checkpointing=True)
     got = costs.train_flops(cfg, B, activation_checkpointing=True)["exact"]
     assert _counted_flops(model, x, y) == got > costs.train_flops(cfg, B)["exact"]
+
+
+class _SoftmaxElements(TorchDispatchMode):
+    """Counts the output elements of softmax and softmax-backward, which the math SDPA path runs
+    once per score per pass (its forward is _safe_softmax since torch 2.5)."""
+
+    OPS = ("aten._softmax", "aten._safe_softmax", "aten._softmax_backward_data")
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if str(func.overloadpacket) in self.OPS:
+            self.n += out.numel()
+        return out
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+@pytest.mark.parametrize("cfg,B", CONFIGS[:4])
+def test_attention_scores_equal_softmax_elements(cfg, B, ckpt):
+    x, y = _batch(cfg, B)
+    model = Transformer(cfg, activation_checkpointing=ckpt)
+    with _SoftmaxElements() as count, sdpa_kernel(SDPBackend.MATH):
+        model(x, y)[1].backward()
+    f = costs.step_features(cfg, B, acc_steps=3, activation_checkpointing=ckpt)
+    want = (2 + ckpt) * cfg.n_layer * B * cfg.n_head * cfg.sequence_length**2
+    assert count.n == want > 0 and f["attention_scores"] == 3 * want
 
 
 def test_other_conventions():
