@@ -17,9 +17,9 @@ Tibshirani & Friedman, "The Elements of Statistical Learning", 2nd ed., section 
 that of the best set's MAPE over configs (a config's rows averaged first). Greedy forward
 selection adds features while they lower the held-out MAPE, and takes the shortest prefix of its
 path under the same rule. Sets within the noise of the best fit it equally well in CV, and the
-smaller one carries further outside the fitted range: on examples/cpu_sweep the 8-feature minimum
-extrapolated from one sequence length to another with up to 2.5x the error of a 5-feature set one
-SE away.
+smaller one carries further outside the fitted range: on an earlier examples/cpu_sweep the
+8-feature minimum extrapolated from one sequence length to another with up to 2.5x the error of a
+5-feature set one SE away.
 """
 
 from __future__ import annotations

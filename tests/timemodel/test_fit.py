@@ -256,6 +256,18 @@ def test_cpu_sweep_fit_reports_comparison_extrapolation_and_plot(tmp_path, capsy
     assert tm["n_configs"] == pd.read_csv(CPU_SWEEP / "results.csv")["config_id"].nunique()
 
 
+def test_cpu_sweep_with_its_reference_timings_meets_the_accuracy_bar(tmp_path, capsys):
+    """Issue 12's bar on the shipped sweep (every measurement it made, each config's median):
+    held-out MAPE <= 5% and worst APE <= 15%. Fails if a change to model.costs loses accuracy."""
+    out = tmp_path / "tm.json"
+    tables = [str(CPU_SWEEP / "results.csv"), str(CPU_SWEEP / "reference_results.csv")]
+    assert main(["fit", *tables, "--aggregate", "median", "--out", str(out)]) == 0
+    tm = json.loads(out.read_text())
+    assert tm["n_configs"] >= 100 and "attention_scores" in tm["features"]
+    assert tm["held_out"]["mape"] <= 5.0 and tm["held_out"]["max_ape"] <= 15.0, tm["held_out"]
+    assert "repeatability MAPE" in capsys.readouterr().out
+
+
 def test_parquet_table_and_status_filter(tmp_path, capsys):
     df = _synthetic_table(n=30)
     df["status"] = "ok"
