@@ -22,6 +22,7 @@ from timemodel.io import (
     read_table,
     read_tables,
     require_columns,
+    unread_reference,
     write_json,
 )
 from timemodel.table import IDENTITY, load_step_table
@@ -83,6 +84,9 @@ def _fit_features(text: str | None) -> list[str] | None:
 def cmd_fit(args) -> int:
     what = ", ".join(args.inputs)
     df = read_tables(args.inputs)
+    for ref in unread_reference(args.inputs):
+        print(f"note: {ref} holds the sweep's re-timings of its reference config, measurements "
+              f"like any other; add `{ref}` to the tables to fit with them too")  # fmt: skip
     table, y = load_step_table(df, time_col=args.time_col, time_unit=args.time_unit, what=what)
     feats = _fit_features(args.features)
     raw_repeatability = ttable.repeatability(table["group"].to_numpy(), y)

@@ -27,16 +27,31 @@ DATASETS = {
 
 
 def dataset_path(path: str | Path) -> Path:
-    """`path` itself, or the shipped table it names (see DATASETS) when no such path exists."""
+    """`path` itself, or the shipped table it names (see DATASETS) when no such path exists;
+    `name/sub/path` names a file or folder inside a shipped folder (`cpu_sweep/reference`)."""
     p = Path(path)
-    if p.exists() or str(path) not in DATASETS:
+    name, *rest = p.parts or ("",)
+    if p.exists() or name not in DATASETS:
         return p
-    if not DATASETS[str(path)].exists():
+    if not DATASETS[name].exists():
         raise UserError(
-            f"{path}: the shipped example is not in this install ({DATASETS[path]}); "
+            f"{path}: the shipped example is not in this install ({DATASETS[name]}); "
             "run from a clone of the steptime repository or pass a table's path"
         )
-    return DATASETS[str(path)]
+    return DATASETS[name].joinpath(*rest)
+
+
+def unread_reference(paths: list[str]) -> list[str]:
+    """The reference tables (`<sweep>/reference/results.*`, written by `bench sweep
+    --reference-every`) of the sweep folders in `paths` that `paths` does not also name."""
+    named = {dataset_path(p).resolve() for p in paths}
+    out = []
+    for p in paths:
+        ref = dataset_path(p) / "reference"
+        if dataset_path(p).is_dir() and ref.is_dir() and ref.resolve() not in named:
+            if any((ref / n).is_file() for n in RESULT_FILES):
+                out.append(str(Path(p) / "reference"))
+    return out
 
 
 def _resolve(path: str | Path) -> Path:

@@ -95,6 +95,7 @@ CASES = {
     "top zero": "{S} --hours 1 --top 0",
     "describe gqa": "describe --n-layer 2 --n-embd 64 --n-head 8 --n-kv-head 3",
     "fit missing table": "fit {missing} --out {out}",
+    "fit missing shipped sub-table": "fit cpu_sweep/nope --out {out}",
     "fit too few": "fit {runs} --out {out}",
     "fit-loss too few": "{L} --drop-highest 4",
     "fit-loss no column": "fit-loss {runs} --out {out} --params-col X",
