@@ -8,16 +8,23 @@ Python, at the mercy of the machine's speed from one second to the next), and a 
 its repeats where they are least needed.
 
 The uncertainty is the standard error of the median of the config's repeat medians
-(`step_ms_median` of its rows), in percent of that median, from a robust spread:
+(`step_ms_median` of its rows), in percent of that median: the larger of two estimates,
 
-    sigma = 1.4826 * MAD        (the normal-consistent median absolute deviation)
-    SE(median) = 1.2533 * sigma / sqrt(n)
+    MAD:    1.2533 * 1.4826 * MAD / sqrt(n)
+            (1.4826 * MAD: the normal-consistent spread; 1.2533 = sqrt(pi / 2), the median's
+            efficiency loss against the mean for normal samples)
+    McKean-Schrader: (x_(n-c+1) - x_(c)) / (2 z),  c = round((n + 1) / 2 - z * sqrt(n / 4))
+            (z = 2.5758, the normal 0.995 quantile; x_(i) sorted; c at least 1. McKean &
+            Schrader 1984, "A comparison of methods for studentizing the sample median", Commun.
+            Stat. Simul. Comput. 13(6), 751-773; the estimate of scipy's stde_median in
+            scipy/stats/_mstats_basic.py, which has no c >= 1 floor and needs 7 values.)
 
-1.2533 = sqrt(pi / 2) is the asymptotic efficiency loss of the median against the mean for normal
-samples (e.g. Wilcox, *Introduction to Robust Estimation and Hypothesis Testing*, 4th ed., 2017,
-sec. 4.9); with K >= 3 repeats the MAD is defined but crude, which is why the rounds go on until
-the estimate itself settles. Everything here is recomputed from the rows in the folder, so a
-killed adaptive sweep resumes where it stopped.
+With a handful of timings the MAD alone is overconfident: four clustered values and one far off
+(a CPU config timed 4.40, 4.33, 5.02, 4.32 and 2.29 ms) read as a 1.2% error, while the median of
+five such draws can land anywhere in their range. The order-statistics estimate spans the whole
+range below 12 timings (c reaches 2 at 12), so one far value keeps a config in the rounds until
+`--max-repeat` or enough timings to set it aside. Everything here is recomputed from the rows in
+the folder, so a killed adaptive sweep resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -28,16 +35,22 @@ import statistics
 from . import results
 
 TIME_COL = "step_ms_median"
+Z995 = 2.5758293035489004  # the standard normal's 0.995 quantile
 
 
 def median_se_pct(times: list[float]) -> float:
-    """Standard error of the median of `times`, in percent of it (inf below 3 values)."""
-    if len(times) < 3:
+    """Standard error of the median of `times`, in percent of it (inf below 3 values): the
+    larger of the MAD and McKean-Schrader estimates (module docstring)."""
+    n = len(times)
+    if n < 3:
         return math.inf
     med = statistics.median(times)
     mad = statistics.median(abs(t - med) for t in times)
-    sigma = 1.4826 * mad
-    return 100.0 * 1.2533 * sigma / math.sqrt(len(times)) / med
+    se_mad = 1.2533 * 1.4826 * mad / math.sqrt(n)
+    x = sorted(times)
+    c = max(1, round((n + 1) / 2 - Z995 * math.sqrt(n / 4)))
+    se_ms = (x[n - c] - x[c - 1]) / (2 * Z995)
+    return 100.0 * max(se_mad, se_ms) / med
 
 
 def config_times(rows: list[dict]) -> dict[str, list[float]]:

@@ -13,14 +13,24 @@ from bench.options import SweepOptions, check_options
 from model.config import UserError
 
 
-def test_median_se_is_the_robust_standard_error_in_percent():
-    assert adaptive.median_se_pct([10.0, 10.0]) == math.inf  # too few to have a spread
-    assert adaptive.median_se_pct([10.0, 10.0, 10.0]) == 0.0
-    # median 10, MAD 1: sigma 1.4826, SE 1.2533 * 1.4826 / sqrt(5) = 0.831 -> 8.31%
-    assert adaptive.median_se_pct([9.0, 10.0, 11.0, 8.0, 12.5]) == pytest.approx(8.31, abs=0.01)
-    # one wild value moves the MAD estimate little (the mean's SE would jump)
-    se = adaptive.median_se_pct([10.0, 10.1, 9.9, 10.05, 100.0])
-    assert se < 1.5
+def test_median_se_is_the_larger_of_the_mad_and_mckean_schrader_estimates():
+    se = adaptive.median_se_pct
+    assert se([10.0, 10.0]) == math.inf  # too few to have a spread
+    assert se([10.0, 10.0, 10.0]) == 0.0
+    # 1..12: median 6.5. MAD 3: 1.2533 * 1.4826 * 3 / sqrt(12) = 1.609. McKean-Schrader:
+    # c = round(6.5 - 2.5758 * sqrt(3)) = 2, (x_11 - x_2) / (2 * 2.5758) = 9 / 5.1517 = 1.747
+    assert se([float(i) for i in range(1, 13)]) == pytest.approx(100 * 1.747 / 6.5, abs=0.01)
+    # median 10, MAD 1 (8.31%); below 12 values McKean-Schrader spans the range: 4.5 / 5.1517
+    assert se([9.0, 10.0, 11.0, 8.0, 12.5]) == pytest.approx(100 * 4.5 / 5.1517 / 10, abs=0.01)
+    # the MAD wins when the middle is spread and the extremes are not far off
+    assert se([8.0, 8.0, 9.0, 10.0, 11.0, 12.0, 12.0] * 2) == pytest.approx(
+        100 * 1.2533 * 1.4826 * 2 / math.sqrt(14) / 10, abs=0.01
+    )
+    # four timings clustered and one far off (a real 4-ms CPU config): the MAD alone reads
+    # 1.2% and would stop measuring it; the order statistics say its median is not known
+    assert se([4.40, 4.33, 5.02, 4.32, 2.29]) > 12.0
+    # with enough timings one wild value no longer counts
+    assert se([10.0, 10.1, 9.9, 10.05, 100.0, 10.02, 9.95, 10.03, 10.0, 9.98, 10.04, 10.01]) < 1.0
 
 
 def _fake_measure(noise: dict[str, float], seen: list):
