@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from model.config import ArgParser, run_cli
+from core import ArgParser, run_cli
 
 from . import kernels, status
 from .sweep_cli import HelpFormat, add_sweep

@@ -16,7 +16,7 @@ import json
 import math
 import os
 
-from model.config import atomic_write
+from core import atomic_write
 
 from . import results
 from .grid import validate

@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 from . import status as st
 from .job import ident_of, run_job, spec_key, spec_row

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from model.config import UserError
+from core import UserError
 
 OPS = ("==", "!=", "<=", ">=", "<", ">")
 _TOKEN = re.compile(

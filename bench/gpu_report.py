@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.config import ArgParser, UserError, atomic_write, percentile, run_cli
+from core import ArgParser, UserError, atomic_write, percentile, run_cli
 
 # (name, op, mode, shape, unit, goal, higher_is_better): the kernel targets at bf16.
 KERNEL_TARGETS = (

@@ -18,7 +18,8 @@ import json
 import math
 import os
 
-from model.config import PRESETS, ModelConfig, UserError, field_names
+from core import UserError
+from model.config import PRESETS, ModelConfig, field_names
 from train import config as tconfig
 
 # Run settings that are not ModelConfig fields; their types and docs come from TrainConfig. The

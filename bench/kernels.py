@@ -144,7 +144,7 @@ def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float
         b.record()
         torch.cuda.synchronize()
         ms.append(a.elapsed_time(b))
-    from model.config import percentile
+    from core import percentile
 
     return percentile(ms, 0.2), percentile(ms, 0.5), percentile(ms, 0.8)
 
@@ -330,7 +330,7 @@ def command(a) -> int:
     """`bench kernels`: time on a GPU; without one, the static report for --op and --dtype."""
     import torch
 
-    from model.config import UserError
+    from core import UserError
 
     ops = list(OPS) if a.op == "all" else [a.op]
     shapes = {op: list(DEFAULT_SHAPES[op]) for op in ops}
@@ -356,7 +356,7 @@ def command(a) -> int:
 
         import pandas as pd
 
-        from model.config import atomic_write
+        from core import atomic_write
 
         buf = io.StringIO()
         pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(buf, index=False)
@@ -368,8 +368,8 @@ def command(a) -> int:
 
 def _static(a) -> int:
     """No GPU: print (and with --out write) the AOT compile report of --op at --dtype."""
+    from core import atomic_write
     from kernels import aot
-    from model.config import atomic_write
 
     from .gpu_report import static_markdown
 

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 from . import results
 

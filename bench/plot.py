@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 MAX_LEGEND_GROUPS = 10  # more distinct values (or lines) than this get a colour scale
 # Columns that tell configs apart in the loss_vs_time legend (only the ones that vary are shown).

@@ -25,7 +25,7 @@ import threading
 import time
 
 from bench.proc import pid_alive
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 FINAL_STATUSES = ("ok", "oom", "nan", "error", "timeout", "skipped")
 # Failures of the harness itself: retried by a rerun unless the user says otherwise.

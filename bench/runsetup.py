@@ -153,7 +153,7 @@ def _peak_mem_mb(cuda: bool) -> float:
 def _device(name: str, world: int, local_rank: int):
     import torch
 
-    from model.config import UserError
+    from core import UserError
 
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -221,7 +221,7 @@ def setup(spec: dict, tcfg) -> Run:
     d = tcfg.data
     train_tok, val_tok, vocab = get_data(d.data, uint32=d.data_dtype == "uint32")
     if vocab > cfg.vocab_size:
-        from model.config import UserError
+        from core import UserError
 
         raise UserError(f"data vocab {vocab} > vocab_size {cfg.vocab_size}")
     model = Transformer(cfg).to(device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.config import UserError
+from core import UserError
 
 DEFAULT_COLUMNS = [
     "config_id",

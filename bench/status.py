@@ -30,7 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 from . import results
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from model.config import atomic_write
+from core import atomic_write
 
 from . import adaptive, drift, proc, results, status
 from .grid import config_id, in_shard, validate

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 
-from model.config import UserError
+from core import UserError
 from train import config as tconfig
 from train.schedules import DECAY_TYPES
 

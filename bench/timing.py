@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from model.config import percentile
+from core import percentile
 from train.schedules import lr_factor
 from train.timebudget import cooldown_start, plan_total_steps
 

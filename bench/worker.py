@@ -131,7 +131,7 @@ def _effective_columns(row: dict) -> dict:
 
 
 def _write(path: str, result: dict) -> None:
-    from model.config import atomic_write
+    from core import atomic_write
 
     atomic_write(path, json.dumps(result, default=str))
 

@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
+from core import ArgParser, UserError, run_cli
 from model import costs
-from model.config import ArgParser, UserError, run_cli
 from timemodel import models
 from timemodel import search as tsearch
 

@@ -13,8 +13,9 @@ launches (both are exact, so expect +0.00%). Takes seconds without --measure, ab
 
 from __future__ import annotations
 
+from core import ArgParser, UserError, run_cli
 from model import costs
-from model.config import PRESETS, SEED_REPORTED_PARAMS, ArgParser, UserError, run_cli
+from model.config import PRESETS, SEED_REPORTED_PARAMS
 
 TORCH_PATH = dict(kernels="torch", attention="sdpa", optimizer="torch_adamw")
 FUSED_PATH = dict(dtype="bfloat16", kernels="triton", attention="flash", optimizer="fused_adamw")

@@ -8,72 +8,16 @@ so on; its `--model llama|base` is `arch="llama"|"gpt2"` here.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import math
 import numbers
-import os
-import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from core import UserError
 
 KERNELS = ("torch", "triton")
 ATTENTIONS = ("sdpa", "flash")
 ARCHS = ("llama", "gpt2")
-
-
-class UserError(ValueError):
-    """Bad input from the user: printed by every CLI as one `error: ...` line, exit code 2.
-
-    The one error type of steptime's command lines (train, bench, timemodel). Library code raises
-    it for anything the user typed or pointed at (a flag, a file, a config); programming errors stay
-    ordinary exceptions.
-    """
-
-
-ConfigError = UserError  # the historical name, kept so `except ConfigError` reads naturally
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with one-line errors (raised as UserError) and every default shown in --help."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):  # argparse's usage dump is noise on a bad flag
-        raise UserError(f"{message} (see '{self.prog} --help')")
-
-
-def run_cli(
-    body: Callable[[Sequence[str]], int | None],
-    argv: Sequence[str] | None,
-    *,
-    interrupted: str = "",
-) -> int:
-    """Run a CLI body with steptime's one error path.
-
-    UserError (parsing included) and OSError print one `error: ...` line and return 2; Ctrl-C prints
-    one line (plus `interrupted`, e.g. how to resume) and returns 130. Anything else is a bug and
-    keeps its traceback.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return int(body(argv) or 0)
-    except UserError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        what = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-        print(f"error: {what}{where}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
-        return 130
 
 
 def seed_ffn_hidden(n_embd: int, multiple_of: int = 256) -> int:
@@ -241,48 +185,3 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Small stdlib helpers shared by every package (timemodel may import only this file and costs.py).
-
-
-def atomic_write(path: str, data: str | bytes | Callable[[Any], None]) -> None:
-    """Write `path` all-or-nothing: a temp file beside it, fsync, then `os.replace`.
-
-    `data` is text, bytes, or a callable that writes into the open binary file (e.g. torch.save).
-    On any failure the temp file is removed and the old `path` is left untouched; an OSError becomes
-    a one-line UserError naming the path (a full disk, a read-only folder, a file where a folder
-    should be).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            if callable(data):
-                data(fh)
-            else:
-                fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            why = e.strerror or str(e).splitlines()[0]
-            raise UserError(f"cannot write {path}: {why}") from None
-        if isinstance(e, RuntimeError) and "inline_container" in str(e):  # torch.save's disk error
-            raise UserError(f"cannot write {path}: {str(e).splitlines()[0]}") from None
-        raise
-
-
-def percentile(xs: Sequence[float], q: float) -> float:
-    """The q-quantile (q in [0, 1]) with linear interpolation (numpy's default); NaN if empty."""
-    s = sorted(xs)
-    if not s:
-        return math.nan
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)

@@ -32,9 +32,10 @@ from __future__ import annotations
 import functools
 import inspect
 
+from core import UserError
 from model import _opcount as _ops
 from model._poly import Poly
-from model.config import ATTENTIONS, KERNELS, ModelConfig, UserError
+from model.config import ATTENTIONS, KERNELS, ModelConfig
 
 FLOP_KEYS = ("exact", "kaplan", "porian", "chinchilla", "palm")
 TRAFFIC_KEYS = (*_ops.CLASSES, "total")

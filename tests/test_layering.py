@@ -1,7 +1,8 @@
 """Pins the import rules: imports only go downward.
 
-kernels (nothing of ours) <- model <- train <- bench; timemodel imports only model.config and
-model.costs, and never torch. model/config.py, model/costs.py, train/schedules.py and
+core (the ground floor: stdlib only, nothing of ours) <- kernels <- model <- train <- bench;
+timemodel imports only core, model.config and model.costs, and never torch. No import cycles, even
+between modules of one package. model/config.py, model/costs.py, train/schedules.py and
 train/config.py are stdlib only.
 Every file is parsed with `ast`, so the rule holds for lazy imports inside functions too.
 """
@@ -18,18 +19,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("kernels", "model", "train", "bench", "timemodel")
+PACKAGES = ("core", "kernels", "model", "train", "bench", "timemodel")
 
 # What each package may import from us (besides itself).
 ALLOWED = {
-    "kernels": set(),
-    "model": {"kernels"},
-    "train": {"model", "kernels"},
-    "bench": {"train", "model", "kernels"},
-    "timemodel": {"model.config", "model.costs"},
+    "core": set(),
+    "kernels": {"core"},
+    "model": {"core", "kernels"},
+    "train": {"core", "model", "kernels"},
+    "bench": {"core", "train", "model", "kernels"},
+    "timemodel": {"core", "model.config", "model.costs"},
 }
 # Modules that must stay importable without third-party packages.
 STDLIB_ONLY = (
+    "core/__init__.py",
+    "core/errors.py",
+    "core/files.py",
+    "core/stats.py",
     "model/config.py",
     "model/costs.py",
     "train/schedules.py",
@@ -111,7 +117,7 @@ def test_stdlib_only_modules(rel):
     path = ROOT / rel
     assert path.is_file(), f"{rel} is missing"
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    ours = {r[: -len(".py")].replace("/", ".") for r in STDLIB_ONLY}  # may import each other
+    ours = {r[: -len(".py")].replace("/", ".").removesuffix(".__init__") for r in STDLIB_ONLY}
     bad = [
         f"{rel}:{line} imports {mod}"
         for mod, line in _imports(path)
@@ -158,3 +164,76 @@ def test_code_cites_sources_not_internal_documents():
                 if pattern.search(line):
                     bad.append(f"{p.relative_to(ROOT)}:{i}")
     assert not bad, "internal documents or outside paths cited at " + ", ".join(bad[:20])
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (lazy imports inside functions included)."""
+    files = {_module_name(f): f for pkg in PACKAGES for f in _files(pkg)}
+    graph: dict[str, set[str]] = {}
+    for name, f in files.items():
+        deps = set()
+        for mod, _ in _imports(f):
+            # `from pkg import name` where name is not a module resolves to pkg (its __init__).
+            while mod and mod not in files:
+                mod = mod.rpartition(".")[0]
+            if mod and mod != name and not name.startswith(mod + "."):
+                deps.add(mod)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component with more than one module (Tarjan, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        work = [(v, iter(sorted(graph.get(v, ()))))]
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        while work:
+            node, it = work[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == node:
+                            break
+                    if len(comp) > 1:
+                        out.append(sorted(comp))
+            elif nxt not in index:
+                index[nxt] = low[nxt] = counter[0]
+                counter[0] += 1
+                stack.append(nxt)
+                on.add(nxt)
+                work.append((nxt, iter(sorted(graph.get(nxt, ())))))
+            elif nxt in on:
+                low[node] = min(low[node], index[nxt])
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_can_fail():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []

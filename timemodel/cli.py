@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from model.config import run_cli
+from core import run_cli
 from timemodel import cli_fit, cli_use, models
 from timemodel import table as ttable
 from timemodel.cli_args import Parser, opt

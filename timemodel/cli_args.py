@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from model.config import ArgParser
+from core import ArgParser
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

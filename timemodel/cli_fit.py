@@ -7,8 +7,8 @@ from collections import Counter
 
 import pandas as pd
 
+from core import UserError
 from model import costs
-from model.config import UserError
 from timemodel import isoflop, lawfit, losslaw, models, plots, stepmodel
 from timemodel import table as ttable
 from timemodel.io import (

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from model.config import UserError
+from core import UserError
 from timemodel import models, plots
 from timemodel import search as tsearch
 from timemodel.cli_args import opt
@@ -114,7 +114,7 @@ def _print(scored, order, dropped, head_note: bool) -> None:
 def _write_csv(path: str, scored: dict, order: np.ndarray) -> None:
     import pandas as pd
 
-    from model.config import atomic_write
+    from core import atomic_write
 
     cols = [
         "n_layer",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
+from core import UserError
 from model import costs
-from model.config import ModelConfig, UserError, get_preset
+from model.config import ModelConfig, get_preset
 from timemodel import cli_search, models
 from timemodel.cli_args import opt
 from timemodel.fit import predict_seconds

@@ -1,6 +1,6 @@
 """Reading tables (sweep dirs, CSV/JSONL/Parquet), checking numbers, writing JSON results.
 
-Everything the user points at that is wrong raises `model.config.UserError` with one line that says
+Everything the user points at that is wrong raises `core.UserError` with one line that says
 what to do; the CLI prints it as `error: ...` and exits 2.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 RESULT_FILES = ("results.csv", "results.jsonl", "results.parquet")
 DATA_DIR = Path(__file__).resolve().parent / "data"

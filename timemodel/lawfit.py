@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core import UserError
 from model import costs
-from model.config import UserError
 from timemodel import losslaw
 from timemodel.io import ok_rows, positive_numeric, require_columns
 from timemodel.table import config_of, normalize

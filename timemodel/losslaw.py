@@ -25,7 +25,7 @@ import itertools
 import numpy as np
 from scipy.optimize import minimize
 
-from model.config import UserError
+from core import UserError
 
 DELTA = 1e-3
 GRID = {

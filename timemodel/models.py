@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
+from core import UserError
 from model import costs
-from model.config import UserError
 from timemodel.io import read_json
 from timemodel.losslaw import EXPONENT_MAX
 

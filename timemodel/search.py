@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
+from core import UserError
 from model import costs
-from model.config import UserError
 from timemodel import models
 from timemodel.fit import predict_seconds
 from timemodel.losslaw import predict_loss

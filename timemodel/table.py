@@ -29,8 +29,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from core import UserError
 from model import costs
-from model.config import ModelConfig, UserError
+from model.config import ModelConfig
 from timemodel.io import ok_rows, positive_numeric, require_columns
 
 REQUIRED = ("n_layer", "n_embd", "n_head", "vocab_size", "sequence_length", "batch_size")

@@ -19,7 +19,7 @@ from collections import deque
 import torch
 from torch import nn
 
-from model.config import atomic_write
+from core import atomic_write
 
 
 class WindowSnapshots:

@@ -1,7 +1,7 @@
 """Checkpoints: model, optimizer (with its averages), averaging windows, RNG states, data position
 and the run's TrainConfig.
 
-Written with `model.config.atomic_write` (temporary file, fsync, rename), so a crash mid-write never
+Written with `core.atomic_write` (temporary file, fsync, rename), so a crash mid-write never
 leaves a truncated `ckpt.pt` and a failed write leaves no temporary file. RNG states are stored as
 plain lists and tensors so that `torch.load(weights_only=True)` reads them: no pickle of arbitrary
 objects. Everything read back is validated, so a crafted or damaged file is one clean error.
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 from train.config import TrainConfig
 
 CKPT_NAME = "ckpt.pt"

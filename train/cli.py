@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from model.config import ArgParser, UserError, run_cli
+from core import ArgParser, UserError, run_cli
 from train.cli_flags import add_config_flags, add_refused_flags, normalize
 from train.config import TrainConfig, field_default, field_index
 

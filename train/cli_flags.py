@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from model.config import UserError
+from core import UserError
 from train.config import SECTIONS, field_default, field_help
 
 # Extra spellings of a field's flag (besides --name-with-dashes and --name_with_underscores).

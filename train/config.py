@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.config import UserError
+from core import UserError
 from train.schedules import DECAY_TYPES, SCHEDULERS
 
 SCHEMA_VERSION = 2  # 1 = the flat `vars(args)` dicts written before TrainConfig existed

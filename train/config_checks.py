@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any
 
-from model.config import UserError
+from core import UserError
 from train.schedules import SCHEDULERS, check_schedule
 
 

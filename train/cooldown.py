@@ -12,7 +12,7 @@ import csv
 import io
 import os
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 from train import checkpoint as ckpt_io
 from train.config import TrainConfig
 from train.loop import run

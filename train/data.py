@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from model.config import UserError
+from core import UserError
 
 _SKIP_DIRS = ("site-packages", "test", "tests", "__pycache__", "idlelib")
 EMBEDDED_MAX_BYTES = 8 * 1024 * 1024  # caps load time (< 1 s) while giving ~8M tokens

@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Iterable
 
-from model.config import UserError
+from core import UserError
 
 WANDB_ID_FILE = "wandb_id.txt"  # lets a resumed run continue the same wandb run
 

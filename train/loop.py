@@ -21,8 +21,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from core import UserError
 from model import costs
-from model.config import UserError
 from train import checkpoint as ckpt_io
 from train import rundir
 from train.averaging import WindowSnapshots, swap_in, warn_window_files

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from model.config import UserError
+from core import UserError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

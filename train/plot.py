@@ -13,7 +13,7 @@ import json
 import math
 import os
 
-from model.config import UserError
+from core import UserError
 
 # Line styles of the validation curves, by weight set: (suffix of val_loss, label, marker, style).
 VAL_STYLES = (
@@ -227,7 +227,7 @@ def plot_run(run_dir: str, out: str | None = None, *, log_loss: bool = False) ->
     import matplotlib.pyplot as plt
     from matplotlib.legend import Legend
 
-    from model.config import atomic_write
+    from core import atomic_write
 
     fig = build_figure(run_dir, log_loss=log_loss)
     out = out or os.path.join(run_dir, "plot.png")

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from model.config import ArgParser, UserError, atomic_write, run_cli
+from core import ArgParser, UserError, atomic_write, run_cli
 from train.tokenizer import Codec, load_codec, parse_spec, pick_eot
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")

@@ -15,14 +15,14 @@ import os
 import re
 import shutil
 
-from model.config import UserError, atomic_write
+from core import UserError, atomic_write
 
 METRICS = "metrics.jsonl"
 WANDB_ID = "wandb_id.txt"  # train.logger.WANDB_ID_FILE: the wandb run a resumed run continues
 # A folder holding one of these is a run directory (and --overwrite removes exactly these).
 RUN_FILES = ("config.json", METRICS, "summary.json", "cooldown_table.csv", "plot.png", WANDB_ID)
 RUN_DIRS = ("latest", "ckpts", "avgs", "wandb")
-# model.config.atomic_write's temporary files: NAME.tmp.PID
+# core.atomic_write's temporary files: NAME.tmp.PID
 _TEMP = re.compile(r"\.tmp\.[0-9]+$")
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from model.config import ArgParser, UserError, run_cli
+from core import ArgParser, UserError, run_cli
 from train.data import padded_vocab
 from train.tokenizer import ByteCodec, Codec, load_codec, parse_spec
 

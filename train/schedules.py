@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from model.config import UserError
+from core import UserError
 
 SCHEDULERS = ("wsd", "cos", "linear", "cos_inf", "constant")
 DECAY_TYPES = ("linear", "sqrt", "cosine", "square", "mirror_cosine", "exp")

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.config import PRESETS, ModelConfig, UserError
+from core import UserError
+from model.config import PRESETS, ModelConfig
 from model.costs import num_params
 from train.config import TrainConfig
 from train.cpumem import keep_freed_memory

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from model.config import UserError
+from core import UserError
 
 EXTRA_HINT = "pip install 'steptime[prepare]'"
 # End-of-text spellings looked up in a tokenizer.json when --eot is "auto", in this order.

@@ -37,8 +37,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from core import UserError, atomic_write, run_cli  # noqa: E402
 from model import costs  # noqa: E402
-from model.config import ModelConfig, UserError, atomic_write, run_cli  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
 from timemodel import models  # noqa: E402
 from timemodel import search as tsearch  # noqa: E402
 

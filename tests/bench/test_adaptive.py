@@ -10,7 +10,7 @@ import pytest
 from bench import adaptive, results, sweep
 from bench.grid import config_id, expand
 from bench.options import SweepOptions, check_options
-from model.config import UserError
+from core import UserError
 
 
 def test_median_se_is_the_larger_of_the_mad_and_mckean_schrader_estimates():

@@ -25,7 +25,7 @@ from bench.plot import (
     plot_frame,
     step_time_figure,
 )
-from model.config import UserError
+from core import UserError
 
 PNGS = [
     "step_ms_vs_params.png",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import grid
-from model.config import UserError
+from core import UserError
 
 
 def test_expand_is_cartesian_over_a_preset():

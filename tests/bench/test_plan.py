@@ -13,7 +13,7 @@ from bench.grid import config_id, expand
 from bench.options import SweepOptions, check_folder_settings, check_options, measurement_settings
 from bench.sweep import _queue_with_references, plan
 from bench.worker import effective
-from model.config import UserError
+from core import UserError
 
 
 def _rows():

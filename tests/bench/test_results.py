@@ -11,7 +11,7 @@ import pytest
 
 from bench import results
 from bench.cli import main
-from model.config import UserError
+from core import UserError
 
 
 def _row(cid, status="ok", ms=1.0):

@@ -14,8 +14,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from core import UserError
 from model import costs
-from model.config import PRESETS, ModelConfig, UserError
+from model.config import PRESETS, ModelConfig
 from model.transformer import Transformer
 
 

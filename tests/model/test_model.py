@@ -11,7 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from model.config import ModelConfig, UserError
+from core import UserError
+from model.config import ModelConfig
 from model.transformer import Transformer
 
 

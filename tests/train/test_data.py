@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import UserError
+from core import UserError
 from train.data import Sampler, data_meta, embedded_corpus, get_data
 
 

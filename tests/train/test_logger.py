@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from model.config import UserError
+from core import UserError
 from train.logger import WANDB_ID_FILE, RunLogger, log_run, scalars
 
 RECORDS = [

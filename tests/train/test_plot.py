@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from model.config import UserError
+from core import UserError
 from train.plot import build_figure, plot_run, read_metrics, running_mean
 
 

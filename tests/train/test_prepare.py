@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tiny_bpe import documents, train_bpe, write_jsonl
 
-from model.config import UserError
+from core import UserError
 from train import prepare
 from train.data import META_NAME, get_data
 from train.tokenizer import load_codec

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_bpe import documents, train_bpe, write_jsonl
 
-from model.config import UserError
+from core import UserError
 from train import cli
 from train.sample import build_parser, find_checkpoint, generate, load_model, pick_codec, run_data
 from train.tokenizer import ByteCodec, HFCodec

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model.config import UserError
+from core import UserError
 from train.cli import main
 from train.schedules import lr_factor
 

@@ -1,0 +1,11 @@
+"""The ground floor: stdlib-only helpers every package may import (timemodel included).
+
+errors: UserError, the one error type of the command lines, and the CLI plumbing around it;
+files: all-or-nothing writes; stats: small numeric helpers.
+"""
+
+from core.errors import ArgParser, UserError, run_cli
+from core.files import atomic_write
+from core.stats import percentile
+
+__all__ = ["ArgParser", "UserError", "atomic_write", "percentile", "run_cli"]
