@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import sys
 
+from bench import kernelbench as kernels
+from bench.sweep import status
+from bench.sweep.cli import HelpFormat, add_sweep
 from core import ArgParser, run_cli
-
-from . import kernels, status
-from .sweep_cli import HelpFormat, add_sweep
 
 RESUME_HINT = "rerun the same command to resume: finished configs are kept"
 
@@ -76,7 +76,7 @@ def build_parser() -> ArgParser:
 
 
 def _merge(a) -> int:
-    from . import results
+    from bench.sweep import results
 
     rows = results.merge(a.dirs)
     results.write_rows(a.out, rows)
@@ -85,7 +85,7 @@ def _merge(a) -> int:
 
 
 def _show(a) -> int:
-    from .show import format_table, load_frame
+    from bench.sweep.show import format_table, load_frame
 
     cols = [c.strip() for c in a.columns.split(",") if c.strip()] if a.columns else None
     print(format_table(load_frame(a.dir), a.sort, a.filter, cols, descending=a.desc))
@@ -93,7 +93,7 @@ def _show(a) -> int:
 
 
 def _plot(a) -> int:
-    from .plot import plot_dir
+    from bench.sweep.plot import plot_dir
 
     for path in plot_dir(a.dir, a.out, color_by=a.color_by, loss_color_by=a.loss_color_by):
         print(path)

@@ -213,7 +213,7 @@ def run_sweep(out: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "bench", "sweep", "--minutes", "0.34", *SWEEP, "--no-progress"]
     _run(cmd + ["--out", str(sdir)], out / "logs" / "bench-sweep.log", 3600)
     _run([sys.executable, "-m", "bench", "plot", str(sdir)], out / "logs" / "bench-plot.log", 600)
-    from .results import load_rows
+    from bench.sweep.results import load_rows
 
     return load_rows(str(sdir)) if sdir.is_dir() else []
 

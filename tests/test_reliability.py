@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results
+from bench.sweep import results
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--n-head", "2", "--batch-size", "4", "--no-progress"]
@@ -193,7 +193,7 @@ def _make(tmp: Path, name: str) -> str:
     elif name == "results":
         results.write_rows(str(p), [{"config_id": "a", "status": "ok", "n_layer": 1}])
     elif name == "measured":
-        from bench.options import SweepOptions, check_folder_settings, measurement_settings
+        from bench.sweep.options import SweepOptions, check_folder_settings, measurement_settings
 
         p.mkdir()
         check_folder_settings(str(p), measurement_settings(SweepOptions(str(p), minutes=0.1)))

@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from bench import adaptive, results, sweep
-from bench.grid import config_id, expand
-from bench.options import SweepOptions, check_options
+from bench.sweep import adaptive, results
+from bench.sweep import run as sweep
+from bench.sweep.grid import config_id, expand
+from bench.sweep.options import SweepOptions, check_options
 from core import UserError
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.plot import (
+from bench.sweep.plot import (
     color_groups,
     config_labels,
     fit_line,
@@ -163,13 +163,13 @@ def test_loss_vs_time_legend_then_colour_scale():
 
 
 def test_plot_dir_passes_both_colour_columns(tmp_path, monkeypatch):
-    import bench.plot
-    from bench.results import append_row
+    import bench.sweep.plot
+    from bench.sweep.results import append_row
 
     for row in frame(sizes=(1e5,), batches=(4,)).to_dict("records"):
         append_row(str(tmp_path), row)
     seen = {}
-    monkeypatch.setattr(bench.plot, "plot_frame", lambda df, d, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(bench.sweep.plot, "plot_frame", lambda df, d, **kw: seen.update(kw) or [])
     plot_dir(str(tmp_path), color_by="n_layer", loss_color_by="batch_size")
     assert seen == {"color_by": "n_layer", "loss_color_by": "batch_size"}
 
@@ -181,7 +181,7 @@ def test_config_labels_name_only_what_differs():
 
 
 def test_plot_dir_writes_every_png_from_results(tmp_path):
-    from bench.results import append_row
+    from bench.sweep.results import append_row
 
     df = frame()
     for row in df.to_dict("records"):

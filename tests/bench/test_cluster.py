@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import results
-from bench import status as st
 from bench.cli import main
+from bench.sweep import results
+from bench.sweep import status as st
 
 pytest.importorskip("submitit", reason="the executor tests need submitit (pip install '.[test]')")
 

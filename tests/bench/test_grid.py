@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import grid
+from bench.sweep import grid
 from core import UserError
 
 

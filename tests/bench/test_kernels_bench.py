@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from bench import kernels as kb
+from bench import kernelbench as kb
 
 
 def test_bytes_formulas():

@@ -7,12 +7,17 @@ import math
 
 import pytest
 
-from bench import drift, results
 from bench.cli import build_parser
-from bench.grid import config_id, expand
-from bench.options import SweepOptions, check_folder_settings, check_options, measurement_settings
-from bench.sweep import _queue_with_references, plan
-from bench.worker import effective
+from bench.sweep import drift, results
+from bench.sweep.grid import config_id, expand
+from bench.sweep.options import (
+    SweepOptions,
+    check_folder_settings,
+    check_options,
+    measurement_settings,
+)
+from bench.sweep.run import _queue_with_references, plan
+from bench.worker.run import effective
 from core import UserError
 
 
@@ -153,14 +158,14 @@ def test_every_flag_has_help_and_a_readable_metavar():
 def test_progress_bar_only_on_a_terminal(monkeypatch):
     import sys
 
-    from bench.progress import Progress
+    from bench.sweep.progress import Progress
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert Progress(3, True).tqdm is None
 
 
 def test_cpu_pinning_takes_the_last_cores_and_keeps_shards_apart():
-    from bench.runsetup import pin_cores
+    from bench.worker.runsetup import pin_cores
 
     assert pin_cores([0, 1, 2, 3], 1, 0) == [3]
     assert pin_cores([0, 1, 2, 3], 1, 1) == [2]  # shard 1 beside shard 0

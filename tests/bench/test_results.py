@@ -9,8 +9,8 @@ import os
 import pandas as pd
 import pytest
 
-from bench import results
 from bench.cli import main
+from bench.sweep import results
 from core import UserError
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import results
 from bench.cli import main
-from bench.telemetry import COLUMNS as TELEMETRY
+from bench.sweep import results
+from bench.worker.telemetry import COLUMNS as TELEMETRY
 
 ROOT = Path(__file__).resolve().parents[2]
 # Empty by design on a CPU: GPU telemetry/identity, MFU (peak FLOPs are known for GPUs only),
@@ -113,9 +113,9 @@ def test_failures_are_rows_retried_by_policy_and_all_failed_exits_1(tmp_path, ca
 
 def test_two_process_config_runs_under_torchrun(tmp_path, monkeypatch):
     """--nproc-per-config 2: gloo DDP; the row has world_size 2 and tokens/s of both ranks."""
-    from bench.grid import config_id, expand
-    from bench.options import SweepOptions
-    from bench.sweep import make_spec, run_config
+    from bench.sweep.grid import config_id, expand
+    from bench.sweep.options import SweepOptions
+    from bench.sweep.run import make_spec, run_config
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     row = expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["4"]}, "tiny")[0]
@@ -129,8 +129,8 @@ def test_two_process_config_runs_under_torchrun(tmp_path, monkeypatch):
 
 def test_shard_plans_partition_the_cli_grid():
     """--shard i/n on the same flag grid: the planned configs partition the grid exactly."""
-    from bench.grid import config_id, expand
-    from bench.sweep import SweepOptions, prepare
+    from bench.sweep.grid import config_id, expand
+    from bench.sweep.run import SweepOptions, prepare
 
     lists = {"n_layer": ["1", "2", "3"], "n_embd": ["32", "64"], "batch_size": ["2", "4"]}
     rows = expand({**lists, "n_head": ["2", "3"]}, "tiny")  # n_head 3 rows are invalid

@@ -9,13 +9,14 @@ import sys
 
 import pytest
 
-from bench import executors, rowbuild, sweep
-from bench import status as st
 from bench.cli import main
-from bench.grid import config_id, expand
-from bench.options import SweepOptions
-from bench.progress import Progress
-from bench.sweep_cli import parse_cores, report
+from bench.sweep import executors, rowbuild
+from bench.sweep import run as sweep
+from bench.sweep import status as st
+from bench.sweep.cli import parse_cores, report
+from bench.sweep.grid import config_id, expand
+from bench.sweep.options import SweepOptions
+from bench.sweep.progress import Progress
 
 
 def _rows(n_layers=("1", "2")) -> list[dict]:
@@ -30,7 +31,7 @@ def _spec(tmp_path, **extra) -> dict:
 
 def test_one_process_per_node_on_several_nodes_still_runs_under_torchrun(tmp_path):
     spec = _spec(tmp_path, nproc_per_config=1)
-    assert sweep.worker_command(spec, "s", "r")[1:3] == ["-m", "bench.worker"]
+    assert sweep.worker_command(spec, "s", "r")[1:3] == ["-m", "bench.worker.run"]
     multi = dict(spec, nnodes=2, node_rank=1, master_addr="n0", master_port=29511)
     cmd = sweep.worker_command(multi, "s", "r")
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=1"], cmd
@@ -107,11 +108,11 @@ def test_the_chosen_cores_reach_the_worker(tmp_path):
     opts = SweepOptions(str(tmp_path), minutes=0.01, cpu_cores=(0, 1))
     row = _rows(["1"])[0]
     assert sweep.make_spec(row, config_id(row), 0, opts)["cpu_cores"] == [0, 1]
-    assert _spec(tmp_path)["cpu_cores"] is None  # chosen by the worker (bench.runsetup)
+    assert _spec(tmp_path)["cpu_cores"] is None  # chosen by the worker (bench.worker.runsetup)
 
 
 def test_plot_colour_flags_reach_plot_dir(tmp_path, monkeypatch, capsys):
-    from bench import plot
+    from bench.sweep import plot
 
     got = {}
     monkeypatch.setattr(
@@ -186,7 +187,7 @@ def test_a_failed_worker_reports_what_it_would_have_run(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, "-m", "bench.worker", str(tmp_path / "spec.json"), "res.json"]
+    cmd = [sys.executable, "-m", "bench.worker.run", str(tmp_path / "spec.json"), "res.json"]
     subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=120, check=True)
     res = json.loads((tmp_path / "res.json").read_text())
     assert res["status"] == "error"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.timing import Schedule, run_windows, summarize
+from bench.worker.timing import Schedule, run_windows, summarize
 from train.timebudget import cooldown_start
 
 

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from bench import rowbuild, timing
-from bench.grid import expand
-from bench.runsetup import setup
-from bench.timing import Clock, Schedule, run_windows
-from bench.worker import train_config
+from bench.sweep import rowbuild
+from bench.sweep.grid import expand
+from bench.worker import timing
+from bench.worker.run import train_config
+from bench.worker.runsetup import setup
+from bench.worker.timing import Clock, Schedule, run_windows
 from train.config import TrainConfig
 
 
@@ -83,7 +84,7 @@ def test_static_columns_come_from_costs_step_features(monkeypatch):
     "inject,exc", [("error", RuntimeError), ("oom", torch.cuda.OutOfMemoryError)]
 )
 def test_injected_failures_raise(inject, exc):
-    from bench.worker import run
+    from bench.worker.run import run
 
     spec = _spec()
     spec["row"] = {**spec["row"], "inject": inject}

@@ -2,9 +2,9 @@
 
 A sweep folder holds three kinds of evidence, and this module is the one place that combines them:
 
-- rows (`bench.results.load_rows`): the outcome of a finished config;
+- rows (`bench.sweep.results.load_rows`): the outcome of a finished config;
 - job records, `OUT/.jobs/submit-*.jsonl`, one JSON line per submitted config (config_id, job_id,
-  executor, host, log paths), written by `bench.executors` right after each submission;
+  executor, host, log paths), written by `bench.sweep.executors` right after each submission;
 - heartbeats, `OUT/.jobs/heartbeat/<config_id>.json`, written by the job itself when it starts and
   touched every HEARTBEAT_S seconds while it runs; on exit the job marks it ended.
 
@@ -30,9 +30,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from bench.sweep import results
 from core import UserError, atomic_write
-
-from . import results
 
 JOBS_DIR = ".jobs"
 HEARTBEAT_S = 15.0  # how often a running job touches its heartbeat

@@ -3,12 +3,12 @@
     bench sweep ... --executor slurm --slurm-partition gpu --slurm-gpus-per-task 1
     bench sweep ... --executor submitit-local      # the same job objects, run on this machine
 
-Every job runs `bench.sweep.run_config(spec, out_dir)` (the function the local executor uses),
-which measures one config in a child process and writes its row with `bench.results.append_row`,
+Every job runs `bench.sweep.run.run_config(spec, out_dir)` (what the local executor uses),
+which measures one config in a child process and writes its row with `results.append_row`,
 so array tasks on many nodes write into one `--out` without losing a row. The jobs belong to the
 scheduler: killing `bench sweep` after it has submitted loses nothing, the rows land when the jobs
 finish, and running the same command again submits only configs that are missing or failed and
-waits for the ones still running or queued (see `bench.status` for how that is decided).
+waits for the ones still running or queued (see `bench.sweep.status` for how that is decided).
 
 What lands in OUT/.jobs/: `submit-*.jsonl` (one JSON line per submitted config: config_id,
 job_id, executor, log paths), `heartbeat/<config_id>.json` (touched while a job runs), and
@@ -34,11 +34,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+from bench.sweep import status as st
+from bench.sweep.job import ident_of, run_job, spec_key, spec_row
+from bench.sweep.progress import Progress
 from core import UserError, atomic_write
-
-from . import status as st
-from .job import ident_of, run_job, spec_key, spec_row
-from .progress import Progress
 
 EXECUTORS = ("local", "submitit-local", "slurm")
 SLURM_MARGIN_MIN = 10  # Slurm time limit = the per-config timeout + this (start-up, imports)
@@ -354,15 +353,15 @@ def run_pending(
     if opts.detach:
         return None
     wait(out_dir, [spec_key(s) for s in specs], opts, log)
-    from . import results
+    from bench.sweep import results
 
     return results.load_rows(out_dir)
 
 
 def wait(out_dir: str, keys: list[str], opts: ExecutorOptions, log) -> None:
     """Poll the folder until none of `keys` is running or pending; report each as it ends."""
-    from . import results
-    from .rowbuild import summary_line
+    from bench.sweep import results
+    from bench.sweep.rowbuild import summary_line
 
     poll = opts.poll_s or (30.0 if opts.executor == "slurm" else 1.0)
     remaining = set(keys)

@@ -16,10 +16,9 @@ import json
 import math
 import os
 
+from bench.sweep import results
+from bench.sweep.grid import validate
 from core import atomic_write
-
-from . import results
-from .grid import validate
 
 
 def ref_group(shard: tuple[int, int] | None) -> str:

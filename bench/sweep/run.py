@@ -1,14 +1,14 @@
 """Run a sweep: one worker process per config, rows appended safely, resumable, shardable.
 
 The parent never imports torch for the measurement itself: each config runs in
-`python -m bench.worker SPEC RESULT` (or under torchrun for multi-process configs) in its own
+`python -m bench.worker.run SPEC RESULT` (or under torchrun for multi-process configs) in its own
 process group with a wall-clock timeout, so a crash, OOM, NaN or hang becomes a row with that
 status and the sweep goes on; workers die with the sweep (see `bench.proc`). Rows go through
-`bench.results.append_row`, so shards and Slurm array tasks can share one folder. Rerunning the
+`results.append_row`, so shards and Slurm array tasks can share one folder. Rerunning the
 same command runs only the configs without a final row: `error`/`timeout` rows (failures of the
 harness) are retried, `oom`/`nan` rows only with `--retry oom,nan`.
 
-Public API (also used by `bench.executors`): `plan(rows, opts) -> specs`, `run_config(spec,
+Public API (also used by `bench.sweep.executors`): `plan(rows, opts) -> specs`, `run_config(spec,
 out_dir) -> row`, `run_sweep(rows, opts) -> rows`.
 """
 
@@ -22,13 +22,13 @@ import sys
 import threading
 import time
 
+from bench import proc
+from bench.sweep import adaptive, drift, results, status
+from bench.sweep.grid import config_id, in_shard, validate
+from bench.sweep.options import SweepOptions, measurement_settings, start_folder
+from bench.sweep.progress import Progress
+from bench.sweep.rowbuild import failure_row, finish_row, summary_line
 from core import atomic_write
-
-from . import adaptive, drift, proc, results, status
-from .grid import config_id, in_shard, validate
-from .options import SweepOptions, measurement_settings, start_folder
-from .progress import Progress
-from .rowbuild import failure_row, finish_row, summary_line
 
 # ---------------------------------------------------------------------------------- planning
 
@@ -60,7 +60,7 @@ def make_spec(row: dict, cid: str, repeat: int, opts: SweepOptions, kind: str = 
         "timeout_s": opts.timeout_s,
         "nproc_per_config": opts.nproc_per_config,
         "cpu_slot": opts.shard[0] if opts.shard else 0,  # shards on one machine pin apart
-        "cpu_cores": list(opts.cpu_cores) or None,  # --cpu-cores (None: bench.runsetup picks)
+        "cpu_cores": list(opts.cpu_cores) or None,  # --cpu-cores (None: the worker picks)
         "gpu": None,
         "ref_group": drift.ref_group(opts.shard) if opts.reference_every else None,
     }
@@ -88,11 +88,11 @@ def plan(rows: list[dict], opts: SweepOptions, have: list[dict] | None = None) -
 def worker_command(spec: dict, spec_path: str, result_path: str) -> list[str]:
     n = int(spec.get("nproc_per_config") or 1)
     nnodes = int(spec.get("nnodes") or 1)
-    worker = ["-m", "bench.worker", spec_path, result_path]
+    worker = ["-m", "bench.worker.run", spec_path, result_path]
     if n <= 1 and nnodes <= 1:
         return [sys.executable, *worker]
     run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}"]
-    if nnodes > 1:  # multi-node (bench.executors fills these in per Slurm node)
+    if nnodes > 1:  # multi-node (bench.sweep.executors fills these in per Slurm node)
         run += [f"--nnodes={nnodes}", f"--node-rank={int(spec.get('node_rank') or 0)}"]
         run += [f"--master-addr={spec['master_addr']}", f"--master-port={spec['master_port']}"]
     else:

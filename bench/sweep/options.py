@@ -14,9 +14,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from bench.sweep import results
 from core import UserError, atomic_write
-
-from . import results
 
 TIMINGS = ("windows", "synced")
 SCHEDULERS = ("constant", "wsd")
@@ -47,7 +46,7 @@ class SweepOptions:
     reference_every: int = 0  # re-time the reference config every N configs (0: never)
     drift_correct: bool = False
     pin: bool = True  # CPU workers: pin to cores (one per thread)
-    cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.runsetup)
+    cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.worker.runsetup)
     nproc_per_config: int = 1
     progress: bool = True
     val_tokens: int = VAL_TOKENS  # held-out tokens per val_loss, the same for every batch

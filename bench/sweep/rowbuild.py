@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 import time
 
+from bench.sweep.grid import INJECT_KEY, SETTINGS, model_config
 from model.config import field_names
-
-from .grid import INJECT_KEY, SETTINGS, model_config
 
 MEASURED = (
     "step_ms_median",
@@ -93,7 +92,7 @@ def failure_row(row: dict, cid: str, status: str, message: str, repeat: int = 0)
 
 def finish_row(spec: dict, measured: dict) -> dict:
     """The row of one run: base + settings + static features + measurements + env."""
-    from .telemetry import COLUMNS
+    from bench.worker.telemetry import COLUMNS
 
     row = spec["row"]
     out = base_columns(row, spec["config_id"])

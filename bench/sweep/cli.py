@@ -7,14 +7,20 @@ import dataclasses
 import os
 import sys
 
+from bench.sweep import grid as gridmod
+from bench.sweep import results
+from bench.sweep.options import (
+    SCHEDULERS,
+    TIMINGS,
+    VAL_TOKENS,
+    SweepOptions,
+    check_gpus,
+    check_options,
+)
+from bench.sweep.run import prepare, run_sweep
 from core import UserError
 from train import config as tconfig
 from train.schedules import DECAY_TYPES
-
-from . import grid as gridmod
-from . import results
-from .options import SCHEDULERS, TIMINGS, VAL_TOKENS, SweepOptions, check_gpus, check_options
-from .sweep import prepare, run_sweep
 
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
 GRID_FLAGS = [k for k in gridmod.known_keys() if k != gridmod.INJECT_KEY]
@@ -77,10 +83,10 @@ def add_sweep(sub) -> None:
     _add_schedule(s)
     _add_running(s)
     try:
-        from . import executors
+        from bench.sweep import executors
 
         executors.add_flags(s)
-    except ImportError:  # bench.executors is optional
+    except ImportError:  # bench.sweep.executors is optional
         pass
     s.set_defaults(func=sweep_cmd)
 
@@ -320,7 +326,7 @@ def sweep_cmd(a) -> int:
     if getattr(a, "executor", "local") != "local":
         return _submit(a, rows, opts)
     if hasattr(a, "executor"):  # refuse --slurm-* / --detach without an executor that uses them
-        from . import executors
+        from bench.sweep import executors
 
         executors.options_from_args(a)
     check_gpus(opts.gpus)
@@ -329,9 +335,9 @@ def sweep_cmd(a) -> int:
 
 
 def _submit(a, rows, opts: SweepOptions) -> int:
-    from . import executors
-    from .options import start_folder
-    from .sweep import _write_skipped, plan
+    from bench.sweep import executors
+    from bench.sweep.options import start_folder
+    from bench.sweep.run import _write_skipped, plan
 
     local_only = {"--reference-every": opts.reference_every, "--gpus": opts.gpus}
     local_only["--repeat-until"] = opts.repeat_until  # rounds decided from the rows as they land
@@ -362,7 +368,7 @@ def report(
     """
     import pandas as pd
 
-    from .show import format_table
+    from bench.sweep.show import format_table
 
     ids = {cid for _, cid in valid}
     mine = [r for r in rows if r.get("config_id") in ids and r.get("kind", "config") == "config"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from . import results
+from bench.sweep import results
 
 TIME_COL = "step_ms_median"
 Z995 = 2.5758293035489004  # the standard normal's 0.995 quantile

@@ -3,7 +3,7 @@
 The run is the trainer's: a `train.config.TrainConfig` built from the sweep row (the optimizer
 settings, clipping and seeds are TrainConfig's defaults), the trainer's optimizer
 (`train.optim.optimizer_for`), data sampler and `train.step.train_step`. Untimed steps come first,
-then timed windows until the budget is spent (`bench.timing` documents the method), then one
+then timed windows until the budget is spent (`bench.worker.timing` documents the method), then one
 validation pass. The JSON result is written atomically by rank 0. Running in a child process means
 a crash, OOM, NaN or hang costs one row, never the sweep; the worker dies with the sweep
 (`bench.proc.die_with_parent`). Under torchrun (WORLD_SIZE > 1) the ranks form a gloo (CPU) or
@@ -77,8 +77,8 @@ def _inject(row: dict) -> None:
 
 def run(spec: dict) -> dict:
     """Measure one config; returns the result columns (status ok|oom|nan|error)."""
-    from .runsetup import setup
-    from .timing import Clock, Schedule, run_windows, summarize
+    from bench.worker.runsetup import setup
+    from bench.worker.timing import Clock, Schedule, run_windows, summarize
 
     _inject(spec["row"])
     r = setup(spec, train_config(spec, spec["row"]))
@@ -137,7 +137,7 @@ def _write(path: str, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .proc import die_with_parent
+    from bench.proc import die_with_parent
 
     die_with_parent()
     argv = sys.argv[1:] if argv is None else argv

@@ -1,4 +1,4 @@
-"""`bench show DIR`: the results table, filtered (`bench.filters`) and sorted."""
+"""`bench show DIR`: the results table, filtered (`bench.sweep.filters`) and sorted."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ DEFAULT_COLUMNS = [
 def load_frame(out_dir: str):
     import pandas as pd
 
-    from .results import has_results, load_rows
+    from bench.sweep.results import has_results, load_rows
 
     if not has_results(out_dir):
         raise UserError(f"no bench results in {out_dir} (expected results.jsonl or rows/*.jsonl)")
@@ -46,7 +46,7 @@ def format_table(
 
     Raises UserError with a one-line reason for a bad column or filter.
     """
-    from .filters import apply
+    from bench.sweep.filters import apply
 
     if query:
         df = apply(df, query)

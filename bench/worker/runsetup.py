@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .options import VAL_TOKENS
+from bench.sweep.options import VAL_TOKENS
 
 VAL_BATCH = 16  # sequences per validation batch
 VAL_SEED = 7919  # one validation sample for every config (not the training data seed)
@@ -88,7 +88,7 @@ class Run:
         return evaluate(self.step_model, self.val_batches, self.autocast, optimizer=self.opt)
 
     def telemetry(self):
-        from .telemetry import Telemetry
+        from bench.worker.telemetry import Telemetry
 
         if not self.cuda or self.rank != 0:
             return Telemetry(None)
@@ -102,9 +102,8 @@ class Run:
         """Effective settings, world, memory, MFU and environment columns of the row."""
         import torch
 
+        from bench.envinfo import env_info
         from train import cpumem
-
-        from .envinfo import env_info
 
         per_device = tokens_per_s / self.world if math.isfinite(tokens_per_s) else math.nan
         mfu = _mfu(per_device, self.cfg, self.device_name, self.dtype)
@@ -201,12 +200,11 @@ def setup(spec: dict, tcfg) -> Run:
     import torch
     import torch.distributed as dist
 
+    from bench.sweep.grid import model_config
+    from bench.worker.run import effective
     from model.transformer import Transformer
     from train.data import Sampler, get_data
     from train.optim import optimizer_for
-
-    from .grid import model_config
-    from .worker import effective
 
     row = spec["row"]
     world = int(os.environ.get("WORLD_SIZE", "1"))

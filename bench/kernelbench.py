@@ -346,7 +346,7 @@ def command(a) -> int:
                 raise UserError(str(e)) from None
     if not torch.cuda.is_available():
         return _static(a)
-    from .envinfo import env_info
+    from bench.envinfo import env_info
 
     env = env_info("cuda")
     env = {k: env.get(k) for k in ("gpu_name", "torch", "triton", "cuda", "git_sha")}
@@ -368,10 +368,9 @@ def command(a) -> int:
 
 def _static(a) -> int:
     """No GPU: print (and with --out write) the AOT compile report of --op at --dtype."""
+    from bench.gpu_report import static_markdown
     from core import atomic_write
     from kernels import aot
-
-    from .gpu_report import static_markdown
 
     print("no GPU here: kernel timings need CUDA; the AOT compile report instead", file=sys.stderr)
     only = None if a.op == "all" else a.op

@@ -1,7 +1,7 @@
 """The body of one sweep job, run by submitit on a compute node or in a submitit-local process.
 
-`run_job(spec, out_dir)` measures one config with `bench.sweep.run_config` (the function local
-sweeps use) while a heartbeat file says the job is alive; `bench.status` reads that file to tell
+`run_job(spec, out_dir)` measures one config with `bench.sweep.run.run_config` (what local
+sweeps use) while a heartbeat file says the job is alive; `status` reads that file to tell
 running jobs from dead ones. This module is imported on the nodes, so it keeps its imports light.
 """
 
@@ -13,11 +13,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import status as st
+from bench.sweep import status as st
 
 
 def spec_key(spec: dict) -> str:
-    """The folder key (config_id and repeat) of a spec, see `bench.status.key_of`."""
+    """The folder key (config_id and repeat) of a spec, see `bench.sweep.status.key_of`."""
     return st.key_of(ident_of(spec))
 
 
@@ -25,7 +25,7 @@ def ident_of(spec: dict) -> dict:
     row = spec_row(spec)
     cid = spec.get("config_id") or row.get("config_id")
     if not cid:
-        from .grid import config_id
+        from bench.sweep.grid import config_id
 
         cid = config_id(row)
     return {"config_id": cid, "repeat": int(spec.get("repeat", row.get("repeat")) or 0)}
@@ -86,12 +86,12 @@ def _job_env() -> _Env:
 
 
 def run_job(spec: dict, out_dir: str) -> dict:
-    """The body of one job: run one config with `bench.sweep.run_config` under a heartbeat.
+    """The body of one job: run one config with `bench.sweep.run.run_config` under a heartbeat.
 
     In a multi-node job every node calls run_config with its node rank (torchrun's rendezvous
     joins them); node 0 writes the row and the heartbeat.
     """
-    from .sweep import run_config
+    from bench.sweep.run import run_config
 
     env = _job_env()
     ident = ident_of(spec)

@@ -340,7 +340,7 @@ def plot_dir(
     loss_color_by: str = "params",
 ) -> list[str]:
     """Write the PNGs of a sweep folder (into DIR by default); returns their paths."""
-    from .show import load_frame
+    from bench.sweep.show import load_frame
 
     df = load_frame(out_dir)
     if "status" not in df.columns or not (df["status"] == "ok").any():
