@@ -51,6 +51,9 @@ def run_cli(
         what = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
         print(f"error: {what}{where}", file=sys.stderr)
         return 2
+    except RecursionError:  # a reader missed by core.files.read_json met a nesting bomb
+        print("error: input nested too deeply to read", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
         return 130

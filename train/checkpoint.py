@@ -101,6 +101,59 @@ def resolve(path: str) -> str:
     return path
 
 
+def step_of(path: str) -> int:
+    """The step of checkpoint file `path` (-1 if it cannot be read), without reading the tensors
+    into memory (mmap)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step = payload.get("step") if isinstance(payload, dict) else None
+    except Exception:  # noqa: BLE001  (garbage: not a checkpoint to resume from)
+        return -1
+    return step if type(step) is int and step >= 0 else -1
+
+
+_MISFIT = "checkpoint does not fit this run: "
+
+
+def check_optimizer_fits(osd: dict, params_by_group: list[list[torch.Tensor]]) -> None:
+    """UserError unless every saved optimizer tensor has its parameter's shape and every
+    parameter with state has the same moments: torch would broadcast a wrong-shaped moment, or
+    FusedAdamW zero a missing one, and train on silently."""
+    groups = osd.get("param_groups", [])
+    state = osd.get("state", {})
+    if not isinstance(state, dict) or len(groups) != len(params_by_group):
+        n = len(groups) if isinstance(groups, list) else "?"
+        raise UserError(
+            f"{_MISFIT}its optimizer has {n} parameter groups, this run {len(params_by_group)}"
+        )
+    keys = None
+    for g, (saved, params) in enumerate(zip(groups, params_by_group)):
+        ids = saved.get("params") if isinstance(saved, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(params):
+            raise UserError(
+                f"{_MISFIT}its optimizer group {g} does not match this model's parameters"
+            )
+        for pid, p in zip(ids, params):
+            st = state.get(pid)
+            if st is None:
+                continue
+            if not isinstance(st, dict):
+                raise UserError(f"{_MISFIT}its optimizer state of parameter {pid} is malformed")
+            tensors = {k: v for k, v in st.items() if torch.is_tensor(v) and v.dim() > 0}
+            for k, v in tensors.items():
+                if tuple(v.shape) != tuple(p.shape):
+                    raise UserError(
+                        f"its optimizer {k} of parameter {pid} has shape {tuple(v.shape)}, the "
+                        f"parameter {tuple(p.shape)}"
+                    )
+            if keys is None:
+                keys = set(tensors)
+            elif set(tensors) != keys:
+                raise UserError(
+                    f"{_MISFIT}its optimizer state of parameter {pid} lacks some moments"
+                )
+
+
 def run_dir_of(ckpt_file: str) -> str:
     """The run folder a checkpoint file belongs to, from its path alone.
 
@@ -117,9 +170,18 @@ def run_dir_of(ckpt_file: str) -> str:
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Read and validate a train checkpoint; UserError (one line, naming the file) otherwise."""
-    path = resolve(path)
+    given, path = path, resolve(path)
+    d = os.path.dirname(os.path.abspath(path))
+    managed = os.path.basename(d) == "latest" or os.path.basename(os.path.dirname(d)) == "ckpts"
+    if (path != given and os.path.islink(path)) or (managed and os.path.islink(d)):
+        raise UserError(f"refusing to read {path}: a run's checkpoint entry is a symlink")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, AssertionError) as e:
+        if "device" in str(e).lower() or "cuda" in str(e).lower():  # map_location, not the file
+            why = str(e).strip().splitlines()[0]
+            raise UserError(f"cannot load {path} onto {map_location}: {why}") from None
+        raise UserError(f"corrupt or unreadable checkpoint {path}: {type(e).__name__}") from None
     except Exception as e:  # torch raises many types for truncated/garbage files
         raise UserError(f"corrupt or unreadable checkpoint {path}: {type(e).__name__}") from None
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED):
@@ -134,14 +196,11 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict:
 
 
 def config_of(payload: dict) -> TrainConfig:
-    """The run's TrainConfig: `config` (current format) or the flat `args` of schema version 1."""
-    raw = payload.get("config", payload.get("args"))
+    """The run's TrainConfig, from the checkpoint's `config` (`TrainConfig.to_dict`)."""
+    raw = payload.get("config")
     if not isinstance(raw, dict) or not raw:
-        raise UserError("it has no training settings (empty or missing 'config'/'args')")
-    if "schema_version" in raw:
-        sched = raw.get("schedule") if isinstance(raw.get("schedule"), dict) else {}
-    else:
-        sched = raw
+        raise UserError("it has no training settings (empty or missing 'config')")
+    sched = raw.get("schedule") if isinstance(raw.get("schedule"), dict) else {}
     missing = [k for k in REQUIRED_SETTINGS if k not in sched]
     if missing:
         raise UserError(f"its training settings lack {', '.join(missing)}")

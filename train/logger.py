@@ -17,7 +17,8 @@ import math
 import os
 from collections.abc import Iterable
 
-from core import UserError
+from core import UserError, atomic_write
+from core.files import read_bytes
 
 WANDB_ID_FILE = "wandb_id.txt"  # lets a resumed run continue the same wandb run
 
@@ -48,9 +49,9 @@ def _open_wandb(out_dir: str, project: str, name: str, config: dict, resume: boo
         raise UserError("--wandb needs the wandb package: pip install 'steptime[wandb]'") from None
     id_path = os.path.join(out_dir, WANDB_ID_FILE)
     run_id = None
-    if resume and os.path.isfile(id_path):
-        with open(id_path) as fh:
-            run_id = fh.read().strip() or None
+    if resume and os.path.lexists(id_path):
+        run_id = read_bytes(id_path, nofollow=True, limit=4096).decode(errors="replace").strip()
+        run_id = run_id or None
     try:
         run = wandb.init(
             project=project,
@@ -67,8 +68,7 @@ def _open_wandb(out_dir: str, project: str, name: str, config: dict, resume: boo
         raise UserError(
             f"wandb could not start ({why}); run `wandb login` or set WANDB_MODE=offline"
         ) from None
-    with open(id_path, "w") as fh:
-        fh.write(run.id + "\n")
+    atomic_write(id_path, run.id + "\n")
     return run
 
 

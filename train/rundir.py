@@ -1,5 +1,9 @@
 """The run directory: which folder a run writes, that runs never mix, and its metrics file.
 
+A run owns its folder (`claim`: an flock inside it, see core.owner) from setup to its summary, so
+a second writer on the same --out stops with one line naming the holder; the folder may not lie
+inside another run, sweep or dataset, and none of its managed entries may be a symlink.
+
 `metrics.jsonl` holds one JSON record per line: kind "train" (one per optimizer step: step, loss,
 lr, grad_norm, step_ms = the mean step time of the interval the record was read in, tokens_per_s,
 mfu) and kind "eval" (step, val_loss, val_loss_<average>). Records are flushed and fsync'ed before
@@ -14,13 +18,23 @@ import json
 import os
 import re
 import shutil
+import sys
 
-from core import UserError, atomic_write
+from core import UserError, atomic_write, owner
+from core.files import _why, decode_json, open_append, read_bytes, refuse_symlinks
 
 METRICS = "metrics.jsonl"
 WANDB_ID = "wandb_id.txt"  # train.logger.WANDB_ID_FILE: the wandb run a resumed run continues
 # A folder holding one of these is a run directory (and --overwrite removes exactly these).
-RUN_FILES = ("config.json", METRICS, "summary.json", "cooldown_table.csv", "plot.png", WANDB_ID)
+RUN_FILES = (
+    "config.json",
+    METRICS,
+    "summary.json",
+    "cooldown_table.csv",
+    "plot.png",
+    WANDB_ID,
+    "recipe.json",
+)
 RUN_DIRS = ("latest", "ckpts", "avgs", "wandb")
 # core.atomic_write's temporary files: NAME.tmp.PID
 _TEMP = re.compile(r"\.tmp\.[0-9]+$")
@@ -28,6 +42,93 @@ _TEMP = re.compile(r"\.tmp\.[0-9]+$")
 
 def is_run_dir(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, f)) for f in ("config.json", METRICS))
+
+
+def claim(out: str, parent: str | None = None) -> None:
+    """Make this process the one writer of run folder OUT (UserError if another holds it).
+
+    OUT may not lie inside another run, sweep or dataset (`parent`: the run a cooldown branch
+    belongs to, which may enclose it), may not be a sweep or dataset itself, and none of the
+    entries a run writes may be a symlink. Undone by `release`.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"cannot use {out} as the run directory: it is a file")
+    kind = owner.kind_of(out)
+    if parent is None and os.path.basename(os.path.normpath(out)).startswith("cooldown_"):
+        parent = os.path.dirname(os.path.abspath(out))  # a branch folder of its own run
+    if kind != "train run":  # an existing run is resumed or replaced in place
+        owner.check_not_nested(out, "--out", allow=parent)
+    if kind in ("sweep", "dataset"):
+        raise UserError(f"--out {out} holds a {kind}: a run there would mix into it")
+    refuse_symlinks(out, RUN_FILES + RUN_DIRS)
+    owner.own(out, "train run")
+    try:
+        check_entries(out)
+    except UserError:
+        owner.release(out)
+        raise
+
+
+def check_entries(out: str) -> None:
+    """UserError when a checkpoint or cooldown folder inside OUT is a symlink."""
+    refuse_symlinks(out, RUN_FILES + RUN_DIRS)
+    for sub in ("latest", "ckpts", "avgs"):
+        d = os.path.join(out, sub)
+        if os.path.isdir(d):
+            refuse_symlinks(d, os.listdir(d))
+    if os.path.isdir(os.path.join(out, "ckpts")):
+        for step in os.listdir(os.path.join(out, "ckpts")):
+            d = os.path.join(out, "ckpts", step)
+            if os.path.isdir(d):
+                refuse_symlinks(d, os.listdir(d))
+    refuse_symlinks(out, [n for n in os.listdir(out) if n.startswith("cooldown_")])
+
+
+def release(out: str) -> None:
+    owner.release(out)
+
+
+def newest_checkpoint(out: str) -> str | None:
+    """OUT's checkpoint file of the highest step among latest/ and ckpts/N (None: none).
+
+    The step is read from the names alone (ckpts/N) and from latest's payload only when needed,
+    so a preempted run resumes from whichever checkpoint got further."""
+    latest = os.path.join(out, "latest", "ckpt.pt")
+    ckpts = os.path.join(out, "ckpts")
+    steps = sorted(
+        (int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else [],
+        reverse=True,
+    )
+    perm = next(
+        (os.path.join(ckpts, str(n), "ckpt.pt") for n in steps
+         if os.path.isfile(os.path.join(ckpts, str(n), "ckpt.pt"))),
+        None,
+    )  # fmt: skip
+    if not os.path.isfile(latest):
+        return perm
+    if perm is None:
+        return latest
+    from train.checkpoint import step_of
+
+    return perm if int(os.path.basename(os.path.dirname(perm))) > step_of(latest) else latest
+
+
+def auto_resume(cfg):
+    """(checkpoint to resume, cfg) for `--auto-resume`: OUT's newest checkpoint, else (None, cfg)
+    with the run started over when OUT holds a run killed before its first checkpoint (its
+    metrics are of steps that no checkpoint keeps). A finished run without checkpoints is left
+    alone (the usual "already holds a run" refusal)."""
+    out = cfg.io.out
+    if not os.path.isdir(out):
+        return None, cfg
+    refuse_symlinks(out, RUN_DIRS)
+    ckpt = newest_checkpoint(out)
+    if ckpt is not None:
+        return ckpt, cfg
+    if is_run_dir(out) and not os.path.lexists(os.path.join(out, "summary.json")):
+        print(f"{out}: its run stopped before a first checkpoint: starting over", file=sys.stderr)
+        return None, cfg.with_(overwrite=True)
+    return None, cfg
 
 
 def prepare_new(out: str, *, overwrite: bool) -> None:
@@ -79,6 +180,10 @@ def remove_stale_temps(out: str) -> list[str]:
 
 
 def remove_if_empty(path: str) -> None:
+    """Remove folder `path` if nothing but (at most) an ownership lock is left in it."""
+    with contextlib.suppress(OSError):
+        if os.listdir(path) == [owner.LOCK_NAME]:
+            os.remove(os.path.join(path, owner.LOCK_NAME))
     with contextlib.suppress(OSError):
         os.rmdir(path)  # fails (and is ignored) unless `path` is an empty folder
 
@@ -93,7 +198,7 @@ def make_dir(out: str) -> None:
 
 
 def write_json(path: str, obj: dict) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, default=str) + "\n")
+    atomic_write(path, json.dumps(obj, indent=1, default=str) + "\n", inside=os.path.dirname(path))
 
 
 class MetricsLog:
@@ -103,33 +208,29 @@ class MetricsLog:
         self.path = os.path.join(out, METRICS)
         if truncate_after is not None:
             self._truncate(truncate_after)
-        try:
-            self.fh = open(self.path, "a")
-        except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self.fh = os.fdopen(open_append(self.path), "a")  # never through a planted symlink
         self.logger = logger
 
     def _truncate(self, step: int) -> None:
         """Keep the records up to `step` (a resumed run rewrites the steps after it)."""
-        if not os.path.exists(self.path):
+        if not os.path.lexists(self.path):
             return
         kept = []
-        with open(self.path) as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-                    if rec["step"] <= step:
-                        kept.append(json.dumps(rec) + "\n")
+        for line in read_bytes(self.path, nofollow=True).split(b"\n"):
+            try:
+                rec = decode_json(line)
+            except ValueError:
+                continue  # a line cut by a kill, or garbage: never a step of this run
+            step_ok = isinstance(rec, dict) and type(rec.get("step")) is int
+            if step_ok and rec["step"] <= step:
+                kept.append(line.decode() + "\n")
         atomic_write(self.path, "".join(kept))
 
     def write(self, rec: dict) -> None:
         try:
             self.fh.write(json.dumps(rec) + "\n")
         except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+            raise UserError(f"cannot write {self.path}: {_why(e)}") from None
         if self.logger is not None:
             self.logger.log(rec)
 
