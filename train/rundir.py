@@ -33,7 +33,6 @@ RUN_FILES = (
     "cooldown_table.csv",
     "plot.png",
     WANDB_ID,
-    "recipe.json",
 )
 RUN_DIRS = ("latest", "ckpts", "avgs", "wandb")
 # core.atomic_write's temporary files: NAME.tmp.PID
@@ -60,7 +59,7 @@ def claim(out: str, parent: str | None = None) -> None:
         owner.check_not_nested(out, "--out", allow=parent)
     if kind in ("sweep", "dataset"):
         raise UserError(f"--out {out} holds a {kind}: a run there would mix into it")
-    refuse_symlinks(out, RUN_FILES + RUN_DIRS)
+    refuse_symlinks(out, RUN_FILES + RUN_DIRS + ("recipe.json",))
     owner.own(out, "train run")
     try:
         check_entries(out)
