@@ -21,11 +21,11 @@ from core.errors import UserError
 from core.files import _CLOEXEC, _NOFOLLOW
 
 LOCK_NAME = ".steptime.lock"
-# What marks a folder as one of steptime's, by kind (any one name is enough).
+# What marks a folder as one of steptime's, by kind: any one group of names, all present.
 KINDS = {
-    "train run": ("config.json", "metrics.jsonl", LOCK_NAME),
-    "sweep": ("sweep.json", "rows", "results.jsonl"),
-    "dataset": ("meta.json",),
+    "train run": (("config.json", "metrics.jsonl"),),
+    "sweep": (("sweep.json",), ("rows", "results.jsonl")),
+    "dataset": (("meta.json", "train.bin"),),
 }
 _HELD: dict[str, list] = {}  # realpath -> [fd, count]
 
@@ -105,12 +105,8 @@ def kind_of(folder: str) -> str | None:
     """ "train run", "sweep", "dataset" or None: what `folder` holds, by its marker names."""
     if not os.path.isdir(folder):
         return None
-    for kind, names in KINDS.items():
-        if kind == "train run" and not any(
-            os.path.lexists(os.path.join(folder, n)) for n in names[:2]
-        ):
-            continue  # a lock alone marks a folder some command owned, not a run
-        if any(os.path.lexists(os.path.join(folder, n)) for n in names):
+    for kind, groups in KINDS.items():
+        if any(all(os.path.lexists(os.path.join(folder, n)) for n in g) for g in groups):
             return kind
     return None
 
@@ -127,7 +123,7 @@ def enclosing_folder(path: str, allow: str | None = None) -> tuple[str, str] | N
             return None
         kind = kind_of(parent)
         if kind is not None or os.path.lexists(os.path.join(parent, LOCK_NAME)):
-            return parent, kind or "train run"
+            return parent, kind or "steptime folder"
         here, parent = parent, os.path.dirname(parent)
     return None
 

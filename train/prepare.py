@@ -17,13 +17,16 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from core import ArgParser, UserError, atomic_write, run_cli
+from core import ArgParser, UserError, atomic_write, owner, run_cli
+from core.files import decode_json, read_bytes, refuse_symlinks
 from train.tokenizer import Codec, load_codec, parse_spec, pick_eot
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -108,7 +111,9 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
                 found += [
                     os.path.join(dirpath, f)
                     for f in filenames
-                    if not f.startswith(".") and f.removesuffix(".gz").endswith(known)
+                    if not f.startswith(".")
+                    and f.removesuffix(".gz").endswith(known)
+                    and os.path.isfile(os.path.join(dirpath, f))  # no FIFO, socket or device
                 ]
             if not found:
                 raise UserError(f"no .txt/.jsonl/.parquet files in {item}")
@@ -121,7 +126,14 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
 
 
 def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    """`path` opened for reading: regular files only (a FIFO swapped in would block forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(0, "not a regular file")
+    os.set_blocking(fd, True)
+    fh = os.fdopen(fd, "rb")
+    return gzip.open(fh, "rb") if path.endswith(".gz") else fh
 
 
 def _text_pieces(path: str) -> Iterator[Piece]:
@@ -149,7 +161,7 @@ def _jsonl_pieces(path: str, field: str) -> Iterator[Piece]:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = decode_json(raw)
             except ValueError:
                 raise UserError(f"{path}:{lineno}: not a JSON object") from None
             text = obj.get(field) if isinstance(obj, dict) else None
@@ -275,19 +287,54 @@ def _progress_bar(total: int, disabled: bool):
 # ----------------------------------------------------------------------------- output
 
 
+DATASET_FILES = (META_NAME, "train.bin", "val.bin", "tokenizer.json")
+BUILD_PREFIX = ".prepare.tmp."  # OUT/.prepare.tmp.<pid>/: the dataset being built
+
+
 def _check_out(out: str, overwrite: bool) -> None:
+    """Refuse an --out that is a file, lies inside another steptime folder, is a train run or a
+    sweep, or holds a dataset (without --overwrite); then own it (one writer) and remove the
+    build folders of killed runs."""
+    if not out:
+        raise UserError("--out must name a folder")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder")
-    taken = [n for n in (META_NAME, "train.bin", "val.bin") if os.path.exists(os.path.join(out, n))]
+    kind = owner.kind_of(out)
+    if kind in ("train run", "sweep"):
+        raise UserError(f"--out {out} holds a {kind}: a dataset there would mix into it")
+    if kind is None:
+        owner.check_not_nested(out, "--out")
+    if os.path.isdir(out):
+        refuse_symlinks(out, DATASET_FILES)
+    taken = [n for n in DATASET_FILES[:3] if os.path.lexists(os.path.join(out, n))]
     if taken and not overwrite:
         msg = f"{out} already holds a dataset ({', '.join(taken)}); pass --overwrite to replace it"
         raise UserError(msg)
+    owner.own(out, "train prepare")
+    for name in os.listdir(out):  # we own OUT: every build folder left is a killed run's
+        if name.startswith(BUILD_PREFIX) or name.startswith(".tokens.tmp."):
+            path = os.path.join(out, name)
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+
+
+def _swap_in(build: str, out: str) -> None:
+    """Move the finished dataset from `build` into OUT: meta.json goes first (OUT is no dataset
+    while files are swapped) and comes back last, so a kill midway never leaves a mix that reads
+    as a dataset. Renames within one filesystem need no space."""
     try:
-        os.makedirs(out, exist_ok=True)
-        # Without meta.json the folder is not a dataset until the new one is complete; train.bin
-        # and val.bin are replaced atomically later.
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(out, META_NAME))
+        for name in DATASET_FILES[1:] + (META_NAME,):
+            src, dst = os.path.join(build, name), os.path.join(out, name)
+            if os.path.exists(src):
+                os.replace(src, dst)
+            elif name != META_NAME:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(dst)  # an older dataset's val.bin must not pass for this one's
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
 
@@ -302,8 +349,6 @@ def _write_splits(out: str, scratch: str, n: int, dtype: str, val_fraction: floa
     if n_val:
         tail = np.fromfile(scratch, dtype=dtype, offset=(n - n_val) * item)
         atomic_write(val_path, tail.tobytes())
-    elif os.path.exists(val_path):  # an older dataset's val.bin must not pass for this one's
-        os.remove(val_path)
 
     def head(dst) -> None:
         with open(scratch, "rb") as src:
@@ -327,11 +372,16 @@ def prepare(args) -> dict:
     codec = load_codec(parse_spec(args.tokenizer))
     eot = pick_eot(codec, args.eot)
     dtype = "uint16" if codec.vocab_size < 65536 else "uint32"
+    created = not os.path.exists(args.out)
     _check_out(args.out, args.overwrite)
-    scratch = os.path.join(args.out, f".tokens.tmp.{os.getpid()}")
-    bar = _progress_bar(sum(os.path.getsize(f) for f in files), args.no_progress)
-    n = docs = 0
+    build = os.path.join(args.out, f"{BUILD_PREFIX}{os.getpid()}")
+    bar = None
+    old_term = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
+        os.mkdir(build)  # fresh and ours: nothing in it can be a planted link
+        scratch = os.path.join(build, "tokens")
+        bar = _progress_bar(sum(os.path.getsize(f) for f in files), args.no_progress)
+        n = docs = 0
         with open(scratch, "wb") as fh:
             init = (codec.spec, eot)
             work = batches(read_pieces(files, args.text_field))
@@ -340,22 +390,39 @@ def prepare(args) -> dict:
                 n, docs = n + len(tokens), docs + n_docs
                 if bar is not None:
                     bar.update(used)
-        n_val = _write_splits(args.out, scratch, n, dtype, args.val_fraction)
+        n_val = _write_splits(build, scratch, n, dtype, args.val_fraction)
+        os.remove(scratch)
+        meta = _meta(args, build, codec, eot, dtype, files, n, n_val, docs)
+        atomic_write(os.path.join(build, META_NAME), json.dumps(meta, indent=1) + "\n")
+        _swap_in(build, args.out)
+    except OSError as e:
+        raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         if bar is not None:
             bar.close()
         with contextlib.suppress(OSError):
-            os.remove(scratch)
-    meta = _meta(args, codec, eot, dtype, files, n, n_val, docs)
-    atomic_write(os.path.join(args.out, META_NAME), json.dumps(meta, indent=1) + "\n")
+            shutil.rmtree(build)
+        owner.release(args.out)
+        if (
+            created
+            and os.path.isdir(args.out)
+            and not os.path.exists(os.path.join(args.out, META_NAME))
+        ):
+            with contextlib.suppress(OSError):  # a failed first build leaves no folder behind
+                os.remove(os.path.join(args.out, owner.LOCK_NAME))
+                os.rmdir(args.out)
     return meta
 
 
-def _meta(args, codec: Codec, eot, dtype, files, n, n_val, docs) -> dict:
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _meta(args, build: str, codec: Codec, eot, dtype, files, n, n_val, docs) -> dict:
     spec = dict(codec.spec)
     if spec["kind"] == "hf":  # the dataset folder carries its tokenizer: it stays usable if moved
-        with open(spec["file"], "rb") as fh:
-            atomic_write(os.path.join(args.out, "tokenizer.json"), fh.read())
+        atomic_write(os.path.join(build, "tokenizer.json"), read_bytes(spec["file"]))
         spec = {"kind": "hf", "file": "tokenizer.json", "source": spec["file"]}
     return {
         "format_version": FORMAT_VERSION,
