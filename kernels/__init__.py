@@ -8,7 +8,8 @@ modules, on the first call that runs a Triton kernel, so a torch-backend model n
 
 from . import reference
 from .adamw import DynamicLossScaler, FusedAdamW
+from .add_rmsnorm import add_rms_norm
 from .rmsnorm import rms_norm
 from .swiglu import swiglu
 
-__all__ = ["DynamicLossScaler", "FusedAdamW", "reference", "rms_norm", "swiglu"]
+__all__ = ["DynamicLossScaler", "FusedAdamW", "add_rms_norm", "reference", "rms_norm", "swiglu"]

@@ -1,62 +1,89 @@
 """RMSNorm Triton kernels and their launchers (imported lazily by `kernels.rmsnorm`: needs triton).
 
-Forward: one program per row, BLOCK_N = next_pow2(N); writes y (x.dtype) and rstd (fp32, one per
-row), which is all the backward needs besides x and w.
+Forward: each program normalises BLOCK_M rows of BLOCK_N = next_pow2(N) columns, so short rows
+(N <= 1024) still give every program a few KB to move instead of one 2 KB row; it writes y
+(x.dtype) and rstd (fp32, one per row), which is all the backward needs besides x and w. With a
+residual (``HAS_RES``) it first forms s = x + residual and writes s too: the pre-norm block's
+residual add fused into its norm, as flash-attn's ``_layer_norm_fwd_1pass_kernel`` does
+(Dao-AILab/flash-attention, flash_attn/ops/triton/layer_norm.py), so x and the residual are read
+once and s and y written once.
 
 Backward: the dx kernel runs one wave of programs, as many as can be resident at once (SMs x the
 blocks per SM that its registers and shared memory allow), each walking a run of rows. It writes dx
-and keeps an fp32 dw accumulator in registers, stored once per program as a row of a
-(programs, N) partials buffer; `_rmsnorm_bwd_dw_kernel` then sums those rows in a fixed order. No
-atomics, so dw is bitwise reproducible. Sizing the grid to one resident wave keeps the partials
-buffer (written, then read: 8 B x programs x N) small beside the 3 x itemsize x M x N of x, dy, dx:
-the persistent-kernel pattern of Liger-Kernel's RMSNorm backward
-(linkedin/Liger-Kernel, src/liger_kernel/ops/rms_norm.py) and of the Triton layer-norm tutorial
-(triton-lang/triton, python/tutorials/05-layer-norm.py), without their atomics or locks.
-Every load is upcast to fp32 right away: the interpreter emulates bf16 arithmetic poorly and on the
-GPU fp32 math is free next to the memory traffic.
+(plus, fused, the incoming grad of s and a second copy of dx in the branch's dtype) and keeps an
+fp32 dw accumulator in registers, stored once per program as a row of a (programs, N) partials
+buffer; `_rmsnorm_bwd_dw_kernel` then sums those rows in a fixed order. No atomics, so dw is
+bitwise reproducible. Sizing the grid to one resident wave keeps the partials buffer small beside
+the 3 x itemsize x M x N of x, dy, dx: the persistent-kernel pattern of Liger-Kernel's RMSNorm
+backward (linkedin/Liger-Kernel, src/liger_kernel/ops/rms_norm.py) and of the Triton layer-norm
+tutorial (triton-lang/triton, python/tutorials/05-layer-norm.py), without their atomics or locks.
+The dw reduce splits the columns so that its grid covers every SM at least twice: with 128-column
+blocks a 4096-wide norm had 32 programs, a quarter of an H100, reading the partials.
+
+Launchers take the kernels through ``launch`` (identity in eager mode, ``torch.library.wrap_triton``
+inside a ``triton_op`` body, so Inductor sees the kernels) and a ``Plan``: grids, block sizes and
+warps computed once per shape. Every load is upcast to fp32 right away: the interpreter emulates
+bf16 arithmetic poorly and on the GPU fp32 math is free next to the memory traffic.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import SM90_LIMITS, ctas_per_sm
+from ._utils import SM90_LIMITS, ctas_per_sm, no_fake
 
-# Column reduce tile for the dw kernel: BLOCK_P partial rows x BLOCK_C columns per iteration.
-_DW_BLOCK_P = 32
-_DW_BLOCK_C = 128
+# Elements the dw reduce loads per iteration (BLOCK_P partial rows x BLOCK_C columns).
+_DW_TILE = 4096
 INTERPRETER_SMS = 4
+# Forward rows per program: enough that one program moves >= 4096 elements, at most 16 rows.
+_FWD_TILE = 4096
+_FWD_MAX_ROWS = 16
 
 
 @triton.jit
 def _rmsnorm_fwd_kernel(
-    Y_ptr, X_ptr, W_ptr, RSTD_ptr, stride_x_row, stride_y_row, N, eps, BLOCK_N: tl.constexpr
-):
+    Y_ptr, S_ptr, X_ptr, R_ptr, W_ptr, RSTD_ptr,
+    stride_x_row, stride_r_row, stride_y_row, M, N, eps,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RES: tl.constexpr,
+):  # fmt: skip
     # int64 before stride math: rows * stride overflows int32 past 2^31 elements.
-    row = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    x = tl.load(X_ptr + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(W_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    rmask = rows < M
+    mask = rmask[:, None] & (cols < N)[None, :]
+    x = tl.load(X_ptr + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    if HAS_RES:
+        # s = x + residual in fp32, stored in the stream's dtype; the norm reads the stored value
+        # (rounded), exactly as norm(x + residual) does in torch.
+        r = tl.load(R_ptr + rows[:, None] * stride_r_row + cols[None, :], mask=mask, other=0.0)
+        s = (x + r.to(tl.float32)).to(S_ptr.dtype.element_ty)
+        tl.store(S_ptr + rows[:, None] * stride_r_row + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)
+    w = tl.load(W_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     # Masked lanes hold 0 so they do not disturb the sum; divide by the true N, not BLOCK_N.
-    mean_sq = tl.sum(x * x, axis=0) / N
+    mean_sq = tl.sum(x * x, axis=1) / N
     rstd = 1.0 / tl.sqrt(mean_sq + eps)
-    y = x * rstd * w
-    tl.store(RSTD_ptr + row, rstd)
-    tl.store(Y_ptr + row * stride_y_row + cols, y.to(Y_ptr.dtype.element_ty), mask=mask)
+    y = x * rstd[:, None] * w[None, :]
+    tl.store(RSTD_ptr + rows, rstd, mask=rmask)
+    y_ptrs = Y_ptr + rows[:, None] * stride_y_row + cols[None, :]
+    tl.store(y_ptrs, y.to(Y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rmsnorm_bwd_dx_kernel(
-    DX_ptr, DY_ptr, X_ptr, W_ptr, RSTD_ptr, DWP_ptr,
+    DX_ptr, DB_ptr, DY_ptr, DS_ptr, X_ptr, W_ptr, RSTD_ptr, DWP_ptr,
     stride_x_row, stride_dy_row, stride_dx_row, stride_dwp_row,
     M, N, rows_per_program, eps,
-    BLOCK_N: tl.constexpr, ONE_COL: tl.constexpr,
+    BLOCK_N: tl.constexpr, ONE_COL: tl.constexpr, HAS_DS: tl.constexpr, HAS_DB: tl.constexpr,
 ):  # fmt: skip
+    # Fused residual (HAS_DS / HAS_DB): x is s = x + residual, DS the grad s gets from its other
+    # use (the next residual add), added to dx; DB a copy of dx in the branch's dtype.
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
@@ -82,7 +109,12 @@ def _rmsnorm_bwd_dx_kernel(
             dx = g * (eps * rstd * rstd * rstd)
         else:
             dx = (g - xhat * c) * rstd
+        if HAS_DS:
+            ds = tl.load(DS_ptr + row * stride_dx_row + cols, mask=mask, other=0.0)
+            dx += ds.to(tl.float32)
         tl.store(DX_ptr + row * stride_dx_row + cols, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+        if HAS_DB:
+            tl.store(DB_ptr + row * stride_dx_row + cols, dx.to(DB_ptr.dtype.element_ty), mask=mask)
     tl.store(DWP_ptr + pid * stride_dwp_row + cols, dw_acc, mask=mask)
 
 
@@ -139,8 +171,9 @@ def _cuda_dx_occupancy(device_index: int, dtype: torch.dtype, w_dtype: torch.dty
     w = torch.empty(1, dtype=w_dtype, device=x.device)
     f = torch.empty(1, dtype=torch.float32, device=x.device)
     k = _rmsnorm_bwd_dx_kernel.warmup(
-        x, x, x, w, f, f, block_n, block_n, block_n, block_n, 17, block_n, 3, 1e-6,
-        BLOCK_N=block_n, ONE_COL=False, num_warps=num_warps, grid=(1,),
+        x, None, x, None, x, w, f, f, block_n, block_n, block_n, block_n, 17, block_n, 3, 1e-6,
+        BLOCK_N=block_n, ONE_COL=False, HAS_DS=False, HAS_DB=False, num_warps=num_warps,
+        grid=(1,),
     )  # fmt: skip
     k._init_handles()  # loads the binary, which is what fills in n_regs (M, rows: neither 1 nor
     # a multiple of 16, so Triton specializes them as in a typical launch)
@@ -160,7 +193,10 @@ def occupancy(x: torch.Tensor, w: torch.Tensor, block_n: int, num_warps: int) ->
     CPU tests fast while every program still walks several rows."""
     if x.device.type == "cuda":
         idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        return _cuda_dx_occupancy(idx, x.dtype, w.dtype, block_n, num_warps)
+        # Compiling the probe kernel needs real tensors, also while torch.compile traces the
+        # triton_op body with fake ones.
+        with no_fake():
+            return _cuda_dx_occupancy(idx, x.dtype, w.dtype, block_n, num_warps)
     return INTERPRETER_SMS, ctas_per_sm(estimated_regs(block_n, num_warps), 0, num_warps)
 
 
@@ -168,6 +204,51 @@ def dx_programs(m: int, x: torch.Tensor, w: torch.Tensor, block_n: int, num_warp
     """Programs of the dx kernel: one resident wave, SMs x resident blocks per SM, at most M."""
     sms, resident = occupancy(x, w, block_n, num_warps)
     return max(1, min(m, sms * resident))
+
+
+def dw_block_c(n: int, sms: int) -> int:
+    """Columns per program of the dw reduce: the widest power of two in [16, 128] whose grid still
+    gives every SM two programs (at N = 4096 on 132 SMs: 16 columns, 256 programs). 16 fp32
+    columns are 64 contiguous bytes per partial row, two full 32-byte sectors."""
+    c = 128
+    while c > 16 and triton.cdiv(n, c) < 2 * sms:
+        c //= 2
+    return c
+
+
+class Plan(NamedTuple):
+    """Launch constants of one (M, N, dtype, device): computed once, reused by every call."""
+
+    M: int
+    N: int
+    block_n: int
+    fwd_grid: tuple[int]
+    block_m: int  # forward rows per program
+    warps_fwd: int
+    dx_grid: tuple[int]  # one resident wave of programs
+    rows_per_program: int
+    warps_bwd: int
+    dw_grid: tuple[int]
+    block_p: int
+    block_c: int
+
+
+def make_plan(m: int, n: int, x: torch.Tensor, w: torch.Tensor) -> Plan:
+    """The grids and block sizes of the forward and backward kernels at M x N on x's device."""
+    block_n = triton.next_power_of_2(n)
+    block_m = min(_FWD_MAX_ROWS, max(1, _FWD_TILE // block_n), triton.next_power_of_2(max(m, 1)))
+    warps_b = num_warps_bwd(block_n, x.element_size())
+    sms, resident = occupancy(x, w, block_n, warps_b)
+    n_prog = max(1, min(m, sms * resident))
+    rows_per_program = triton.cdiv(max(m, 1), n_prog)
+    n_prog = triton.cdiv(max(m, 1), rows_per_program)  # drop programs that would get no rows
+    block_c = dw_block_c(n, sms)
+    return Plan(
+        M=m, N=n, block_n=block_n, fwd_grid=(triton.cdiv(m, block_m),), block_m=block_m,
+        warps_fwd=num_warps_fwd(block_m * block_n), dx_grid=(n_prog,),
+        rows_per_program=rows_per_program, warps_bwd=warps_b,
+        dw_grid=(triton.cdiv(n, block_c),), block_p=_DW_TILE // block_c, block_c=block_c,
+    )  # fmt: skip
 
 
 def bwd_traffic(m: int, n: int, itemsize: int, programs: int) -> dict[str, float]:
@@ -183,116 +264,168 @@ def bwd_traffic(m: int, n: int, itemsize: int, programs: int) -> dict[str, float
     }
 
 
+def _eager(kernel):
+    return kernel
+
+
 def rmsnorm_fwd(
-    x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel (inputs already checked). Returns y (x's shape and dtype) and
-    rstd (M,) fp32, M = numel / N."""
-    shape = x.shape
-    N = shape[-1]
-    x2 = x.reshape(-1, N)  # (M, N); copies only if the last dim is strided
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    w = w.contiguous()
-    M = x2.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
-    if M > 0:
-        block_n = triton.next_power_of_2(N)
-        _rmsnorm_fwd_kernel[(M,)](
-            y, x2, w, rstd, x2.stride(0), y.stride(0), N, float(eps),
-            BLOCK_N=block_n, num_warps=num_warps_fwd(block_n),
+    x: torch.Tensor,
+    w: torch.Tensor,
+    eps: float,
+    plan: Plan,
+    residual: torch.Tensor | None = None,
+    launch=_eager,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel on contiguous x (..., N) (inputs checked, `plan` made for them).
+
+    Returns y (..., N), rstd (M,) fp32 and, with a ``residual`` (x's shape, contiguous), the sum
+    s = x + residual in the residual's dtype (None without); y has s's dtype then, else x's.
+    """
+    stream = x if residual is None else residual
+    y = torch.empty_like(stream)
+    s = None if residual is None else torch.empty_like(residual)
+    rstd = torch.empty((plan.M,), dtype=torch.float32, device=x.device)
+    if plan.M > 0:
+        N = plan.N
+        launch(_rmsnorm_fwd_kernel)[plan.fwd_grid](
+            y, s, x, residual, w, rstd, N, N, N, plan.M, N, eps,
+            BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, HAS_RES=residual is not None,
+            num_warps=plan.warps_fwd,
         )  # fmt: skip
-    return y.reshape(shape), rstd
+    return y, rstd, s
 
 
 def rmsnorm_bwd(
-    dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernels: dx (x.dtype) and dw (w.dtype), dw reduced deterministically."""
-    shape = x.shape
-    N = shape[-1]
-    x2 = x.reshape(-1, N)
-    dy2 = dy.reshape(-1, N)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    if dy2.dtype != x.dtype:
-        dy2 = dy2.to(x.dtype)
-    if dy2.stride(-1) != 1:
-        dy2 = dy2.contiguous()
-    w = w.contiguous()
-    M = x2.shape[0]
-    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    if M == 0:
-        return dx.reshape(shape), torch.zeros_like(w)
-    block_n = triton.next_power_of_2(N)
-    warps = num_warps_bwd(block_n, x.element_size())
-    n_prog = dx_programs(M, x2, w, block_n, warps)
-    rows_per_program = triton.cdiv(M, n_prog)
-    n_prog = triton.cdiv(M, rows_per_program)  # drop programs that would get no rows
-    partials = torch.empty((n_prog, N), dtype=torch.float32, device=x.device)
-    _rmsnorm_bwd_dx_kernel[(n_prog,)](
-        dx, dy2, x2, w, rstd, partials,
-        x2.stride(0), dy2.stride(0), dx.stride(0), partials.stride(0),
-        M, N, rows_per_program, float(eps),
-        BLOCK_N=block_n, ONE_COL=N == 1, num_warps=warps,
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    rstd: torch.Tensor,
+    eps: float,
+    plan: Plan,
+    ds: torch.Tensor | None = None,
+    db_dtype: torch.dtype | None = None,
+    launch=_eager,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the backward kernels on contiguous dy, x (any float dtype for dy; upcast in-kernel).
+
+    Returns dx (x.dtype), dw (w.dtype, reduced deterministically) and, when ``db_dtype`` is given
+    and differs from x's, dx again in that dtype (the fused residual's branch grad; else None).
+    ``ds``: a gradient added to dx (the fused residual stream's grad from its other use).
+    """
+    dx = torch.empty_like(x)
+    db = None
+    if db_dtype is not None and db_dtype != x.dtype:
+        db = torch.empty(x.shape, dtype=db_dtype, device=x.device)
+    if plan.M == 0:
+        return dx, torch.zeros_like(w), db
+    N, P = plan.N, plan.dx_grid[0]
+    partials = torch.empty((P, N), dtype=torch.float32, device=x.device)
+    launch(_rmsnorm_bwd_dx_kernel)[plan.dx_grid](
+        dx, db, dy, ds, x, w, rstd, partials, N, N, N, N, plan.M, N, plan.rows_per_program, eps,
+        BLOCK_N=plan.block_n, ONE_COL=N == 1, HAS_DS=ds is not None, HAS_DB=db is not None,
+        num_warps=plan.warps_bwd,
     )  # fmt: skip
-    dw = torch.empty((N,), dtype=w.dtype, device=w.device)
-    _rmsnorm_bwd_dw_kernel[(triton.cdiv(N, _DW_BLOCK_C),)](
-        dw, partials, partials.stride(0), n_prog, N,
-        BLOCK_P=_DW_BLOCK_P, BLOCK_C=_DW_BLOCK_C, num_warps=4,
-    )  # fmt: skip
-    return dx.reshape(shape), dw
+    dw = torch.empty_like(w)
+    launch(_rmsnorm_bwd_dw_kernel)[plan.dw_grid](
+        dw, partials, N, P, N, BLOCK_P=plan.block_p, BLOCK_C=plan.block_c, num_warps=4
+    )
+    return dx, dw, db
+
+
+def _fwd_spec(dtype: str, hidden: int, residual: bool) -> dict:
+    """The forward kernel at ``hidden``; with ``residual``: an fp32 stream plus a ``dtype`` branch
+    (the autocast training step), so x is ``dtype`` and s, y are fp32."""
+    e, pt = (4 if dtype == "fp32" else 2), f"*{dtype}"
+    block_n = triton.next_power_of_2(hidden)
+    block_m = max(1, min(_FWD_MAX_ROWS, _FWD_TILE // block_n))
+    out = "*fp32" if residual else pt
+    sig = {"Y_ptr": out, "S_ptr": "*fp32" if residual else "constexpr", "X_ptr": pt,
+           "R_ptr": "*fp32" if residual else "constexpr", "W_ptr": "*fp32" if residual else pt,
+           "RSTD_ptr": "*fp32", "stride_x_row": "i32", "stride_r_row": "i32",
+           "stride_y_row": "i32", "M": "i32", "N": "i32", "eps": "fp32",
+           "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "HAS_RES": "constexpr"}  # fmt: skip
+    consts = {"BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_RES": residual}
+    if not residual:
+        consts.update(S_ptr=None, R_ptr=None)
+    div = ["Y_ptr", "X_ptr", "W_ptr", "RSTD_ptr", "stride_x_row", "stride_r_row",
+           "stride_y_row", "N"] + (["S_ptr", "R_ptr"] if residual else [])  # fmt: skip
+    return {
+        "kernel": "add_rmsnorm_fwd" if residual else "rmsnorm_fwd",
+        "fn": _rmsnorm_fwd_kernel,
+        "signature": sig,
+        "constexprs": consts,
+        "num_warps": num_warps_fwd(block_m * block_n),
+        "divisible": div,
+        "dtype": dtype,
+        "hidden": hidden,
+        "elems_per_iter": block_m * hidden,
+        "bytes_per_elem": e + 12 if residual else 2 * e,
+        "note": (f"{block_m} rows per program; " if block_m > 1 else "one row per program; ")
+        + ("reads x, residual; writes s, y" if residual else "reads x, writes y"),
+    }
+
+
+def _dx_spec(dtype: str, hidden: int, residual: bool) -> dict:
+    """The dx kernel; with ``residual``: fp32 stream s and incoming ds, a ``dtype`` branch grad."""
+    e, pt = (4 if dtype == "fp32" else 2), f"*{dtype}"
+    block_n = triton.next_power_of_2(hidden)
+    xt = "*fp32" if residual else pt
+    sig = {"DX_ptr": xt, "DB_ptr": pt if residual else "constexpr", "DY_ptr": xt,
+           "DS_ptr": "*fp32" if residual else "constexpr", "X_ptr": xt,
+           "W_ptr": "*fp32" if residual else pt,
+           "RSTD_ptr": "*fp32", "DWP_ptr": "*fp32", "stride_x_row": "i32",
+           "stride_dy_row": "i32", "stride_dx_row": "i32", "stride_dwp_row": "i32",
+           "M": "i32", "N": "i32", "rows_per_program": "i32", "eps": "fp32",
+           "BLOCK_N": "constexpr", "ONE_COL": "constexpr", "HAS_DS": "constexpr",
+           "HAS_DB": "constexpr"}  # fmt: skip
+    consts = {"BLOCK_N": block_n, "ONE_COL": False, "HAS_DS": residual, "HAS_DB": residual}
+    if not residual:
+        consts.update(DB_ptr=None, DS_ptr=None)
+    div = ["DX_ptr", "DY_ptr", "X_ptr", "W_ptr", "RSTD_ptr", "DWP_ptr", "stride_x_row",
+           "stride_dy_row", "stride_dx_row", "stride_dwp_row", "N"]  # fmt: skip
+    div += ["DB_ptr", "DS_ptr"] if residual else []
+    # the fused kernel runs at the fp32 stream's width: its warps are fp32's
+    warps = num_warps_bwd(block_n, 4 if residual else e)
+    return {
+        "kernel": "add_rmsnorm_bwd_dx" if residual else "rmsnorm_bwd_dx",
+        "fn": _rmsnorm_bwd_dx_kernel,
+        "signature": sig,
+        "constexprs": consts,
+        "num_warps": warps,
+        "divisible": div,
+        "dtype": dtype,
+        "hidden": hidden,
+        "elems_per_iter": hidden,
+        "bytes_per_elem": 16 + e if residual else 3 * e,
+        "note": "one resident wave walking rows; fp32 dw partial row per program"
+        + ("; + ds, writes the branch grad" if residual else ""),
+    }
 
 
 def aot_specs(dtypes: tuple[str, ...] = ("bf16", "fp32")) -> list[dict]:
-    """Compile specs for `kernels.aot`: fwd and bwd kernels, per dtype, hidden 768/4096/16384.
+    """Compile specs for `kernels.aot`: fwd and bwd kernels (plain and with the fused residual), per
+    dtype, hidden 768/4096/16384.
 
     Row strides and N are declared divisible by 16 (true for the model's hidden sizes): that is what
     lets the compiler prove 16-byte alignment and emit 128-bit loads.
     """
     specs: list[dict] = []
     for dtype in dtypes:
-        e, pt = 4 if dtype == "fp32" else 2, f"*{dtype}"
+        pt = f"*{dtype}"
         for hidden in (768, 4096, 16384):
-            block_n = triton.next_power_of_2(hidden)
-            specs.append({
-                "kernel": "rmsnorm_fwd", "fn": _rmsnorm_fwd_kernel,
-                "signature": {"Y_ptr": pt, "X_ptr": pt, "W_ptr": pt, "RSTD_ptr": "*fp32",
-                              "stride_x_row": "i32", "stride_y_row": "i32", "N": "i32",
-                              "eps": "fp32", "BLOCK_N": "constexpr"},
-                "constexprs": {"BLOCK_N": block_n}, "num_warps": num_warps_fwd(block_n),
-                "divisible": ["Y_ptr", "X_ptr", "W_ptr", "RSTD_ptr", "stride_x_row",
-                              "stride_y_row", "N"],
-                "dtype": dtype, "hidden": hidden, "elems_per_iter": hidden,
-                "bytes_per_elem": 2 * e, "note": "one row per program; reads x, writes y",
-            })  # fmt: skip
-            specs.append({
-                "kernel": "rmsnorm_bwd_dx", "fn": _rmsnorm_bwd_dx_kernel,
-                "signature": {"DX_ptr": pt, "DY_ptr": pt, "X_ptr": pt, "W_ptr": pt,
-                              "RSTD_ptr": "*fp32", "DWP_ptr": "*fp32",
-                              "stride_x_row": "i32", "stride_dy_row": "i32",
-                              "stride_dx_row": "i32", "stride_dwp_row": "i32",
-                              "M": "i32", "N": "i32", "rows_per_program": "i32",
-                              "eps": "fp32", "BLOCK_N": "constexpr", "ONE_COL": "constexpr"},
-                "constexprs": {"BLOCK_N": block_n, "ONE_COL": False},
-                "num_warps": num_warps_bwd(block_n, e),
-                "divisible": ["DX_ptr", "DY_ptr", "X_ptr", "W_ptr", "RSTD_ptr", "DWP_ptr",
-                              "stride_x_row", "stride_dy_row", "stride_dx_row",
-                              "stride_dwp_row", "N"],
-                "dtype": dtype, "hidden": hidden, "elems_per_iter": hidden,
-                "bytes_per_elem": 3 * e,
-                "note": "one resident wave walking rows; fp32 dw partial row per program",
-            })  # fmt: skip
+            for residual in (False, True):
+                specs.append(_fwd_spec(dtype, hidden, residual))
+                specs.append(_dx_spec(dtype, hidden, residual))
+            block_c = dw_block_c(hidden, 132)
             specs.append({
                 "kernel": "rmsnorm_bwd_dw", "fn": _rmsnorm_bwd_dw_kernel,
                 "signature": {"DW_ptr": pt, "DWP_ptr": "*fp32", "stride_dwp_row": "i32",
                               "P": "i32", "N": "i32", "BLOCK_P": "constexpr",
                               "BLOCK_C": "constexpr"},
-                "constexprs": {"BLOCK_P": _DW_BLOCK_P, "BLOCK_C": _DW_BLOCK_C}, "num_warps": 4,
-                "divisible": ["DW_ptr", "DWP_ptr", "stride_dwp_row", "N"],
-                "dtype": dtype, "hidden": hidden, "elems_per_iter": _DW_BLOCK_P * _DW_BLOCK_C,
+                "constexprs": {"BLOCK_P": _DW_TILE // block_c, "BLOCK_C": block_c},
+                "num_warps": 4, "divisible": ["DW_ptr", "DWP_ptr", "stride_dwp_row", "N"],
+                "dtype": dtype, "hidden": hidden, "elems_per_iter": _DW_TILE,
                 "bytes_per_elem": 4,
-                "note": "deterministic column reduce of the fp32 partials, no atomics",
+                "note": f"deterministic column reduce, {block_c} columns per program, no atomics",
             })  # fmt: skip
     return specs

@@ -45,33 +45,34 @@ def _swiglu_bwd_kernel(DG_ptr, DU_ptr, DOUT_ptr, G_ptr, U_ptr, n_elements, BLOCK
     tl.store(DU_ptr + offs, du.to(DU_ptr.dtype.element_ty), mask=mask)
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
+def _eager(kernel):
+    return kernel
 
 
-def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up (inputs already checked), same shape and dtype, contiguous."""
-    gate, up = _flat(gate), _flat(up)
-    out = torch.empty_like(gate, memory_format=torch.contiguous_format)
+def grid(n: int) -> tuple[int]:
+    """Programs of both kernels for n elements."""
+    return (triton.cdiv(n, _BLOCK),)
+
+
+def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor, launch=_eager) -> torch.Tensor:
+    """silu(gate) * up for contiguous gate, up (checked), same shape and dtype."""
+    out = torch.empty_like(gate)
     n = gate.numel()
     if n > 0:
-        _swiglu_fwd_kernel[(triton.cdiv(n, _BLOCK),)](
-            out, gate, up, n, BLOCK=_BLOCK, num_warps=_NUM_WARPS
-        )
+        launch(_swiglu_fwd_kernel)[grid(n)](out, gate, up, n, BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return out
 
 
 def swiglu_bwd(
-    dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
+    dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, launch=_eager
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dgate, dup) in the input dtype, recomputing silu from gate."""
-    gate, up = _flat(gate), _flat(up)
-    dout = _flat(dout.to(gate.dtype))
-    dg = torch.empty_like(gate, memory_format=torch.contiguous_format)
-    du = torch.empty_like(up, memory_format=torch.contiguous_format)
+    """(dgate, dup) in the input dtype for contiguous inputs, recomputing silu from gate. dout may
+    have any float dtype: the kernel upcasts every load to fp32."""
+    dg = torch.empty_like(gate)
+    du = torch.empty_like(up)
     n = gate.numel()
     if n > 0:
-        _swiglu_bwd_kernel[(triton.cdiv(n, _BLOCK),)](
+        launch(_swiglu_bwd_kernel)[grid(n)](
             dg, du, dout, gate, up, n, BLOCK=_BLOCK, num_warps=_NUM_WARPS
         )
     return dg, du

@@ -1,8 +1,9 @@
-"""Shared helpers for the kernel files: backend dispatch and input checks."""
+"""Shared helpers for the kernel files: backend dispatch, op registration, occupancy."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +24,45 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     if devs == {"cpu"}:
         return interpreting()
     return False
+
+
+def triton_ops_available() -> bool:
+    """Whether ops are registered with ``torch.library.triton_op`` (PyTorch >= 2.6) rather than
+    as opaque ``custom_op``s.
+
+    A triton_op's body is traced by torch.compile: its kernels appear in the graph as
+    ``triton_kernel_wrapper_functional`` nodes that Inductor launches from its generated code
+    (and CUDA graphs capture). Under TRITON_INTERPRET=1 the kernels are interpreter objects that
+    ``wrap_triton`` cannot trace, so there the ops stay opaque custom ops.
+    """
+    return hasattr(torch.library, "triton_op") and not interpreting()
+
+
+def register_op(name: str, fn: Callable, fake: Callable):
+    """Register ``fn`` as the op ``name``: a triton_op when available (its body launches the
+    kernels through ``traced_launch``, and its fake is the body itself), else a custom_op whose
+    ``fake`` gives the output shapes."""
+    if triton_ops_available():
+        return torch.library.triton_op(name, fn, mutates_args=())
+    op = torch.library.custom_op(name, fn, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
+def traced_launch(kernel):
+    """The launcher of op bodies: ``wrap_triton(kernel)`` makes the launch a graph node while
+    torch.compile traces, and launches as usual otherwise."""
+    if not triton_ops_available():
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
+def no_fake():
+    """A context in which tensors are real again (no fake, functional or proxy mode): for host-side
+    set-up, such as compiling a probe kernel, done while torch.compile traces an op body."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
 
 
 # sm_90 (H100 SXM) per-SM limits: CUDA C Programming Guide, "Compute Capabilities", Table 21.

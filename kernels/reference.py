@@ -31,6 +31,24 @@ def rms_norm_ref(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.T
     return (xf * rstd * w.to(cdt)).to(x.dtype)
 
 
+def add_rms_norm_ref(
+    x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add then RMSNorm: (rms_norm_ref(s, w, eps), s) with s = residual + x.
+
+    The pre-norm block's ``h = h + branch; norm(h)`` (kernels/add_rmsnorm.py fuses it). s takes
+    the promoted dtype, the residual stream's.
+
+    Args:
+        x: (..., N) the branch output.
+        residual: (..., N) the residual stream.
+        w: (N,) weight.
+        eps: added to the mean square before the rsqrt.
+    """
+    s = residual + x
+    return rms_norm_ref(s, w, eps), s
+
+
 def swiglu_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """SwiGLU silu(gate) * up computed in fp32 (fp64 for fp64 inputs), output in the input dtype.
 

@@ -3,10 +3,14 @@
 Zhang & Sennrich 2019 (arXiv:1910.07467). The kernels live in `kernels._rmsnorm_kernels`, imported
 on the first Triton call, so importing this module needs torch only. Two ways in:
 
-* eager: `RMSNormFunction` (torch.autograd.Function), the cheapest dispatch per call;
-* under torch.compile: the custom ops ``steptime::rms_norm_fwd`` / ``steptime::rms_norm_bwd``
-  (torch.library.custom_op with fake implementations and a registered autograd formula), which
-  dynamo traces as single opaque nodes: no graph break.
+* eager: `RMSNormFunction` (torch.autograd.Function), the cheapest dispatch per call. Inputs are
+  validated and the launch constants (`Plan`: grids, blocks, warps) computed once per shape, then
+  looked up: a call costs a dict lookup, the output allocations and the launches;
+* under torch.compile: the ops ``steptime::rms_norm_fwd`` / ``steptime::rms_norm_bwd``, registered
+  with ``torch.library.triton_op`` (PyTorch >= 2.6) and an autograd formula. Their bodies launch the
+  kernels through ``wrap_triton``, so the traced graph holds the Triton kernels themselves: Inductor
+  launches them from its generated code, fuses around them and CUDA graphs can capture them.
+  Under TRITON_INTERPRET=1 (or an older torch) they are opaque ``custom_op``s instead.
 
 The backward saves only x, w and the per-row rstd. float64 inputs are rejected (TypeError) rather
 than silently downcast: use `kernels.reference.rms_norm_ref` for float64 work (the tests do).
@@ -18,7 +22,7 @@ import math
 
 import torch
 
-from ._utils import use_triton
+from ._utils import register_op, traced_launch, use_triton
 from .reference import rms_norm_ref
 
 MAX_N = 65536
@@ -56,6 +60,32 @@ def _check(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> None:
         raise ValueError(f"rms_norm: eps must be a finite number >= 0 (e.g. 1e-6), got {eps!r}")
 
 
+_PLANS: dict = {}  # (shapes, dtypes, devices, eps) -> Plan, or None for the reference path
+
+
+def plan_for(x: torch.Tensor, w: torch.Tensor, eps: float):
+    """The cached launch plan of (x, w, eps): validated and computed on the first call of a shape,
+    a dict lookup after. None when the torch reference runs instead (`use_triton`)."""
+    key = (x.shape, w.shape, x.dtype, w.dtype, x.device, w.device, eps)
+    try:
+        return _PLANS[key]
+    except KeyError:
+        pass
+    _check(x, w, eps)
+    plan = None
+    if use_triton(x, w):
+        n = x.shape[-1]
+        plan = _k().make_plan(x.numel() // n, n, x, w)
+    if len(_PLANS) >= 512:  # many shapes (a sweep): start over rather than grow without bound
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def _contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def rmsnorm_fwd(
     x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +100,10 @@ def rmsnorm_fwd(
         y: (..., N) in x.dtype; rstd: (M,) fp32, M = numel / N.
     """
     _check(x, w, eps)
-    return _k().rmsnorm_fwd(x, w, eps)
+    x, w = _contig(x), _contig(w)
+    n = x.shape[-1]
+    y, rstd, _ = _k().rmsnorm_fwd(x, w, eps, _k().make_plan(x.numel() // n, n, x, w))
+    return y, rstd
 
 
 def rmsnorm_bwd(
@@ -88,48 +121,62 @@ def rmsnorm_bwd(
     _check(x, w, eps)
     if dy.shape != x.shape:
         raise ValueError(f"rms_norm backward: dy shape {tuple(dy.shape)} != x {tuple(x.shape)}")
-    return _k().rmsnorm_bwd(dy, x, w, rstd, eps)
+    x, w, dy = _contig(x), _contig(w), _contig(dy)
+    n = x.shape[-1]
+    plan = _k().make_plan(x.numel() // n, n, x, w)
+    dx, dw, _ = _k().rmsnorm_bwd(dy, x, w, rstd, eps, plan)
+    return dx, dw
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """Autograd glue for eager mode: saves only x, w and per-row rstd."""
+    """Autograd glue for eager mode: saves only x, w and per-row rstd; `plan` from `plan_for`."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-        y, rstd = _k().rmsnorm_fwd(x, w, eps)
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float, plan) -> torch.Tensor:
+        y, rstd, _ = _k().rmsnorm_fwd(x, w, eps, plan)
         ctx.save_for_backward(x, w, rstd)
-        ctx.eps = eps
+        ctx.eps, ctx.plan = eps, plan
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, w, rstd = ctx.saved_tensors
-        dx, dw = _k().rmsnorm_bwd(dy, x, w, rstd, ctx.eps)
-        return dx, dw, None
+        dx, dw, _ = _k().rmsnorm_bwd(_contig(dy), x, w, rstd, ctx.eps, ctx.plan)
+        return dx, dw, None, None
 
 
-# ------------------------------------------------------------------ custom ops for torch.compile
-@torch.library.custom_op("steptime::rms_norm_fwd", mutates_args=())
-def _fwd_op(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _k().rmsnorm_fwd(x, w, eps)
+# ------------------------------------------------------- torch.compile: triton_op registrations
+def _fwd_impl(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x, w = x.contiguous(), w.contiguous()
+    n = x.shape[-1]
+    plan = _k().make_plan(x.numel() // n, n, x, w)
+    y, rstd, _ = _k().rmsnorm_fwd(x, w, eps, plan, launch=traced_launch)
+    return y, rstd
 
 
-@_fwd_op.register_fake
 def _fwd_fake(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     rows = math.prod(x.shape[:-1])
-    return x.new_empty(x.shape), x.new_empty((rows,), dtype=torch.float32)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+        (rows,), dtype=torch.float32
+    )
 
 
-@torch.library.custom_op("steptime::rms_norm_bwd", mutates_args=())
-def _bwd_op(
+def _bwd_impl(
     dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _k().rmsnorm_bwd(dy, x, w, rstd, eps)
+    x, w, dy = x.contiguous(), w.contiguous(), dy.contiguous()
+    n = x.shape[-1]
+    plan = _k().make_plan(x.numel() // n, n, x, w)
+    dx, dw, _ = _k().rmsnorm_bwd(dy, x, w, rstd, eps, plan, launch=traced_launch)
+    return dx, dw
 
 
-@_bwd_op.register_fake
 def _bwd_fake(dy, x, w, rstd, eps):
-    return x.new_empty(x.shape), w.new_empty(w.shape)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
+
+
+_fwd_op = register_op("steptime::rms_norm_fwd", _fwd_impl, _fwd_fake)
+_bwd_op = register_op("steptime::rms_norm_bwd", _bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -158,9 +205,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     Returns:
         (..., N) tensor in x.dtype.
     """
-    _check(x, weight, eps)
-    if not use_triton(x, weight):
-        return rms_norm_ref(x, weight, eps)
     if torch.compiler.is_compiling():
+        _check(x, weight, eps)
+        if not use_triton(x, weight):
+            return rms_norm_ref(x, weight, eps)
         return _fwd_op(x, weight, float(eps))[0]
-    return RMSNormFunction.apply(x, weight, float(eps))
+    plan = plan_for(x, weight, eps)
+    if plan is None:
+        return rms_norm_ref(x, weight, eps)
+    return RMSNormFunction.apply(_contig(x), _contig(weight), float(eps), plan)

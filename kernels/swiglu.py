@@ -2,17 +2,18 @@
 
 Shazeer 2020, "GLU Variants Improve Transformer" (arXiv:2002.05202). The kernels live in
 `kernels._swiglu_kernels`, imported on the first Triton call, so importing this module needs torch
-only. Eager calls go through `SwiGLUFunction` (the cheapest dispatch); under torch.compile the
-custom ops ``steptime::swiglu_fwd`` / ``steptime::swiglu_bwd`` (with fake implementations and a
-registered autograd formula) keep the graph whole. float64 inputs are rejected (TypeError); use
-`kernels.reference.swiglu_ref` for float64 work.
+only. Eager calls go through `SwiGLUFunction` (the cheapest dispatch; inputs validated once per
+shape and dtype); under torch.compile the ops ``steptime::swiglu_fwd`` / ``steptime::swiglu_bwd``,
+registered with ``torch.library.triton_op`` and an autograd formula, put the Triton kernels
+themselves in the traced graph (opaque ``custom_op``s under TRITON_INTERPRET=1 or an older torch).
+float64 inputs are rejected (TypeError); use `kernels.reference.swiglu_ref` for float64 work.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._utils import use_triton
+from ._utils import register_op, traced_launch, use_triton
 from .reference import swiglu_ref
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -41,10 +42,14 @@ def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
         raise ValueError(f"swiglu: gate on {gate.device} but up on {up.device}")
 
 
+def _contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Launch the forward kernel: silu(gate) * up, same shape and dtype (fp32/bf16/fp16)."""
     _check(gate, up)
-    return _k().swiglu_fwd(gate, up)
+    return _k().swiglu_fwd(_contig(gate), _contig(up))
 
 
 def swiglu_bwd(
@@ -54,7 +59,7 @@ def swiglu_bwd(
     _check(gate, up)
     if dout.shape != gate.shape:
         raise ValueError(f"swiglu backward: dout shape {tuple(dout.shape)} != {tuple(gate.shape)}")
-    return _k().swiglu_bwd(dout, gate, up)
+    return _k().swiglu_bwd(_contig(dout), _contig(gate), _contig(up))
 
 
 class SwiGLUFunction(torch.autograd.Function):
@@ -68,30 +73,32 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         gate, up = ctx.saved_tensors
-        return _k().swiglu_bwd(dout, gate, up)
+        return _k().swiglu_bwd(_contig(dout), gate, up)
 
 
-# ------------------------------------------------------------------ custom ops for torch.compile
-@torch.library.custom_op("steptime::swiglu_fwd", mutates_args=())
-def _fwd_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return _k().swiglu_fwd(gate, up)
+# ------------------------------------------------------- torch.compile: triton_op registrations
+def _fwd_impl(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _k().swiglu_fwd(gate.contiguous(), up.contiguous(), launch=traced_launch)
 
 
-@_fwd_op.register_fake
 def _fwd_fake(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return gate.new_empty(gate.shape)
+    return torch.empty_like(gate, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("steptime::swiglu_bwd", mutates_args=())
-def _bwd_op(
+def _bwd_impl(
     dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _k().swiglu_bwd(dout, gate, up)
+    g, u = gate.contiguous(), up.contiguous()
+    return _k().swiglu_bwd(dout.contiguous(), g, u, launch=traced_launch)
 
 
-@_bwd_op.register_fake
 def _bwd_fake(dout, gate, up):
-    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+    fmt = torch.contiguous_format
+    return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
+
+
+_fwd_op = register_op("steptime::swiglu_fwd", _fwd_impl, _fwd_fake)
+_bwd_op = register_op("steptime::swiglu_bwd", _bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -105,6 +112,21 @@ def _backward(ctx, dout: torch.Tensor):
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
 
+_CHECKED: dict = {}  # (shape, dtypes, devices) -> whether Triton runs (validated once per key)
+
+
+def _triton_path(gate: torch.Tensor, up: torch.Tensor) -> bool:
+    key = (gate.shape, up.shape, gate.dtype, up.dtype, gate.device, up.device)
+    try:
+        return _CHECKED[key]
+    except KeyError:
+        pass
+    _check(gate, up)
+    if len(_CHECKED) >= 512:
+        _CHECKED.clear()
+    _CHECKED[key] = ok = use_triton(gate, up)
+    return ok
+
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up: Triton on CUDA (or under TRITON_INTERPRET=1), else the reference.
@@ -113,9 +135,9 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         gate: (...) fp32/bf16/fp16.
         up: same shape and dtype as gate.
     """
-    _check(gate, up)
-    if not use_triton(gate, up):
-        return swiglu_ref(gate, up)
     if torch.compiler.is_compiling():
-        return _fwd_op(gate, up)
-    return SwiGLUFunction.apply(gate, up)
+        _check(gate, up)
+        return _fwd_op(gate, up) if use_triton(gate, up) else swiglu_ref(gate, up)
+    if not _triton_path(gate, up):
+        return swiglu_ref(gate, up)
+    return SwiGLUFunction.apply(_contig(gate), _contig(up))
