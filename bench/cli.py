@@ -78,8 +78,7 @@ def build_parser() -> ArgParser:
 def _merge(a) -> int:
     from bench.sweep import results
 
-    rows = results.merge(a.dirs)
-    results.write_rows(a.out, rows)
+    rows = results.merge_into(a.dirs, a.out)
     print(f"merged {len(rows)} rows into {a.out}", file=sys.stderr)
     return 0
 

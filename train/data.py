@@ -14,15 +14,20 @@ dataset costs no pass over its tokens.
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 import sysconfig
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from core import UserError
+from core import UserError, read_json
+from core.files import read_bytes
+from core.owner import safe_name
+
+if TYPE_CHECKING:
+    import torch
 
 _SKIP_DIRS = ("site-packages", "test", "tests", "__pycache__", "idlelib")
 EMBEDDED_MAX_BYTES = 8 * 1024 * 1024  # caps load time (< 1 s) while giving ~8M tokens
@@ -84,14 +89,12 @@ def data_meta(path: str | None) -> dict | None:
     if path is None or not (os.path.isdir(path) or path.endswith(".bin")):
         return None
     mp = _meta_path(path)
-    if not os.path.isfile(mp):
+    if not os.path.lexists(mp):
         return None
     try:
-        with open(mp) as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as e:
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise UserError(f"cannot read {mp}: {why}; {PREPARE_HINT}") from None
+        meta = read_json(mp, nofollow=True, what="meta.json")
+    except UserError as e:
+        raise UserError(f"{e}; {PREPARE_HINT}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{mp} is not a JSON object; {PREPARE_HINT}")
     vocab, dtype = meta.get("vocab_size"), meta.get("dtype")
@@ -101,7 +104,26 @@ def data_meta(path: str | None) -> dict | None:
         raise UserError(f"{mp}: dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
     if vocab > np.iinfo(dtype).max + 1:
         raise UserError(f"{mp}: vocab_size {vocab} does not fit dtype {dtype}")
+    tok = meta.get("tokenizer")
+    if tok is not None and not isinstance(tok, dict):
+        raise UserError(f"{mp}: tokenizer must be an object, got {tok!r}")
+    if isinstance(tok, dict) and tok.get("kind") == "hf":  # its file lives in the dataset folder
+        safe_name(tok.get("file"), f"{mp}: tokenizer file")
     return meta
+
+
+def check_token_ids(tokens: np.ndarray, vocab: int, path: str) -> None:
+    """UserError when a token id is >= `vocab` (it would index past the embedding mid-run).
+
+    One pass over the tokens in chunks, once when the data opens."""
+    chunk = 1 << 24
+    for i in range(0, len(tokens), chunk):
+        top = int(np.max(tokens[i : i + chunk]))
+        if top >= vocab:
+            raise UserError(
+                f"{path} holds token id {top}, but its meta.json vocab_size is {vocab}: the data "
+                "and its meta.json do not belong together; prepare it again"
+            )
 
 
 def _memmap(path: str, dtype: str) -> np.ndarray:
@@ -118,13 +140,9 @@ def _memmap(path: str, dtype: str) -> np.ndarray:
 
 
 def _read_bytes(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"data file not found: {path}")
-    try:
-        with open(path, "rb") as fh:
-            return np.frombuffer(fh.read(), dtype=np.uint8)
-    except OSError as e:
-        raise UserError(f"cannot read data file {path}: {e.strerror or e}") from None
+    return np.frombuffer(read_bytes(path), dtype=np.uint8)  # regular files only (no FIFO)
 
 
 def _split(tokens: np.ndarray, val_fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +164,7 @@ def _prepared(path: str, uint32: bool, val_fraction: float):
     dtype = meta["dtype"] if meta else ("uint32" if uint32 else "uint16")
     train = _memmap(train_path, dtype)
     if meta is not None:
+        check_token_ids(train, meta["vocab_size"], train_path)
         vocab = padded_vocab(meta["vocab_size"])
     else:
         # No meta.json: one pass over the file (nanoGPT GPT-2 data gives 50257 -> padded 50304).
@@ -156,10 +175,29 @@ def _prepared(path: str, uint32: bool, val_fraction: float):
     # holding out the tail of the training stream.
     if os.path.basename(train_path) == "train.bin" and os.path.isfile(val_path):
         val = _memmap(val_path, dtype)
+        if meta is not None:
+            check_token_ids(val, meta["vocab_size"], val_path)
         if len(train) < 2 or len(val) < 2:
             raise UserError(f"{folder}: train.bin or val.bin has fewer than 2 tokens")
         return train, val, vocab
     return (*_split(train, val_fraction, train_path), vocab)
+
+
+def check_data_path(path: str, flag: str = "--data") -> None:
+    """Open `path` as `get_data` would (regular files only, meta.json, sizes, token ids) and
+    raise the one UserError it would: a sweep checks its data once, before any worker starts."""
+    target = os.path.join(path, "train.bin") if os.path.isdir(path) else path
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the check
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(0, "not a regular file")
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UserError(f"{flag} {target}: cannot read it ({e.strerror or e})") from None
+    get_data(path)
 
 
 def get_data(
@@ -236,6 +274,8 @@ class Sampler:
         return self._offset + chunks * self.chunk
 
     def next_batch(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        import torch  # here, so that checking data (bench sweep's parent) needs no torch
+
         starts = self.batch_indices(self.step)
         self.step += 1
         # One vectorised gather instead of a Python loop per sequence.

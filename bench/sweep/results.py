@@ -25,7 +25,8 @@ import threading
 import time
 
 from bench.proc import pid_alive
-from core import UserError, atomic_write
+from core import UserError, atomic_write, owner
+from core.files import jsonl_records, open_append, read_json, refuse_symlinks, warn_line
 
 FINAL_STATUSES = ("ok", "oom", "nan", "error", "timeout", "skipped")
 # Failures of the harness itself: retried by a rerun unless the user says otherwise.
@@ -45,7 +46,33 @@ def _clean(v):
 def row_key(row: dict) -> tuple[str, int]:
     """(config_id, repeat): one row per key survives a merge."""
     rep = row.get("repeat")
-    return str(row["config_id"]), int(rep) if isinstance(rep, (int, float)) and rep == rep else 0
+    ok = isinstance(rep, (int, float)) and not isinstance(rep, bool) and math.isfinite(rep)
+    return str(row["config_id"]), int(rep) if ok else 0
+
+
+def row_problem(r) -> str | None:
+    """Why a record read from a rows file is no row (None: it is one)."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    cid = r.get("config_id")
+    if cid is None:
+        return "has no config_id"
+    if not isinstance(cid, str) or not cid:
+        return "config_id is not a name"
+    rep = r.get("repeat")
+    if rep is not None and (
+        isinstance(rep, bool) or not isinstance(rep, (int, float)) or not math.isfinite(rep)
+        or rep != int(rep) or rep < 0
+    ):  # fmt: skip
+        return f"repeat {rep!r} is not a count"
+    w = r.get("written_at")
+    if w is not None and (
+        isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)
+    ):
+        return f"written_at {w!r} is not a time"
+    if r.get("status") is not None and not isinstance(r.get("status"), str):
+        return "status is not a string"
+    return None
 
 
 def _writer_file(out_dir: str) -> str:
@@ -67,10 +94,11 @@ def append_row(out_dir: str, row: dict) -> dict:
     path = _writer_file(out_dir)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        refuse_symlinks(out_dir, (ROWS_DIR,))
         with _LOCK:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = open_append(path)  # O_NOFOLLOW: a planted link is refused, never written through
             try:
-                if os.fstat(fd).st_size and not _ends_with_newline(path):
+                if not _ends_with_newline(fd):
                     line = b"\n" + line  # a torn line of a killed write stays on its own line
                 os.write(fd, line)
                 os.fsync(fd)
@@ -82,30 +110,20 @@ def append_row(out_dir: str, row: dict) -> dict:
     return row
 
 
-def _ends_with_newline(path: str) -> bool:
-    with open(path, "rb") as fh:
-        fh.seek(-1, os.SEEK_END)
-        return fh.read(1) == b"\n"
+def _ends_with_newline(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return not size or os.pread(fd, 1, size - 1) == b"\n"
 
 
-def _read_jsonl(path: str, *, tolerate_torn: bool) -> list[dict]:
-    rows = []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                r = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                if tolerate_torn:  # only a killed writer leaves a partial line in a row file
-                    continue
-                raise UserError(f"{path} line {n} is not JSON: not a bench results file?") from None
-            if not isinstance(r, dict) or "config_id" not in r:
-                raise UserError(
-                    f"{path} line {n} has no config_id: not a bench results file (rows need one)"
-                )
-            rows.append(r)
+def _read_jsonl(path: str, *, view: bool = False) -> list[dict]:
+    """The rows of a rows file or of the results.jsonl `view`: records that are no row (a line
+    torn by a kill, garbage) are skipped with one warning line; a view with records but no row
+    at all is not a results file (UserError)."""
+    rows, skipped, first = jsonl_records(path, nofollow=True, check=row_problem)
+    if view and skipped and not rows:
+        raise UserError(f"{path} {first}: not a bench results file")
+    if skipped:
+        warn_line(f"{path}: skipped {skipped} unreadable record(s) (first: {first})")
     return rows
 
 
@@ -117,9 +135,9 @@ def load_rows(out_dir: str) -> list[dict]:
     found: list[dict] = []
     view = os.path.join(out_dir, "results.jsonl")
     if os.path.isfile(view):
-        found += _read_jsonl(view, tolerate_torn=False)
+        found += _read_jsonl(view, view=True)
     for path in sorted(glob.glob(os.path.join(out_dir, ROWS_DIR, "*.jsonl"))):
-        found += _read_jsonl(path, tolerate_torn=True)
+        found += _read_jsonl(path)
     found.sort(key=lambda r: r.get("written_at") or 0.0)  # stable: file order among equals
     merged: dict[tuple[str, int], dict] = {}
     first: dict[tuple[str, int], float] = {}
@@ -149,7 +167,7 @@ def _folder_lock(out_dir: str):
 
     path = os.path.join(out_dir, ".lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
@@ -234,6 +252,85 @@ def final_keys(rows: list[dict], retry: tuple[str, ...] = RETRY_DEFAULT) -> set[
 def done_ids(rows: list[dict]) -> set[str]:
     """config_ids with any row of a final status (merge/compat helper)."""
     return {r["config_id"] for r in rows if r.get("status") in FINAL_STATUSES}
+
+
+SWEEP_ENTRIES = (ROWS_DIR, ".work", ".jobs", "sweep.json", ".lock", *FILES)
+
+
+def check_sweep_folder(out_dir: str) -> None:
+    """UserError when sweep folder OUT lies inside another steptime folder, is a train run or a
+    dataset, or has a symlink where the sweep writes (rows/, .work/, .jobs/, its views)."""
+    kind = owner.kind_of(out_dir)
+    if kind in ("train run", "dataset"):
+        raise UserError(f"--out {out_dir} holds a {kind}: a sweep there would mix into it")
+    if kind is None:
+        owner.check_not_nested(out_dir, "--out")
+    if os.path.isdir(out_dir):
+        refuse_symlinks(out_dir, SWEEP_ENTRIES)
+        for sub in (ROWS_DIR, ".work", ".jobs", os.path.join(".jobs", "heartbeat")):
+            d = os.path.join(out_dir, sub)
+            if os.path.isdir(d):
+                refuse_symlinks(d, os.listdir(d))
+
+
+def folder_settings(out_dir: str) -> dict | None:
+    """The measurement settings a sweep folder's sweep.json records (None: it has none)."""
+    path = os.path.join(out_dir, "sweep.json")
+    if not os.path.lexists(path):
+        return None
+    rec = read_json(path, nofollow=True, what="sweep settings")
+    if not isinstance(rec, dict) or not isinstance(rec.get("settings"), dict):
+        raise UserError(f"{path} holds no settings: remove it or use another folder")
+    return rec["settings"]
+
+
+def merged_settings(dirs: list[str]) -> dict:
+    """The settings all of `dirs` were measured with; UserError naming the first that differs."""
+    from bench.sweep.options import _shown
+
+    have: dict = {}
+    first: dict = {}
+    for d in dirs:
+        got = folder_settings(d)
+        if got is None:
+            warn_line(f"{d} has no sweep.json: its measurement settings cannot be checked")
+            continue
+        for k, v in got.items():
+            if k in have and have[k] != v:
+                flag, was = _shown(k, have[k])
+                raise UserError(
+                    f"{first[k]} was measured with {flag} {was}, {d} with {_shown(k, v)[1]}: "
+                    "merge only sweeps measured with the same settings"
+                )
+            have.setdefault(k, v)
+            first.setdefault(k, d)
+    return have
+
+
+def merge_into(dirs: list[str], out: str) -> list[dict]:
+    """`bench merge`: the rows of `dirs` (later dirs win) and their common settings into a new
+    folder OUT, which this process owns while it writes."""
+    if not out:
+        raise UserError("--out must name a folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"cannot write --out {out}: it is a file")
+    kind = owner.kind_of(out)
+    if kind is not None or has_results(out):
+        raise UserError(
+            f"--out {out} already holds a {kind or 'sweep'}: merge into a new folder (its rows "
+            "would count as merged)"
+        )
+    owner.check_not_nested(out, "--out")
+    settings = merged_settings(dirs)
+    rows = merge(dirs)
+    with owner.owned(out, "bench merge"):
+        if has_results(out) or os.path.lexists(os.path.join(out, "sweep.json")):
+            raise UserError(f"--out {out} got results while merging: merge into a new folder")
+        if settings:
+            text = json.dumps({"settings": settings}, indent=1, sort_keys=True) + "\n"
+            atomic_write(os.path.join(out, "sweep.json"), text, inside=out)
+        write_rows(out, rows)
+    return rows
 
 
 def merge(dirs: list[str]) -> list[dict]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from core import UserError
 
 DEFAULT_COLUMNS = [
@@ -35,6 +38,23 @@ def load_frame(out_dir: str):
     return pd.DataFrame(load_rows(out_dir))
 
 
+def sort_order(values: list, descending: bool = False) -> list[int]:
+    """Row positions sorting `values` stably: numbers by value, then text, then anything else by
+    its text; missing values (None, NaN) last either way. A column can mix types (a row file
+    written by another version, a hand-edited row), and pandas cannot compare int with str."""
+
+    def rank(v):
+        if v is None:
+            return None
+        if isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_":
+            return None if math.isnan(float(v)) else (0, float(v), "")
+        return (1, 0.0, str(v))
+
+    keyed = [(rank(v), i) for i, v in enumerate(values)]
+    present = sorted((k for k in keyed if k[0] is not None), key=lambda k: k[0], reverse=descending)
+    return [i for _, i in present] + [i for k, i in keyed if k is None]
+
+
 def format_table(
     df,
     sort: str | None = None,
@@ -57,7 +77,7 @@ def format_table(
     if missing:
         raise UserError(f"unknown column(s): {', '.join(missing)} (see the columns of results.csv)")
     if sort:
-        df = df.sort_values(sort, ascending=not descending, kind="stable", na_position="last")
+        df = df.iloc[sort_order(list(df[sort]), descending)]
     if df.empty:
         return "(no rows)"
     table = df[cols]

@@ -23,6 +23,7 @@ import contextlib
 import getpass
 import glob
 import json
+import math
 import os
 import shutil
 import socket
@@ -31,7 +32,8 @@ import time
 from dataclasses import dataclass, field
 
 from bench.sweep import results
-from core import UserError, atomic_write
+from core import UserError, atomic_write, owner
+from core.files import read_bytes, read_json, read_jsonl, refuse_symlinks, warn_line
 
 JOBS_DIR = ".jobs"
 HEARTBEAT_S = 15.0  # how often a running job touches its heartbeat
@@ -53,6 +55,52 @@ class ConfigState:
     from_row: bool = False  # the state is the row's outcome (not a live or lost job's)
 
 
+@contextlib.contextmanager
+def config_claim(out_dir: str, spec: dict):
+    """Hold the claim on one (config, repeat) of a sweep folder while measuring it.
+
+    An flock on OUT/.work/<key>.claim: a second sweep on the same folder (or an overlapping
+    shard) waits for the claim instead of measuring the same config at the same time on the same
+    core, then yields the row the first one wrote (None: measure it). Multi-node ranks > 0 claim
+    nothing (node 0 does).
+    """
+    import fcntl
+
+    if int(spec.get("node_rank") or 0):
+        yield None
+        return
+    key = owner.safe_name(key_of(spec), "config key")
+    work = os.path.join(os.path.abspath(out_dir), spec.get("subdir") or "", ".work")
+    os.makedirs(work, exist_ok=True)
+    refuse_symlinks(work, [f"{key}{x}" for x in (".claim", ".log", ".spec.json", ".result.json")])
+    path = os.path.join(work, f"{key}.claim")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        waited_since = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                waited_since = waited_since or time.time()
+                time.sleep(0.2)
+        yield _row_since(os.path.dirname(work), spec, waited_since) if waited_since else None
+    finally:
+        os.close(fd)  # releases the claim
+
+
+def _row_since(folder: str, spec: dict, since: float) -> dict | None:
+    """The final row of `spec`'s key that the sweep we waited for (since `since`) wrote."""
+    want = key_of(spec)
+    rows = [r for r in results.load_rows(folder) if key_of(r) == want]
+    final = [r for r in rows if r.get("status") in results.FINAL_STATUSES]
+    ok = [r for r in final if r["status"] not in results.RETRY_DEFAULT]
+    return ok[-1] if ok else None
+
+
 def key_of(d: dict) -> str:
     """A config's key in a sweep folder (row, spec, record): config_id, `-r<repeat>` if > 0."""
     cid, rep = results.row_key(d)
@@ -67,16 +115,33 @@ def heartbeat_path(out_dir: str, key: str) -> str:
     return os.path.join(jobs_dir(out_dir), "heartbeat", f"{key}.json")
 
 
+def _record_problem(rec) -> str | None:
+    """Why a line of a submit-*.jsonl file is no job record (None: it is one)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    why = results.row_problem({"config_id": rec.get("config_id"), "repeat": rec.get("repeat")})
+    if why:
+        return why
+    jid = rec.get("job_id")
+    if isinstance(jid, bool) or not isinstance(jid, (str, int)) or str(jid) == "":
+        return "no job_id"
+    sub = rec.get("submitted")
+    if sub is not None and (
+        isinstance(sub, bool) or not isinstance(sub, (int, float)) or not math.isfinite(sub)
+    ):
+        return f"submitted {sub!r} is not a time"
+    for k in ("executor", "host", "label", "stderr", "stdout"):
+        if rec.get(k) is not None and not isinstance(rec[k], str):
+            return f"{k} is not a string"
+    return None
+
+
 def read_records(out_dir: str) -> dict[str, dict]:
-    """The latest job record per config key (records sorted by submission time)."""
+    """The latest job record per config key (records sorted by submission time); lines that are
+    no record are skipped with one warning line per file."""
     recs: list[dict] = []
-    for path in glob.glob(os.path.join(jobs_dir(out_dir), "submit-*.jsonl")):
-        with contextlib.suppress(OSError), open(path) as fh:
-            for line in fh:
-                with contextlib.suppress(json.JSONDecodeError):
-                    rec = json.loads(line)
-                    if isinstance(rec, dict) and rec.get("config_id"):
-                        recs.append(rec)
+    for path in sorted(glob.glob(os.path.join(jobs_dir(out_dir), "submit-*.jsonl"))):
+        recs += read_jsonl(path, nofollow=True, check=_record_problem)
     recs.sort(key=lambda r: float(r.get("submitted") or 0.0))
     return {key_of(r): r for r in recs}
 
@@ -85,27 +150,40 @@ def fs_now(out_dir: str) -> float:
     """The folder's file-system clock: the mtime of a freshly touched probe file."""
     probe = os.path.join(jobs_dir(out_dir), "clock")
     try:
-        with open(probe, "a"):
-            os.utime(probe)
-        return os.stat(probe).st_mtime
-    except OSError:  # a read-only copy of a folder: fall back to this machine's clock
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            os.utime(fd)
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+    except OSError:  # a read-only copy of a folder (or a planted link): this machine's clock
         return time.time()
 
 
 def read_heartbeats(out_dir: str) -> dict[str, dict]:
-    """Heartbeat content per config key, with "age_s" (by the folder's clock) added."""
+    """Heartbeat content per config key, with "age_s" (by the folder's clock) added; files that
+    are no heartbeat are skipped with one warning line."""
     paths = glob.glob(os.path.join(jobs_dir(out_dir), "heartbeat", "*.json"))
     now = fs_now(out_dir) if paths else 0.0
-    out = {}
-    for path in paths:
+    out, bad = {}, []
+    for path in sorted(paths):
         try:
-            with open(path) as fh:
-                hb = json.load(fh)
-            hb["age_s"] = now - os.stat(path).st_mtime
-        except (OSError, json.JSONDecodeError):
-            continue  # being written or removed right now: the next poll sees it
-        if isinstance(hb, dict) and hb.get("config_id"):
-            out[key_of(hb)] = hb
+            hb = read_json(path, nofollow=True)
+            age = now - os.lstat(path).st_mtime
+        except UserError as e:
+            if os.path.lexists(path):  # else being replaced right now: the next poll sees it
+                bad.append(f"{path}: {str(e).rsplit(': ', 1)[-1]}")
+            continue
+        except OSError:
+            continue
+        why = _record_problem(hb) if isinstance(hb, dict) else "not a JSON object"
+        if why:
+            bad.append(f"{path}: {why}")
+            continue
+        hb["age_s"] = age
+        out[key_of(hb)] = hb
+    if bad:
+        warn_line(f"skipped {len(bad)} unreadable heartbeat file(s) (first: {bad[0]})")
     return out
 
 
@@ -198,7 +276,7 @@ def config_states(out_dir: str) -> list[ConfigState]:
             out.append(state)
             continue
         state, msg, from_row = _job_state(rec, hbs.get(key), queued.get(str(rec["job_id"])), row)
-        logs = [p for p in (rec.get("stderr"), rec.get("stdout")) if p]
+        logs = [p for p in (rec.get("stderr"), rec.get("stdout")) if p and _inside(p, out_dir)]
         status = (row or {}).get("status", "")
         jid, ex = str(rec["job_id"]), rec.get("executor", "")
         out.append(ConfigState(key, state, label, status, jid, ex, msg, logs, from_row))
@@ -222,20 +300,32 @@ def label_of(row: dict) -> str:
         return ""
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` (a log path a record names) resolves inside `folder`: status never shows a
+    file outside the folder it was given, whatever the folder's records say."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real.startswith(top + os.sep)
+
+
 def tail(path: str, n: int) -> list[str]:
-    """The last n non-blank lines of a text file ([] if it cannot be read)."""
+    """The last n non-blank lines of a text file ([] if it cannot be read or is no regular file,
+    or a symlink)."""
     try:
-        with open(path, errors="replace") as fh:
-            lines = [x.rstrip() for x in fh.read().splitlines() if x.strip()]
-    except OSError:
+        text = read_bytes(path, nofollow=True).decode(errors="replace")
+    except UserError:
         return []
+    lines = [x.rstrip() for x in text.splitlines() if x.strip()]
     return lines[-n:] if n > 0 else []
 
 
 def worker_log(out_dir: str, key: str) -> str | None:
     """The worker's own log of a config, where the sweep keeps one."""
+    try:
+        owner.safe_name(key, "config key")
+    except UserError:
+        return None  # a key from a damaged row names no file
     path = os.path.join(out_dir, ".work", f"{key}.log")
-    return path if os.path.isfile(path) else None
+    return path if os.path.isfile(path) and not os.path.islink(path) else None
 
 
 def format_status(out_dir: str, states: list[ConfigState], tail_lines: int = 5) -> str:
