@@ -61,6 +61,20 @@ def _fit_parser(sub) -> None:
         "repeats of a config: rows (each its own sample), median or min (one target per config)",
         choices=ttable.AGGREGATES,
     )
+    opt(
+        f,
+        "--select",
+        "cv",
+        "HOW",
+        "saved family: cv (lower CV MAPE) or extrapolate (lower error on the extrapolation "
+        "splits, selection re-run inside each: the search's use)",
+        choices=("cv", "extrapolate"),
+    )
+    opt(f, "--outer-seeds", 5, "S", "outer splits of the nested CV headline (1..50)")
+    opt(f, "--device", None, "NAME", "device for the peak table (default: the table's device_name)")
+    opt(f, "--peak-flops", None, "FLOP/S", "peak FLOP/s of the device (overrides the table)")
+    opt(f, "--peak-bandwidth", None, "B/S", "peak memory (copy) bandwidth in B/s")
+    opt(f, "--link-bandwidth", None, "B/S", "all-reduce link bandwidth per direction in B/s")
     opt(f, "--plot", None, "PNG", "held-out predicted vs measured")
     opt(f, "--color-by", "batch_size", "COL", "table column that colours the --plot points")
 

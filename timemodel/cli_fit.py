@@ -9,7 +9,7 @@ import pandas as pd
 
 from core import UserError
 from model import costs
-from timemodel import isoflop, lawfit, losslaw, models, plots, stepmodel
+from timemodel import isoflop, lawfit, losslaw, models, plots, roofline, stepmodel
 from timemodel import table as ttable
 from timemodel.io import (
     DATASETS,
@@ -81,6 +81,29 @@ def _fit_features(text: str | None) -> list[str] | None:
     return names
 
 
+def _peaks(args, table: pd.DataFrame) -> dict | None:
+    """Device peaks for the physical model: the peak table for --device (else the table's
+    device_name / gpu_name), overridden by --peak-flops/--peak-bandwidth/--link-bandwidth."""
+    vals = {}
+    for flag, v in (("--peak-flops", args.peak_flops), ("--peak-bandwidth", args.peak_bandwidth),
+                    ("--link-bandwidth", args.link_bandwidth)):  # fmt: skip
+        vals[flag] = None if v is None else finite(flag, v, hi=1e18)
+    device = args.device or _first(table, "device_name") or _first(table, "gpu_name")
+    peaks = roofline.peaks_for(
+        device,
+        _first(table, "dtype"),
+        flops=vals["--peak-flops"],
+        bandwidth=vals["--peak-bandwidth"],
+        link=vals["--link-bandwidth"],
+    )
+    if peaks is None:
+        print(
+            f"note: no peak FLOP/s and bandwidth known for device {device!r}; the physical "
+            "(roofline) model needs --peak-flops and --peak-bandwidth"
+        )
+    return peaks
+
+
 def cmd_fit(args) -> int:
     what = ", ".join(args.inputs)
     df = read_tables(args.inputs)
@@ -90,11 +113,15 @@ def cmd_fit(args) -> int:
     table, y = load_step_table(df, time_col=args.time_col, time_unit=args.time_unit, what=what)
     feats = _fit_features(args.features)
     raw_repeatability = ttable.repeatability(table["group"].to_numpy(), y)
+    raw_groups, raw_y = table["group"].to_numpy(), y
     n_measured = len(y)
     table, y = ttable.aggregate(table, y, args.aggregate)
     n_cfg = table["group"].nunique()
     if not 1 <= args.cv_repeats <= 1000:
         raise UserError(f"--cv-repeats must be in 1..1000, got {args.cv_repeats}")
+    if not 1 <= args.outer_seeds <= 50:
+        raise UserError(f"--outer-seeds must be in 1..50, got {args.outer_seeds}")
+    peaks = _peaks(args, table)
     if args.folds < 2 or n_cfg < args.folds:
         raise UserError(
             f"{n_cfg} distinct configs is too few for --folds {args.folds} "
@@ -108,8 +135,15 @@ def cmd_fit(args) -> int:
         objective=args.objective,
         extrapolate=args.extrapolate,
         cv_repeats=args.cv_repeats,
+        outer_seeds=args.outer_seeds,
+        peaks=peaks,
+        select=args.select,
+        aggregate=args.aggregate,
+        raw_groups=raw_groups,
+        raw_y=raw_y,
     )
     held = res.pop("_held_out_pred")
+    phys_held = res.pop("_physical_held_out_pred", None)
     res["repeatability"] = raw_repeatability  # of single measurements, whatever --aggregate
     res |= {
         "aggregate": args.aggregate,
@@ -125,7 +159,7 @@ def cmd_fit(args) -> int:
     } | _stamp()
     for line in stepmodel.table_lines(res):
         print(line)
-    if args.extrapolate:
+    if "extrapolation" in res:
         for line in stepmodel.extrapolation_lines(res):
             print(line)
     for line in stepmodel.coefficient_lines(res):
@@ -133,7 +167,7 @@ def cmd_fit(args) -> int:
     write_json(res, args.out)
     print(f"wrote {args.out}")
     if args.plot:
-        res["_held_out_pred"] = held
+        res["_held_out_pred"] = phys_held if res["family"] == "physical" else held
         col = args.color_by if args.color_by in table.columns else "batch_size"
         color = pd.to_numeric(table[col], errors="coerce").fillna(1.0).to_numpy(float)
         plots.fit_plot(args.plot, res, y, color, col)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import nnls
 
+from timemodel import roofline
+
 OBJECTIVES = ("relative", "absolute")
 
 
@@ -169,51 +171,6 @@ def select(
     return one_se_choice(scores), scores
 
 
-def nested_cv(
-    F: dict[str, np.ndarray],
-    sets: dict[str, list[str]],
-    y: np.ndarray,
-    groups: np.ndarray,
-    k: int,
-    objective: str = "relative",
-    forward_pool: list[str] | None = None,
-) -> dict:
-    """Held-out error of the whole procedure (selection included): selection runs inside each
-    outer training fold, and the outer fold scores the set it picked."""
-    pred = np.empty_like(y)
-    picks = []
-    for te in group_folds(groups, k, seed=1):
-        tr = np.setdiff1d(np.arange(len(y)), te)
-        sub = {n: v[tr] for n, v in F.items()}
-        inner = group_folds(groups[tr], min(k, len(np.unique(groups[tr]))), seed=2)
-        name, sc = select(sub, sets, y[tr], inner, objective, forward_pool, groups[tr])
-        names = sc[name]["features"]
-        c0, c = fit_nnls(matrix(sub, names), y[tr], objective)
-        pred[te] = predict(c0, c, matrix({n: v[te] for n, v in F.items()}, names))
-        picks.append(name)
-    return metrics(y, pred, groups) | {"picked": picks}
-
-
-def extrapolation_splits(df, groups: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Train/test index pairs a user meets when measuring small and searching big:
-    the smaller half of the configs by params -> the larger half, and each sequence length -> each
-    other one."""
-    out = {}
-    params = df["params"].to_numpy(float)
-    cut = np.median(np.unique(params))
-    small, large = np.flatnonzero(params <= cut), np.flatnonzero(params > cut)
-    if len(small) >= 3 and len(large) >= 1:
-        out["params: smaller half -> larger half"] = (small, large)
-    seqs = np.unique(df["sequence_length"].to_numpy(int))
-    for a in seqs:
-        for b in seqs:
-            tr = np.flatnonzero(df["sequence_length"].to_numpy(int) == a)
-            te = np.flatnonzero(df["sequence_length"].to_numpy(int) == b)
-            if a != b and len(tr) >= 3 and len(te) >= 1:
-                out[f"sequence_length: {a} -> {b}"] = (tr, te)
-    return out
-
-
 def split_score(
     F: dict[str, np.ndarray],
     names: list[str],
@@ -228,7 +185,10 @@ def split_score(
 
 
 def predict_seconds(model: dict, values: dict) -> np.ndarray | float:
-    """Step time in seconds; `values` maps feature name -> scalar or numpy array."""
+    """Step time in seconds; `values` maps feature name -> scalar or numpy array. A physical model
+    (`"form": "roofline"`) predicts through `timemodel.roofline.predict`."""
+    if model.get("form") == "roofline":
+        return roofline.predict(model, values)
     t = model["intercept"]
     for f, c in model["coefficients"].items():
         t = t + c * values[f]

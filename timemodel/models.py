@@ -11,6 +11,7 @@ import numpy as np
 
 from core import UserError
 from model import costs
+from timemodel import roofline
 from timemodel.io import read_json
 from timemodel.losslaw import EXPONENT_MAX
 
@@ -68,6 +69,9 @@ def read_time_model(path: str) -> dict:
         coefs[name] = _number(v, f"{path}: coefficient {f}")
     tm["coefficients"] = coefs
     tm["features"] = list(coefs)
+    if tm.get("form") == "roofline":
+        roofline.check(tm, path)
+        tm["features"] = roofline.features_of(tm)
     tm["feature_ranges"] = _ranges(tm.get("feature_ranges"), f"{path}: feature_ranges")
     return tm
 

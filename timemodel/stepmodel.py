@@ -14,6 +14,7 @@ import pandas as pd
 
 from model import costs
 from timemodel import fit as tfit
+from timemodel import honest, roofline
 from timemodel.table import repeatability
 
 EXTRAS = ("micro_steps", "allreduce_bytes")
@@ -75,12 +76,22 @@ def fit_table(
     objective: str = "relative",
     extrapolate: bool = False,
     cv_repeats: int = 5,
+    outer_seeds: int = 5,
+    peaks: dict | None = None,
+    select: str = "cv",
+    aggregate: str = "rows",
+    raw_groups: np.ndarray | None = None,
+    raw_y: np.ndarray | None = None,
 ) -> dict:
     """Everything `timemodel fit` reports and saves, from feature columns and step seconds `y`.
 
-    Every set is scored on `cv_repeats` different random k-fold splits (one split of a small table
-    is a noisy score); the winner is the fewest-feature set whose mean held-out MAPE over them is
-    within one standard error of the lowest (`timemodel.fit.one_se_choice`)."""
+    Linear family: every set is scored on `cv_repeats` random k-fold splits; its pick is the
+    fewest-feature set whose mean held-out MAPE is within one SE of the lowest
+    (`timemodel.fit.one_se_choice`). Physical family: the roofline of `timemodel.roofline` when
+    `peaks` are known. The saved model is the family with the lower mean CV MAPE over the same
+    splits (`select` "cv") or the lower mean extrapolation MAPE over the splits of
+    `timemodel.honest.splits`, selection re-run inside each (`select` "extrapolate").
+    Headline numbers: `timemodel.honest.nested_cv` over `outer_seeds` outer splits."""
     F, groups = feature_arrays(df), df["group"].to_numpy()
     cv_folds = tfit.group_folds(groups, folds)
     sets = paper_sets() | ({"given": features} if features else our_sets())
@@ -119,12 +130,90 @@ def fit_table(
         "n_rows": int(len(y)),
         "n_configs": int(len(np.unique(groups))),
         "_held_out_pred": held,
+        "family": "linear",
+        "select": select,
     }
-    if not features and len(np.unique(groups)) >= 2 * folds:
-        res["nested_cv"] = tfit.nested_cv(F, sets, y, groups, folds, objective, pool)
-    if extrapolate:
-        res["extrapolation"] = extrapolation(df, F, y, groups, cv, best, objective)
+    res["linear_checks"] = linear_checks(res["coefficients"], peaks)
+    ctx = honest.Context(F, y, groups, sets, pool, peaks, objective, folds)
+    if peaks is not None:
+        phys = roofline.fit(F, y, peaks, objective=objective)
+        pcv = [
+            _roofline_cv(F, y, groups, folds, seed, peaks, objective) for seed in range(cv_repeats)
+        ]
+        res["physical"] = phys | {
+            "cv": {
+                "mape_mean": float(np.mean([m["mape"] for m, _ in pcv])),
+                "mape_range": [
+                    float(min(m["mape"] for m, _ in pcv)),
+                    float(max(m["mape"] for m, _ in pcv)),
+                ],  # fmt: skip
+                "max_ape": float(max(m["max_ape"] for m, _ in pcv)),
+            },
+            "train_metrics": tfit.metrics(y, roofline.predict(phys, F)),
+        }
+        res["_physical_held_out_pred"] = pcv[0][1]
+    if len(np.unique(groups)) >= 2 * folds:
+        res["nested_cv"] = honest.nested_cv(ctx, outer_seeds, features)
+    if raw_groups is not None:
+        res["noise_floor"] = honest.noise_floor(raw_groups, raw_y, aggregate)
+    if extrapolate or select == "extrapolate":
+        res["extrapolation"] = honest.extrapolation(ctx, df, features)
+    _choose_family(res, select)
+    if res["family"] == "physical":
+        used = roofline.features_of(res["physical"])
+        res["feature_ranges"] = {f: [float(F[f].min()), float(F[f].max())] for f in used}
     return res
+
+
+def _roofline_cv(F, y, groups, folds, seed, peaks, objective):
+    pred = np.empty_like(y)
+    for te in tfit.group_folds(groups, folds, seed):
+        tr = np.setdiff1d(np.arange(len(y)), te)
+        m = roofline.fit({n: v[tr] for n, v in F.items()}, y[tr], peaks, objective=objective)
+        pred[te] = roofline.predict(m, {n: v[te] for n, v in F.items()})
+    return tfit.metrics(y, pred, groups), pred
+
+
+def _choose_family(res: dict, select: str) -> None:
+    """Save the physical model instead of the linear one when it scores lower by `select`."""
+    if "physical" not in res:
+        res["family_choice"] = "linear: no device peaks known (give --peak-flops/--peak-bandwidth)"
+        return
+    if select == "extrapolate":
+        ex = res["extrapolation"]
+        lin = float(np.mean([r[honest.LINEAR]["mape"] for r in ex.values()])) if ex else np.inf
+        phy = float(np.mean([r[honest.PHYSICAL]["mape"] for r in ex.values()])) if ex else np.inf
+        how = f"mean extrapolation MAPE over {len(ex)} splits"
+    else:
+        lin, phy = res["cv"][res["feature_set"]]["mape_mean"], res["physical"]["cv"]["mape_mean"]
+        how = f"mean {res['folds']}-fold CV MAPE over {res['cv_repeats']} splits"
+    pick = "physical" if phy <= lin else "linear"
+    res["family"] = pick
+    res["family_choice"] = f"{pick} by {how}: physical {phy:.2f}% vs linear {lin:.2f}%"
+    if pick == "physical":
+        res["form"] = "roofline"
+        res["terms"], res["peaks"] = res["physical"]["terms"], res["physical"]["peaks"]
+
+
+def linear_checks(coefs: dict, peaks: dict | None) -> list[dict]:
+    """Each linear coefficient's implied rate beside the device peak it cannot exceed: FLOP-type
+    features against peak FLOP/s, byte-type against the bandwidth (one FLOP per attention score)."""
+    out = []
+    if not peaks:
+        return out
+    for f, v in coefs.items():
+        if f in ("flops", "matmul_flops", "other_flops", "attention_scores"):
+            peak, unit = peaks["flops"], "FLOP/s"
+        elif f.startswith("bytes"):
+            peak, unit = peaks["bandwidth"], "B/s"
+        elif f == "allreduce_bytes" and peaks.get("link"):
+            peak, unit = peaks["link"], "B/s"
+        else:
+            continue
+        rate = 1.0 / v if v > 0 else None
+        out.append({"feature": f, "rate": rate, "unit": unit, "peak": peak,
+                    "above_peak": bool(rate is not None and rate > peak)})  # fmt: skip
+    return out
 
 
 def _resplit(scores: dict, F, y, groups, folds: int, repeats: int, objective: str) -> None:
@@ -138,23 +227,6 @@ def _resplit(scores: dict, F, y, groups, folds: int, repeats: int, objective: st
         ]
         s["mape_mean"] = float(np.mean(mapes))
         s["mape_range"] = [float(min(mapes)), float(max(mapes))]
-
-
-def extrapolation(df, F, y, groups, cv: dict, best: str, objective: str) -> dict:
-    """Each extrapolation split scored for every feature set of the CV table."""
-    out = {}
-    for split, (tr, te) in tfit.extrapolation_splits(df, groups).items():
-        out[split] = {
-            name: tfit.split_score(F, s["features"], y, tr, te, objective) for name, s in cv.items()
-        } | {"_n_train": int(len(tr)), "_n_test": int(len(te))}
-    return out
-
-
-def fails(split_scores: dict, best: str, cv_mape: float) -> bool:
-    """An extrapolation fails when the chosen model's MAPE there is over 1.5x its CV MAPE (and
-    over 5%): the model does not carry to that part of the space."""
-    m = split_scores[best]["mape"]
-    return m > max(5.0, 1.5 * cv_mape)
 
 
 def table_lines(res: dict) -> list[str]:
@@ -196,12 +268,17 @@ def table_lines(res: dict) -> list[str]:
                 else ""
             )
         )
+    phys = res.get("physical")
+    if phys:
+        c = phys["cv"]
+        lines.append(
+            f"{'physical (roofline), no selection':40s} {'':6s} {c['max_ape']:6.1f} {'':6s} "
+            f"{c['mape_mean']:.2f} [{c['mape_range'][0]:.2f}-{c['mape_range'][1]:.2f}]"
+        )
+    lines.append(f"saved family: {res['family_choice']}")
     nested = res.get("nested_cv")
     if nested:
-        lines.append(
-            f"nested {k}-fold CV of the selection itself: MAPE {nested['mape']:.2f}%, worst "
-            f"{nested['max_ape']:.1f}% (picked: {', '.join(sorted(set(nested['picked'])))})"
-        )
+        lines += honest.headline_lines(nested, res.get("noise_floor"), res.get("aggregate", "rows"))
     return lines
 
 
@@ -218,41 +295,35 @@ SHORT = {
 
 
 def extrapolation_lines(res: dict) -> list[str]:
-    """One line per split: the chosen model's MAPE / worst APE, verdict, then every set's MAPE."""
-    best, cv_mape = res["feature_set"], res["held_out"]["mape"]
-    names = list(res["cv"])
-    short = [SHORT.get(n, n[:8]) for n in names]
-    lines = [
-        "extrapolation (train on one part, test on the other): the chosen model's MAPE% / worst% "
-        f"(FAILS: over 1.5x its CV MAPE {cv_mape:.2f}% and 5%), then every set's MAPE%",
-        f"  {'split':36s} {'train':>5s} {'test':>5s} {'chosen':20s}"
-        + " ".join(f"{c:>7s}" for c in short),
-    ]
-    for split, sc in res.get("extrapolation", {}).items():
-        m = sc[best]
-        verdict = "FAILS" if fails(sc, best, cv_mape) else "holds"
-        lines.append(
-            f"  {split.replace('sequence_length', 'T'):36s} {sc['_n_train']:5d} {sc['_n_test']:5d} "
-            f"{m['mape']:6.2f} / {m['max_ape']:5.1f} {verdict} "
-            + " ".join(f"{sc[n]['mape']:7.2f}" for n in names)
-        )
-    legend = [f"{c} = {n}" for c, n in zip(short, names) if c != n]
-    if legend:
-        lines.append("  (" + "; ".join(legend) + ")")
-    return lines
+    """Every split with every family (selection re-run inside each training part)."""
+    extra = res.get("extrapolation") or {}
+    if not extra:
+        return ["extrapolation: no split has enough configs on both sides"]
+    nested = (res.get("nested_cv") or {}).get("families", {})
+    cv = {n: m["mape_mean"] for n, m in nested.items()}
+    return honest.extrapolation_lines(extra, cv)
 
 
 def coefficient_lines(res: dict) -> list[str]:
-    lines = [f"saved feature set: {res['feature_set']} ({'+'.join(res['features'])})"]
+    lines = [f"linear family: feature set {res['feature_set']} ({'+'.join(res['features'])})"]
     lines.append(f"  intercept        {res['intercept']:.4g} s per step")
+    checks = {c["feature"]: c for c in res.get("linear_checks", [])}
     for f, v in res["coefficients"].items():
         unit, rate = unit_of(f)
         extra = f"  (= {1 / v:.4g} {rate})" if rate and v > 0 else ""
+        ch = checks.get(f)
+        if ch and ch["rate"] is not None:
+            extra += f" vs peak {ch['peak']:.4g}" + (
+                "  ERROR: above the device's peak, not physical" if ch["above_peak"] else ""
+            )
         lines.append(f"  {f:16s} {v:.4g} {unit}{extra}")
     h = res["held_out"]
     r2 = f"{h['r2']:.4f}" if h["r2"] is not None else "n/a"
     lines.append(
-        f"held-out ({res['folds']}-fold) MAPE {h['mape']:.2f}%, worst {h['max_ape']:.1f}%, "
-        f"R2 {r2}, n {h['n']}"
+        f"  held-out ({res['folds']}-fold, seed 0) MAPE {h['mape']:.2f}%, worst "
+        f"{h['max_ape']:.1f}%, R2 {r2}, n {h['n']}"
     )
+    if res.get("physical"):
+        lines += roofline.coefficient_lines(res["physical"])
+    lines.append(f"saved: the {res['family']} family")
     return lines
