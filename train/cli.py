@@ -121,15 +121,19 @@ def _train(ns: argparse.Namespace) -> int:
     if a.get("resume_from") is not None:
         return _resume(a["resume_from"], explicit)
     cfg = new_config(explicit)
-    if cfg.io.auto_resume and os.path.isfile(os.path.join(cfg.io.out, "latest", "ckpt.pt")):
-        return _resume(os.path.join(cfg.io.out, "latest"), explicit)
     if a.get("print_schedule"):
         return _print_schedule(cfg)
-    if a.get("cooldown_targets") is not None:
+    if a.get("cooldown_targets") is not None:  # resumes itself where a kill stopped it
         from train.cooldown import cooldown_targets
 
         cooldown_targets(cfg, _targets(a["cooldown_targets"]))
         return 0
+    if cfg.io.auto_resume:  # the newest checkpoint, or from scratch if the kill came before one
+        from train import rundir
+
+        ckpt, cfg = rundir.auto_resume(cfg)
+        if ckpt is not None:
+            return _resume(ckpt, explicit)
     from train import loop
 
     loop.run(cfg)
@@ -214,12 +218,12 @@ def _print_schedule(cfg: TrainConfig) -> int:
     from train.schedules import schedule_csv
 
     if cfg.schedule.warmup_tokens is not None:
-        from train.setup import load_data, model_config, resolve_warmup, vocab_from_data
+        from train.session import load_data, model_config, resolve_warmup, vocab_from_data
 
         _, _, vocab = load_data(cfg)
         mcfg = model_config(cfg, vocab, from_data=vocab_from_data(cfg))
         cfg = resolve_warmup(cfg, mcfg, 1)
-    sys.stdout.write(schedule_csv(**cfg.schedule_kwargs()))
+    sys.stdout.write(schedule_csv(cfg.schedule))
     return 0
 
 

@@ -70,30 +70,39 @@ def _kind(f: dataclasses.Field) -> str:
     return t.split("|")[0].strip()
 
 
+def add_field_flag(group, f: dataclasses.Field, default: Any = None) -> None:
+    """The flag of one TrainConfig field: its name, aliases, type, choices and help from the
+    field; `default` is what the help shows (the parser's own default stays unset)."""
+    kind, meta = _kind(f), f.metadata
+    names = [flag_of(f.name, meta), *meta.get("aliases", ()), *ALIASES.get(f.name, ())]
+    shown = "unset" if default is None else default
+    kw: dict[str, Any] = {"dest": f.name, "help": f"{field_help(f.name)} (default: {shown})"}
+    if kind == "bool":
+        kw.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+    else:
+        kw["type"] = meta.get("type") or {"int": int, "float": float}.get(kind, str)
+        if "choices" in meta:
+            kw["choices"] = meta["choices"]
+        else:
+            kw["metavar"] = meta.get("metavar") or {"int": "N", "float": "X"}.get(kind, "NAME")
+    group.add_argument(*names, **kw)
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; defaults stay unset so typed flags can be told apart."""
     for sec, cls in SECTIONS.items():
         group = p.add_argument_group(GROUP_TITLES[sec])
         for f in dataclasses.fields(cls):
-            kind, meta = _kind(f), f.metadata
-            names = [flag_of(f.name, meta)] + list(ALIASES.get(f.name, ()))
-            default = field_default(f.name)
-            shown = "unset" if default is None else default
-            kw: dict[str, Any] = {
-                "dest": f.name,
-                "help": f"{field_help(f.name)} (default: {shown})",
-            }
-            if kind == "bool":
-                kw.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
-            else:
-                kw["type"] = {"int": int, "float": float}.get(kind, str)
-                if "choices" in meta:
-                    kw["choices"] = meta["choices"]
-                else:
-                    kw["metavar"] = meta.get("metavar") or {"int": "N", "float": "X"}.get(
-                        kind, "NAME"
-                    )
-            group.add_argument(*names, **kw)
+            add_field_flag(group, f, field_default(f.name))
+
+
+def add_train_flags(group, names: tuple[str, ...], defaults: dict[str, Any]) -> None:
+    """Flags for some TrainConfig fields (another command's, e.g. `bench sweep`), whose values
+    stay unset (SUPPRESS) unless given; `defaults` are that command's base values."""
+    fields = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    for name in names:
+        add_field_flag(group, fields[name], defaults.get(name, field_default(name)))
+        group._actions[-1].default = argparse.SUPPRESS
 
 
 def add_refused_flags(p: argparse.ArgumentParser) -> None:

@@ -20,38 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import UserError
-from train.schedules import DECAY_TYPES, SCHEDULERS
+from train.fields import doc_field
+from train.schedules import ScheduleConfig
 
-SCHEMA_VERSION = 2  # 1 = the flat `vars(args)` dicts written before TrainConfig existed
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002  (argparse's own word)
-    return field(default=default, metadata={"help": help, **kw})
+SCHEMA_VERSION = 3
 
 
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """The learning-rate schedule (Hägele et al. 2024, §2-3; seed `src/optim/utils.py`)."""
-
-    scheduler: str = _f("cos", "LR schedule", metavar="{" + ",".join(SCHEDULERS) + "}")
-    iterations: int = _f(15000, "number of optimizer steps (the schedule's length)")
-    warmup_steps: int = _f(300, "linear warmup steps from lr/100")
-    warmup_tokens: str | None = _f(
-        None,
-        "'params' (warmup tokens = parameter count) or a token count; overrides warmup steps",
-        metavar="params|N",
-    )
-    lr: float = _f(1e-3, "peak learning rate")
-    wsd_fract_decay: float = _f(0.1, "WSD cooldown length as a fraction of the run")
-    decay_type: str = _f("linear", "WSD cooldown shape", choices=DECAY_TYPES + ("miror_cosine",))
-    wsd_final_lr_scale: float = _f(0.0, "final LR as a fraction of peak (WSD)")
-    cos_inf_steps: int = _f(0, "constant tail steps for cos_inf")
-    minutes: float | None = _f(
-        None,
-        "wall-clock budget: measure the step time and set the step count so warmup, stable phase "
-        "and cooldown fit M minutes (wsd or constant)",
-        metavar="M",
-    )
+_f = doc_field
 
 
 @dataclass(frozen=True)
@@ -145,23 +120,51 @@ class IOConfig:
     tensorboard: str | None = _f(None, "also log metrics to TensorBoard in DIR", metavar="DIR")
 
 
+def _arch(text: str) -> str:
+    """`--model base` is the seed code's name for the GPT-2 family (a CLI alias only)."""
+    return "gpt2" if text == "base" else text
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to build (resolved into a `model.config.ModelConfig` by the loop)."""
+    """Which model to build: a preset (or the seed's default model) with any ModelConfig field
+    overridden. Resolved into a `model.config.ModelConfig` by `train.session.model_config`; every
+    architecture field of ModelConfig has its override here, under the same name."""
 
     preset: str | None = _f(None, "model preset from model.config.PRESETS (e.g. tiny, 124M)")
-    arch: str = _f("llama", "llama or base (GPT-2 style)", choices=("llama", "base"), flag="model")
+    arch: str = _f(
+        "llama",
+        "llama, or gpt2 (GPT-2 style; 'base' is the seed code's name for it)",
+        choices=("llama", "gpt2"),
+        flag="model",
+        type=_arch,
+    )
     n_layer: int | None = _f(None, "transformer blocks (default: preset, else 24)")
     n_embd: int | None = _f(None, "model width (default: preset, else 768)")
     n_head: int | None = _f(None, "attention heads (default: preset, else 12)")
+    n_kv_head: int | None = _f(None, "key/value heads, GQA (default: preset, else n_head)")
+    ffn_hidden: int | None = _f(
+        None,
+        "MLP hidden width (default: the preset's when width and rounding are the preset's, "
+        "else SwiGLU's multiple_of * ceil(8 n_embd / 3 / multiple_of), gpt2's 4 n_embd)",
+    )
+    multiple_of: int | None = _f(None, "SwiGLU width rounding (default: preset, else 256)")
     vocab_size: int | None = _f(None, "vocabulary size (default: data's meta, preset, else 50304)")
     sequence_length: int | None = _f(None, "tokens per sequence (default: preset, else 512)")
-    multiple_of: int | None = _f(None, "SwiGLU width rounding (default: preset, else 256)")
-    rmsnorm_eps: float | None = _f(None, "norm epsilon (default: preset, else 1e-5)", metavar="X")
+    tie_embeddings: bool | None = _f(
+        None, "tie the LM head to the token embedding (default: preset)"
+    )
+    norm_eps: float | None = _f(
+        None, "norm epsilon (default: preset, else 1e-5)", metavar="X", aliases=("--rmsnorm-eps",)
+    )
+    rope_theta: float | None = _f(None, "RoPE base (default: 10000)", metavar="X")
     init_std: float | None = _f(None, "init std of the weights (default: 0.02)", metavar="X")
     dropout: float | None = _f(None, "dropout probability in training (default: 0)", metavar="P")
     bias: bool | None = _f(None, "biases on the linears (default: preset, else off)")
-    mlp_dim_exp_factor: float = _f(1.0, "base model MLP width factor (x 4 n_embd)", metavar="X")
+    attention: str | None = _f(
+        None, "sdpa, or flash (flash-attn on CUDA when installed)", choices=("sdpa", "flash")
+    )
+    mlp_dim_exp_factor: float = _f(1.0, "gpt2 MLP width factor (x 4 n_embd)", metavar="X")
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,16 @@ class RuntimeConfig:
         choices=("auto", "torch", "triton"),
     )
     compile: bool = _f(False, "torch.compile the model")
+    compile_mode: str = _f(
+        "default",
+        "torch.compile mode (with --compile); reduce-overhead captures the step in CUDA graphs",
+        choices=("default", "max-autotune-no-cudagraphs", "reduce-overhead"),
+    )
+    threads: int | None = _f(
+        None,
+        "CPU threads of torch (default: 1 on a CPU, as `bench sweep` measures, so sweep step "
+        "times carry over; torch's own default on CUDA)",
+    )
     seed: int = _f(0, "model init / RNG seed")
 
 
@@ -237,17 +250,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Any) -> TrainConfig:
-        """Load what `to_dict` wrote, or a schema-1 flat `vars(args)` dict; UserError otherwise."""
+        """Load what `to_dict` wrote; UserError otherwise."""
         if not isinstance(d, dict) or not d:
-            raise UserError("checkpoint has no training settings (an empty or missing 'args')")
-        version = d.get("schema_version", 1)
-        if version == 1:
-            flat = {k: v for k, v in d.items() if k in field_index()}
-            return cls.from_flat(flat, strict=False)
+            raise UserError("checkpoint has no training settings (an empty or missing 'config')")
+        version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise UserError(
                 f"training settings have schema version {version!r}; this steptime reads "
-                f"{SCHEMA_VERSION} and 1"
+                f"{SCHEMA_VERSION}"
             )
         flat: dict[str, Any] = {}
         for name in SECTIONS:
@@ -281,18 +291,9 @@ class TrainConfig:
         validate(self)
 
     # ------------------------------------------------------------------------------ derived
-    def schedule_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `train.schedules.lr_factor` (warmup already resolved)."""
-        s = self.schedule
-        return dict(
-            scheduler=s.scheduler,
-            iterations=s.iterations,
-            warmup_steps=s.warmup_steps,
-            wsd_fract_decay=s.wsd_fract_decay,
-            decay_type=s.decay_type,
-            wsd_final_lr_scale=s.wsd_final_lr_scale,
-            cos_inf_steps=s.cos_inf_steps,
-        )
+    def global_batch(self, world: int) -> int:
+        """Sequences per optimizer step over every process: batch x accumulation x world."""
+        return self.data.batch_size * self.data.acc_steps * world
 
 
 def field_index() -> dict[str, str]:

@@ -1,15 +1,18 @@
 """Validation of a TrainConfig: every setting that cannot run becomes one UserError line.
 
-Standard library only (imported by `train.config`).
+Standard library only at import (imported by `train.config`); `check_fits` asks torch for the
+device's memory when called.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 from core import UserError
+from core.owner import safe_name
 from train.schedules import SCHEDULERS, check_schedule
 
 
@@ -28,7 +31,7 @@ def validate(cfg: Any) -> None:
         )
     _positive("iterations", s.iterations)
     _at_least("warmup_steps", s.warmup_steps, 0)
-    check_schedule(**cfg.schedule_kwargs())
+    check_schedule(cfg.schedule)
     _finite_at_least("lr", s.lr, 0.0)
     if s.minutes is not None:
         _finite_positive("minutes", s.minutes)
@@ -79,13 +82,27 @@ def validate(cfg: Any) -> None:
         raise UserError("give --data or --dataset, not both")
     _finite_positive("mlp_dim_exp_factor", cfg.model.mlp_dim_exp_factor)
     r = cfg.runtime
+    if r.threads is not None:
+        _positive("threads", r.threads)
+    modes = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
+    if r.compile_mode not in modes:
+        raise UserError(f"--compile-mode must be one of {', '.join(modes)}, got {r.compile_mode!r}")
+    r = cfg.runtime
     if r.dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"dtype must be float32, bfloat16 or float16, got {r.dtype!r}")
     if r.kernels not in ("auto", "torch", "triton"):
         raise UserError(f"kernels must be auto, torch or triton, got {r.kernels!r}")
+    for name, v in (("seed", r.seed), ("data_seed", d.data_seed)):
+        if not 0 <= v <= MAX_SEED:  # numpy's seeds are 32-bit; torch's and Python's take them too
+            raise UserError(f"--{name.replace('_', '-')} must be in 0..{MAX_SEED}, got {v}")
+    if io.experiment_name is not None:
+        safe_name(io.experiment_name, "--experiment-name")  # a folder under --results-base-folder
     dev = r.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+
+
+MAX_SEED = 2**32 - 1
 
 
 def _check_types(cfg: Any) -> None:
@@ -130,3 +147,28 @@ def _finite_at_least(name: str, v: float, lo: float) -> None:
 def _finite_positive(name: str, v: float) -> None:
     if not (math.isfinite(v) and v > 0):
         raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
+
+
+def check_fits(mcfg: Any, device: Any) -> None:
+    """UserError when the model's weights, gradients and AdamW moments (16 bytes a parameter, a
+    lower bound) exceed the memory of `device` (a torch.device), before anything is allocated."""
+    from model.costs import num_params
+
+    need = 16 * num_params(mcfg)
+    if device.type == "cuda":
+        import torch
+
+        have = torch.cuda.get_device_properties(device.index or 0).total_memory
+        where = f"GPU {device.index or 0}"
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (OSError, ValueError, AttributeError):
+            return  # no way to tell on this system
+        where = "this machine's RAM"
+    if need > have:
+        raise UserError(
+            f"the model has {need // 16:,} parameters: {need / 2**30:,.0f} GiB for weights, "
+            f"gradients and AdamW moments alone, more than {where} ({have / 2**30:,.0f} GiB); "
+            "check --vocab-size, --n-embd, --n-layer"
+        )

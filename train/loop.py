@@ -28,19 +28,8 @@ from train import rundir
 from train.averaging import WindowSnapshots, swap_in, warn_window_files
 from train.config import TrainConfig
 from train.schedules import lr_factor
-from train.setup import (
-    DTYPES,
-    effective_dtype,
-    effective_kernels,
-    init_distributed,
-    load_data,
-    model_config,
-    resolve_warmup,
-    seed_everything,
-    tokens_per_step,
-    vocab_from_data,
-)
-from train.step import evaluate, train_step
+from train.session import Session
+from train.step import evaluate
 from train.timebudget import BudgetPlanner, cooldown_start
 
 
@@ -65,33 +54,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from model.transformer import Transformer
-        from train.data import Sampler
-        from train.optim import optimizer_for
-
-        cfg = self.cfg
-        self.rank, self.world, self.device = init_distributed(cfg.runtime.device)
-        self.master = self.rank == 0
-        self.kernels = effective_kernels(cfg.runtime.kernels, self.device)
-        self.dtype = effective_dtype(cfg.runtime.dtype, self.device)
-        self.autocast = DTYPES[self.dtype]
-        train_tok, val_tok, vocab = load_data(cfg)
-        from_data = vocab_from_data(cfg)
-        self.mcfg = mcfg = model_config(cfg, vocab, self.kernels, from_data=from_data)
-        self.cfg = cfg = resolve_warmup(cfg, mcfg, self.world)
-        if self.device.type == "cuda":  # TF32 as in the seed: fp32 params, tensor-core matmuls
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        seed_everything(cfg.runtime.seed)
-        self.raw = Transformer(mcfg).to(self.device)
-        if self.world > 1:  # the same start on every process (what DDP's constructor does)
-            for p in self.raw.parameters():
-                dist.broadcast(p.data, 0)
-        self.opt = optimizer_for(self.raw, cfg)
-        self.fused = hasattr(self.opt, "grad_buffers")
-        if self.fused:
-            self.opt.prepare_grads()  # backward accumulates into the flat buffers from step 1
-        self.scaler = self._loss_scaler()
+        self.session = ses = Session.build(self.cfg)
+        self.cfg = cfg = ses.cfg  # warmup resolved
+        self.rank, self.world, self.device, self.master = (
+            ses.rank,
+            ses.world,
+            ses.device,
+            ses.master,
+        )
+        self.kernels, self.dtype, self.mcfg = ses.kernels, ses.dtype, ses.model_cfg
+        self.raw, self.opt, self.sampler = ses.raw, ses.opt, ses.sampler
         a = cfg.averaging
         self.windows = WindowSnapshots(
             self.raw,
@@ -101,39 +73,25 @@ class Trainer:
             max_windows=a.max_num_wa_sweeps if a.wa_sweep_horizon else 1,
             ema=a.exponential_moving_average,
         )
-        self.model = torch.compile(self.raw) if cfg.runtime.compile else self.raw
-        d, seq = cfg.data, mcfg.sequence_length
-        self.sampler = Sampler(
-            train_tok, d.batch_size, seq, seed=d.data_seed, rank=self.rank, world_size=self.world
-        )
-        self.val_sampler = Sampler(val_tok, d.batch_size, seq, seed=d.data_seed)
-        self.tokens_per_step = tokens_per_step(cfg, mcfg, self.world)
+        d = cfg.data  # the same batches every eval, as the seed does
+        self.eval_set = ses.val_batches(d.batch_size, d.eval_batches, d.data_seed)
+        self.tokens_per_step = ses.tokens_per_step
         self.n_params = sum(p.numel() for p in self.raw.parameters())
-        global_batch = d.batch_size * d.acc_steps * self.world
-        self.fps = float(costs.train_flops(mcfg, global_batch)["exact"])
-        cuda = self.device.type == "cuda"
-        self.device_name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
-        self.end, self.sk = cfg.schedule.iterations, cfg.schedule_kwargs()
-        self.grad_clip = None if self.fused else cfg.optim.grad_clip
+        self.fps = float(costs.train_flops(self.mcfg, cfg.global_batch(self.world))["exact"])
+        self.device_name = ses.device_name
+        self.end = cfg.schedule.iterations
         if self.master:  # everything is validated before the first file is written
             self._check_run_dir()
 
     def _check_run_dir(self) -> None:
         out = self.cfg.io.out
+        branch = self.start is not None and not self.resume  # a cooldown inside its own run
+        rundir.claim(out, ckpt_io.run_dir_of(self.start["path"]) if branch else None)
         if self.start is None:
             rundir.prepare_new(out, overwrite=self.cfg.io.overwrite)
         else:
             rundir.make_dir(out)
         rundir.remove_stale_temps(out)  # of a run killed while writing a checkpoint
-
-    def _loss_scaler(self):
-        if self.dtype != "float16":
-            return None
-        if not self.fused:
-            raise UserError("--dtype float16 needs --opt adamw (FusedAdamW unscales the grads)")
-        from kernels.adamw import DynamicLossScaler
-
-        return DynamicLossScaler(self.device)
 
     # ---------------------------------------------------------------------------------- restore
     def restore(self, payload: dict) -> None:
@@ -141,14 +99,17 @@ class Trainer:
         try:
             self.raw.load_state_dict(payload["model"])
             osd = payload["optimizer"]
-            if self.fused:  # this run's hyperparameters win (a branch may turn averaging on)
+            if (
+                self.session.fused
+            ):  # this run's hyperparameters win (a branch may turn averaging on)
                 keep = ("params", "step", "skipped_steps", "average")
                 for saved, now in zip(osd.get("param_groups", []), self.opt.param_groups):
                     saved.update({k: v for k, v in now.items() if k not in keep})
+            ckpt_io.check_optimizer_fits(osd, [g["params"] for g in self.opt.param_groups])
             self.opt.load_state_dict(osd)
             self.windows.load_state_dict(payload.get("averager") or {})
-            if self.scaler is not None and payload.get("scaler"):
-                self.scaler.load_state_dict(payload["scaler"])
+            if self.session.scaler is not None and payload.get("scaler"):
+                self.session.scaler.load_state_dict(payload["scaler"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint does not fit this run: {msg}") from None
@@ -166,22 +127,12 @@ class Trainer:
         if cfg.schedule.minutes is not None:
             fract = cfg.schedule.wsd_fract_decay if cfg.schedule.scheduler == "wsd" else 0.0
             self.planner = BudgetPlanner(cfg.schedule.minutes * 60, fract, self.end)
-        self.model.train()
+        self.session.model.train()
         self.t_start = self.t_read = time.perf_counter()
         while self.step < self.end:
             step = self.step
-            lr = cfg.schedule.lr * lr_factor(step, **self.sk)
-            micro = [self.sampler.next_batch(self.device) for _ in range(cfg.data.acc_steps)]
-            stats = train_step(
-                self.model,
-                self.opt,
-                micro,
-                lr=lr,
-                grad_clip=self.grad_clip,
-                autocast_dtype=self.autocast,
-                scaler=self.scaler,
-                world_size=self.world,
-            )
+            lr = cfg.schedule.lr * lr_factor(step, self.cfg.schedule)
+            stats = self.session.step(lr)
             self.step = done = step + 1
             self.pending.append((done, lr, stats))
             window = self.windows.update(done)
@@ -220,17 +171,19 @@ class Trainer:
 
     def _ckpt_paths(self, done: int) -> list[str]:
         io, s = self.cfg.io, self.cfg.schedule
-        paths = []
-        if io.latest_ckpt_interval and done % io.latest_ckpt_interval == 0:
-            paths.append(f"{io.out}/latest")
+        paths = []  # the permanent checkpoint first: a kill before latest/ keeps it
         keep = (io.permanent_ckpt_interval and done % io.permanent_ckpt_interval == 0) or (
             done in self.save_at
         )
         branch = s.scheduler == "wsd" and io.branch_ckpt and 0 < s.wsd_fract_decay
         if branch and done < self.end and done == cooldown_start(self.end, s.wsd_fract_decay):
-            keep = keep or lr_factor(done - 1, **self.sk) == 1.0  # a constant-LR branch point
+            keep = (
+                keep or lr_factor(done - 1, self.cfg.schedule) == 1.0
+            )  # a constant-LR branch point
         if keep:
             paths.append(f"{io.out}/ckpts/{done}")
+        if io.latest_ckpt_interval and done % io.latest_ckpt_interval == 0:
+            paths.append(f"{io.out}/latest")
         final = f"{io.out}/latest"
         if done == self.end and io.final_ckpt and final not in paths:
             paths.append(final)
@@ -283,21 +236,18 @@ class Trainer:
             total = self.planner.total = int(t.item())
         if total != self.end:
             self.cfg = self.cfg.with_(iterations=total)
-            self.end, self.sk = total, self.cfg.schedule_kwargs()
+            self.end = total
             if self.bar is not None:
                 self.bar.total = total
                 self.bar.refresh()
 
     def _evaluate(self, done: int) -> None:
-        vs = self.val_sampler
-        vs.set_step(0)  # the same batches every eval, as the seed does
-        n = min(self.cfg.data.eval_batches, vs.steps_per_epoch)
-        batches = [vs.next_batch(self.device) for _ in range(n)]
+        batches, autocast = self.eval_set, self.session.autocast
         rec = {"kind": "eval", "step": done}
-        rec["val_loss"] = evaluate(self.raw, batches, self.autocast, self.opt)
+        rec["val_loss"] = self.session.evaluate(batches)
         for name, weights in self.windows.averages(self.cfg.averaging.wa_sweep_horizon).items():
             old = swap_in(self.raw, weights)
-            rec[f"val_loss_{name}"] = evaluate(self.raw, batches, self.autocast)
+            rec[f"val_loss_{name}"] = evaluate(self.raw, batches, autocast)
             swap_in(self.raw, old)
         self.last_eval = rec
         if self.master:
@@ -320,11 +270,10 @@ class Trainer:
             "step": done,
             "data_step": self.sampler.step,
             "config": self.cfg.to_dict(),
-            "schedule": self.sk,
             "model_config": self.mcfg.to_dict(),
         }
-        if self.scaler is not None:
-            payload["scaler"] = self.scaler.state_dict()
+        if self.session.scaler is not None:
+            payload["scaler"] = self.session.scaler.state_dict()
         return ckpt_io.save(path, payload)
 
     # ----------------------------------------------------------------------------------- output
@@ -340,10 +289,7 @@ class Trainer:
         self.metrics = rundir.MetricsLog(out, truncate_after=truncate, logger=logger)
         if cfg.averaging.wa_save_windows and cfg.averaging.weight_average:
             warn_window_files(cfg.averaging, self.n_params, self.step, self.end, out)
-        self._log(
-            f"run {out} | {self.n_params:,} params | device {self.device_name} x{self.world} | "
-            f"kernels {self.kernels} | dtype {self.dtype}"
-        )
+        self._log(f"run {out} | {self.n_params:,} params | {self.session.describe()}")
         if sys.stderr.isatty() and not cfg.io.no_progress:
             from tqdm import tqdm
 
@@ -362,6 +308,8 @@ class Trainer:
             "dtype": self.dtype,
             "device": self.device_name,
             "world_size": self.world,
+            "threads": self.session.threads,
+            "compile_mode": self.cfg.runtime.compile_mode if self.cfg.runtime.compile else None,
         }
 
     # ----------------------------------------------------------------------------------- finish
@@ -370,6 +318,7 @@ class Trainer:
         if self.master:
             self.metrics.close()
             rundir.write_json(f"{self.cfg.io.out}/summary.json", summary)
+        rundir.release(self.cfg.io.out)
         return summary
 
 
@@ -390,6 +339,7 @@ def run(
             t.restore(start)
         t.train()
     except BaseException:
+        rundir.release(cfg.io.out)
         if created:  # a failed start leaves no empty folder behind
             rundir.remove_if_empty(cfg.io.out)
         raise

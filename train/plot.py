@@ -9,11 +9,11 @@ logarithmic; its range leaves out the first steps' loss so that small cooldown g
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 from core import UserError
+from core.files import jsonl_records, warn_line
 
 # Line styles of the validation curves, by weight set: (suffix of val_loss, label, marker, style).
 VAL_STYLES = (
@@ -24,33 +24,38 @@ VAL_STYLES = (
 SKIP_FRACTION = 0.1  # the loss range ignores the first 10% of the steps (the initial drop)
 
 
+def _record_problem(rec) -> str | None:
+    if not isinstance(rec, dict) or "step" not in rec:
+        return "record has no 'step'; is it a train metrics file?"
+    step = rec["step"]
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+        return f"step must be an integer, got {step!r}"
+    if step != int(step) or step < 0:
+        return f"step must be an integer >= 0, got {step!r}"
+    return None
+
+
 def read_metrics(run_dir: str) -> tuple[dict[int, dict], dict[int, dict]]:
-    """(train records by step, eval records by step); later lines win (resumes rewrite steps)."""
+    """(train records by step, eval records by step); later lines win (resumes rewrite steps).
+
+    A line that is no record (garbage, a cut line, a NaN step) is skipped with one warning line;
+    a file with lines but no record at all is an error."""
     path = os.path.join(run_dir, "metrics.jsonl")
+    recs, skipped, first = jsonl_records(path, nofollow=True, check=_record_problem)
+    if skipped and not recs:
+        raise UserError(f"{path} {first}")
+    if skipped:
+        warn_line(f"{path}: skipped {skipped} unreadable record(s) (first: {first})")
     train: dict[int, dict] = {}
     evals: dict[int, dict] = {}
-    try:
-        with open(path) as fh:
-            lines = list(fh)
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise UserError(
-                f"{path}:{lineno}: not a JSON record; is it a train metrics file?"
-            ) from None
-        if not isinstance(rec, dict) or "step" not in rec:
-            raise UserError(f"{path}:{lineno}: record has no 'step'; is it a train metrics file?")
-        step = rec["step"]
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step != int(step):
-            raise UserError(f"{path}:{lineno}: step must be an integer, got {step!r}")
-        (evals if rec.get("kind") == "eval" else train)[int(step)] = rec
+    for rec in recs:
+        (evals if rec.get("kind") == "eval" else train)[int(rec["step"])] = rec
     return train, evals
+
+
+def _num(v) -> bool:
+    """A value that can be drawn: a finite number (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def find_runs(run_dir: str) -> list[str]:
@@ -58,6 +63,7 @@ def find_runs(run_dir: str) -> list[str]:
     runs = []
     for dirpath, dirnames, filenames in os.walk(run_dir):
         dirnames.sort()
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
         if "metrics.jsonl" in filenames:
             runs.append(dirpath)
     return runs
@@ -103,9 +109,7 @@ def _val_series(evals: dict[int, dict]) -> list[tuple[str, str, str, list, list]
     out = []
     for key in keys:
         lab, mk, ls = known.get(key, (f"val {key[9:].replace('_', ' ')}", "d", "-."))
-        pts = [
-            (s, r[key]) for s, r in sorted(evals.items()) if isinstance(r.get(key), (int, float))
-        ]
+        pts = [(s, r[key]) for s, r in sorted(evals.items()) if _num(r.get(key))]
         if pts:
             out.append((lab, mk, ls, [p[0] for p in pts], [p[1] for p in pts]))
     return out
@@ -132,14 +136,14 @@ def _draw_run(axes, color, label, train, evals, span, ranges) -> None:
     the loss axis range (averaged weights lag early on and may leave it at the top)."""
     ax_loss, ax_lr = axes
     steps = sorted(train)
-    pts = [(s, train[s]["loss"]) for s in steps if isinstance(train[s].get("loss"), (int, float))]
+    pts = [(s, train[s]["loss"]) for s in steps if _num(train[s].get("loss"))]
     if pts:
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         smooth = running_mean(ys, span)
         ax_loss.plot(xs, ys, color=color, alpha=0.2, lw=0.6)
         ax_loss.plot(xs, smooth, color=color, lw=1.0)
         ranges.append((xs, smooth))
-    lrs = [(s, train[s]["lr"]) for s in steps if isinstance(train[s].get("lr"), (int, float))]
+    lrs = [(s, train[s]["lr"]) for s in steps if _num(train[s].get("lr"))]
     if lrs:
         ax_lr.plot([p[0] for p in lrs], [p[1] for p in lrs], color=color, lw=1.2, label=label)
     for lab, mk, ls, xs, ys in _val_series(evals):
@@ -176,7 +180,7 @@ def _log_axis(ax) -> None:
 
 def build_figure(run_dir: str, *, log_loss: bool = False):
     """The matplotlib Figure of `plot_run` (two panels: loss, learning rate)."""
-    if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+    if not os.path.lexists(os.path.join(run_dir, "metrics.jsonl")):
         raise UserError(f"no metrics.jsonl in {run_dir}; pass a train --out folder")
     runs = _ordered(run_dir)
     if not runs:

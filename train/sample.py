@@ -66,6 +66,10 @@ def _check(a) -> None:
         raise UserError(f"--temperature must be a finite number >= 0, got {a.temperature}")
     if a.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {a.top_k}")
+    if not 0 <= a.seed < 2**63:  # torch.Generator.manual_seed's range
+        raise UserError(f"--seed must be in 0..2**63-1, got {a.seed}")
+    if a.num_samples * a.max_new_tokens > 10**8:
+        raise UserError("--num-samples x --max-new-tokens is over 10**8 tokens; ask for fewer")
 
 
 def find_checkpoint(path: str) -> str:
@@ -219,6 +223,14 @@ def sample(a) -> list[str]:
         device = torch.device(dev)
     except RuntimeError:
         raise UserError(f"--device {a.device!r} is not a device; use auto, cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {a.device!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":  # before the checkpoint is read: its fault is not the file's
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {a.device}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise UserError(f"--device {a.device}: this machine has {n} CUDA device(s)")
     model, payload = load_model(a.ckpt, device)
     codec = pick_codec(a, payload)
     if codec.vocab_size > model.cfg.vocab_size:

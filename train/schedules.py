@@ -12,8 +12,10 @@ quantity the seed's `LambdaLR` / `OneCycleLR` produce (step 0 is the LR of the f
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from core import UserError
+from train.fields import doc_field
 
 SCHEDULERS = ("wsd", "cos", "linear", "cos_inf", "constant")
 DECAY_TYPES = ("linear", "sqrt", "cosine", "square", "mirror_cosine", "exp")
@@ -23,17 +25,51 @@ _INIT_DIV = 1e2  # warmup starts at lr/100 in every seed scheduler
 _FINAL_DIV = 0.1  # OneCycle final_div_factor: min lr = (lr/100)/0.1 = lr/10
 
 
-def check_schedule(
-    *,
-    scheduler: str,
-    iterations: int,
-    warmup_steps: int,
-    wsd_fract_decay: float = 0.1,
-    decay_type: str = "linear",
-    wsd_final_lr_scale: float = 0.0,
-    cos_inf_steps: int = 0,
-) -> None:
-    """Raise UserError for arguments the seed would accept but that silently misbehave."""
+def _decay_type(text: str) -> str:
+    """The seed's spelling "miror_cosine" is read as mirror_cosine (a CLI alias only)."""
+    return _DECAY_ALIASES.get(text, text)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule (Hägele et al. 2024, §2-3; seed `src/optim/utils.py`)."""
+
+    scheduler: str = doc_field(
+        "cos",
+        "LR schedule: " + ", ".join(SCHEDULERS) + " (a sweep: constant or wsd)",
+        metavar="NAME",
+    )
+    iterations: int = doc_field(15000, "number of optimizer steps (the schedule's length)")
+    warmup_steps: int = doc_field(300, "linear warmup steps from lr/100")
+    warmup_tokens: str | None = doc_field(
+        None,
+        "'params' (warmup tokens = parameter count) or a token count; overrides warmup steps",
+        metavar="params|N",
+    )
+    lr: float = doc_field(1e-3, "peak learning rate")
+    wsd_fract_decay: float = doc_field(0.1, "WSD cooldown length as a fraction of the run")
+    decay_type: str = doc_field(
+        "linear", "WSD cooldown shape", choices=DECAY_TYPES, type=_decay_type
+    )
+    wsd_final_lr_scale: float = doc_field(0.0, "final LR as a fraction of peak (WSD)")
+    cos_inf_steps: int = doc_field(0, "constant tail steps for cos_inf")
+    minutes: float | None = doc_field(
+        None,
+        "wall-clock budget: measure the step time and set the step count so warmup, stable phase "
+        "and cooldown fit M minutes (wsd or constant)",
+        metavar="M",
+    )
+
+
+def check_schedule(s: ScheduleConfig) -> None:
+    """Raise UserError for settings the seed would accept but that silently misbehave."""
+    scheduler, iterations, warmup_steps = s.scheduler, s.iterations, s.warmup_steps
+    wsd_fract_decay, decay_type, wsd_final_lr_scale = (
+        s.wsd_fract_decay,
+        s.decay_type,
+        s.wsd_final_lr_scale,
+    )
+    cos_inf_steps = s.cos_inf_steps
     if scheduler not in SCHEDULERS:
         raise UserError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     if iterations <= 0:
@@ -104,27 +140,10 @@ def _one_cycle(step: int, iterations: int, warmup_steps: int, strategy: str) -> 
     return anneal(peak, end, pct)
 
 
-def lr_factor(
-    step: int,
-    *,
-    scheduler: str,
-    iterations: int,
-    warmup_steps: int,
-    wsd_fract_decay: float = 0.1,
-    decay_type: str = "linear",
-    wsd_final_lr_scale: float = 0.0,
-    cos_inf_steps: int = 0,
-) -> float:
+def lr_factor(step: int, s: ScheduleConfig) -> float:
     """Multiplier of the peak LR for the update made after `step` previous updates."""
-    check_schedule(
-        scheduler=scheduler,
-        iterations=iterations,
-        warmup_steps=warmup_steps,
-        wsd_fract_decay=wsd_fract_decay,
-        decay_type=decay_type,
-        wsd_final_lr_scale=wsd_final_lr_scale,
-        cos_inf_steps=cos_inf_steps,
-    )
+    check_schedule(s)
+    scheduler, iterations, warmup_steps = s.scheduler, s.iterations, s.warmup_steps
     if step < 0:
         raise UserError(f"step must be >= 0, got {step}")
     if scheduler in ("cos", "linear"):
@@ -136,23 +155,23 @@ def lr_factor(
         return 1.0
     if scheduler == "cos_inf":
         end = 1.0 / _INIT_DIV / _FINAL_DIV
-        cos_end = iterations - cos_inf_steps
+        cos_end = iterations - s.cos_inf_steps
         if step < cos_end:
             span = cos_end - warmup_steps
             p = (step - warmup_steps) / span if span > 0 else 1.0
             return end + (1.0 - end) * 0.5 * (1 + math.cos(math.pi * p))
         return end
-    n_hold, n_anneal = wsd_boundaries(iterations, wsd_fract_decay)
+    n_hold, n_anneal = wsd_boundaries(iterations, s.wsd_fract_decay)
     if step < n_hold:
         return 1.0
     if step < iterations:
-        return decay_shape((step - n_hold) / n_anneal, decay_type, wsd_final_lr_scale)
-    return wsd_final_lr_scale
+        return decay_shape((step - n_hold) / n_anneal, s.decay_type, s.wsd_final_lr_scale)
+    return s.wsd_final_lr_scale
 
 
-def schedule_csv(**kwargs) -> str:
+def schedule_csv(s: ScheduleConfig) -> str:
     """`step,lr_factor` lines for step = 0 … iterations (what `--print-schedule` prints)."""
     lines = ["step,lr_factor"]
-    for t in range(kwargs["iterations"] + 1):
-        lines.append(f"{t},{lr_factor(t, **kwargs):.10g}")
+    for t in range(s.iterations + 1):
+        lines.append(f"{t},{lr_factor(t, s):.10g}")
     return "\n".join(lines) + "\n"

@@ -10,8 +10,9 @@ import sys
 from bench.sweep import grid as gridmod
 from bench.sweep import results
 from bench.sweep.options import (
-    SCHEDULERS,
     TIMINGS,
+    TRAIN_BASE,
+    TRAIN_FLAGS,
     VAL_TOKENS,
     SweepOptions,
     check_gpus,
@@ -19,8 +20,7 @@ from bench.sweep.options import (
 )
 from bench.sweep.run import prepare, run_sweep
 from core import UserError
-from train import config as tconfig
-from train.schedules import DECAY_TYPES
+from train.cli_flags import add_train_flags
 
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
 GRID_FLAGS = [k for k in gridmod.known_keys() if k != gridmod.INJECT_KEY]
@@ -156,45 +156,13 @@ def _add_timing(s) -> None:
         help="pin CPU workers to these cores, e.g. 0 or 2-3, one per --threads (default: the last "
         "allowed core, one further down per --shard index): sweeps side by side on other cores",
     )
-    s.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="torch threads per worker (default: 1 on CPU, torch's on GPU)",
-    )
-    s.add_argument(
-        "--data",
-        default=None,
-        metavar="PATH",
-        help="token file or prepared folder (default: the embedded corpus)",
-    )
 
 
 def _add_schedule(s) -> None:
-    s.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        default="constant",
-        help="constant LR, or warmup-stable-cooldown fitted into the budget",
+    group = s.add_argument_group(
+        "training (TrainConfig's flags, the same for every config; scheduler constant or wsd)"
     )
-    s.add_argument(
-        "--warmup-steps", type=int, default=0, metavar="N", help="linear LR warmup steps"
-    )
-    for name in ("wsd_fract_decay", "wsd_final_lr_scale"):
-        s.add_argument(
-            "--" + name.replace("_", "-"),
-            type=float,
-            default=tconfig.field_default(name),
-            metavar="F",
-            help=tconfig.field_help(name),
-        )
-    s.add_argument(
-        "--decay-type",
-        choices=DECAY_TYPES,
-        default=tconfig.field_default("decay_type"),
-        help=tconfig.field_help("decay_type"),
-    )
+    add_train_flags(group, TRAIN_FLAGS, TRAIN_BASE)
 
 
 def _add_running(s) -> None:
@@ -274,14 +242,8 @@ def options(a) -> SweepOptions:
         gpus=[g.strip() for g in a.gpus.split(",") if g.strip()] if a.gpus else [],
         untimed_steps=a.untimed_steps,
         val_tokens=smoke.scale_val_tokens(a.val_tokens),
-        data=a.data,
-        threads=a.threads,
+        train=_train_flags(a),
         timing=a.timing,
-        scheduler=a.scheduler,
-        warmup_steps=a.warmup_steps,
-        wsd_fract_decay=a.wsd_fract_decay,
-        decay_type=a.decay_type,
-        wsd_final_lr_scale=a.wsd_final_lr_scale,
         retry=_retry(a.retry or ""),
         repeat=a.repeat,
         repeat_until=a.repeat_until,
@@ -293,6 +255,14 @@ def options(a) -> SweepOptions:
         nproc_per_config=a.nproc_per_config,
         progress=not a.no_progress,
     )
+
+
+def _train_flags(a) -> dict:
+    """The TrainConfig flags given on this command line (a data path made absolute)."""
+    flat = {k: getattr(a, k) for k in TRAIN_FLAGS if hasattr(a, k)}
+    if isinstance(flat.get("data"), str):
+        flat["data"] = os.path.abspath(flat["data"])
+    return flat
 
 
 def grid_rows(a) -> list[dict]:

@@ -16,10 +16,39 @@ from dataclasses import dataclass, field
 
 from bench.sweep import results
 from core import UserError, atomic_write
+from train.config import TrainConfig
 
 TIMINGS = ("windows", "synced")
-SCHEDULERS = ("constant", "wsd")
+SCHEDULERS = ("constant", "wsd")  # a sweep's run has no length to plan a cosine over
 VAL_TOKENS = 16384  # default held-out tokens behind each val_loss
+# The TrainConfig fields a sweep takes as flags (the same for every config; grid flags vary the
+# model and the batch). Their types, docs and checks are TrainConfig's.
+TRAIN_FLAGS = (
+    "scheduler",
+    "warmup_steps",
+    "wsd_fract_decay",
+    "decay_type",
+    "wsd_final_lr_scale",
+    "data",
+    "threads",
+    "seed",
+    "data_seed",
+)
+# Where a sweep's base run differs from train's defaults, and why: a constant LR with no warmup
+# (a config is timed for seconds, and its length is set by the budget as it runs).
+TRAIN_BASE = {"scheduler": "constant", "warmup_steps": 0, "iterations": 1}
+
+
+def base_train_config(train: dict) -> TrainConfig:
+    """The TrainConfig every config of a sweep starts from: TRAIN_BASE, then the sweep's flags.
+    Grid rows go on top with `with_`, so every value is validated by TrainConfig."""
+    cfg = TrainConfig.from_flat({**TRAIN_BASE, **train})
+    if cfg.schedule.scheduler not in SCHEDULERS:
+        raise UserError(
+            f"--scheduler for a sweep is one of {', '.join(SCHEDULERS)}, got "
+            f"{cfg.schedule.scheduler!r}"
+        )
+    return cfg
 
 
 @dataclass
@@ -31,14 +60,8 @@ class SweepOptions:
     shard: tuple[int, int] | None = None
     gpus: list[str] = field(default_factory=list)
     untimed_steps: int = 2  # steps before timing starts (allocator, autotuning, compile)
-    data: str | None = None
-    threads: int | None = None  # torch threads per worker; None = 1 on CPU, torch default on GPU
+    train: dict = field(default_factory=dict)  # TRAIN_FLAGS given on the command line
     timing: str = "windows"  # "windows": k steps between events, no sync inside; "synced": per step
-    scheduler: str = "constant"
-    warmup_steps: int = 0  # LR warmup steps (train's flag)
-    wsd_fract_decay: float = 0.1
-    decay_type: str = "linear"
-    wsd_final_lr_scale: float = 0.0
     retry: tuple[str, ...] = results.RETRY_DEFAULT
     repeat: int = 1
     repeat_until: float = 0.0  # re-measure configs until their median's SE is <= this % (0: off)
@@ -46,14 +69,19 @@ class SweepOptions:
     reference_every: int = 0  # re-time the reference config every N configs (0: never)
     drift_correct: bool = False
     pin: bool = True  # CPU workers: pin to cores (one per thread)
-    cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by bench.worker.runsetup)
+    cpu_cores: tuple[int, ...] = ()  # pin to these cores (empty: chosen by the worker)
     nproc_per_config: int = 1
     progress: bool = True
     val_tokens: int = VAL_TOKENS  # held-out tokens per val_loss, the same for every batch
 
     @property
     def budget_s(self) -> float:
+        """The timed budget of one config (not of the sweep), in seconds."""
         return 60.0 * self.minutes
+
+    @property
+    def base(self) -> TrainConfig:
+        return base_train_config(self.train)
 
     @property
     def repeat_cap(self) -> int:
@@ -75,11 +103,9 @@ def check_options(opts: SweepOptions) -> None:
     ):
         if not (math.isfinite(v) and v >= 0):
             raise UserError(f"{flag} must be a finite number >= 0, got {v}")
-    if opts.threads is not None and opts.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {opts.threads}")
-    for flag, v in (("--untimed-steps", opts.untimed_steps), ("--warmup-steps", opts.warmup_steps)):
-        if v < 0:
-            raise UserError(f"{flag} must be >= 0, got {v}")
+    base = opts.base  # TrainConfig checks the training flags
+    if opts.untimed_steps < 0:
+        raise UserError(f"--untimed-steps must be >= 0, got {opts.untimed_steps}")
     for flag, v in (("--repeat", opts.repeat), ("--nproc-per-config", opts.nproc_per_config)):
         if v < 1:
             raise UserError(f"{flag} must be >= 1, got {v}")
@@ -101,12 +127,8 @@ def check_options(opts: SweepOptions) -> None:
         raise UserError(f"--reference-every must be >= 0, got {opts.reference_every}")
     if opts.drift_correct and not opts.reference_every:
         raise UserError("--drift-correct needs --reference-every N (a reference to correct by)")
-    if not 0.0 <= opts.wsd_fract_decay <= 1.0:
-        raise UserError(f"--wsd-fract-decay must be in [0, 1], got {opts.wsd_fract_decay}")
-    if not 0.0 <= opts.wsd_final_lr_scale <= 1.0:
-        raise UserError(f"--wsd-final-lr-scale must be in [0, 1], got {opts.wsd_final_lr_scale}")
-    if opts.data is not None:
-        check_data(opts.data)
+    if base.data.data is not None:
+        check_data(base.data.data)
     if opts.cpu_cores:
         check_cores(opts)
 
@@ -152,31 +174,36 @@ def check_data(path: str) -> None:
     """The data file (or prepared folder) exists and can be read."""
     if not os.path.exists(path):
         raise UserError(f"--data {path}: no such file or folder")
-    target = os.path.join(path, "train.bin") if os.path.isdir(path) else path
-    try:
-        with open(target, "rb") as fh:
-            fh.read(1)
-    except OSError as e:
-        raise UserError(f"--data {target}: cannot read it ({e.strerror or e})") from None
+    from train.data import check_data_path  # opened as every worker will, once, up front
+
+    check_data_path(path)
 
 
 def measurement_settings(opts: SweepOptions) -> dict:
-    """Sweep settings that change what a row measures; a folder keeps one set of them."""
-    data = os.path.abspath(opts.data) if opts.data else None
-    return {
+    """Sweep settings that change what a row measures; a folder keeps one set of them: the
+    measurement's own (MeasureConfig: budget per config, untimed steps, timing, val tokens,
+    pinning, processes) and the base run's training flags."""
+    flat = opts.base.to_flat()
+    out = {
         "budget_s": opts.budget_s,
         "untimed_steps": opts.untimed_steps,
-        "data": data,
-        "threads": opts.threads,
         "timing": opts.timing,
-        "scheduler": opts.scheduler,
-        "warmup_steps": opts.warmup_steps,
-        "wsd_fract_decay": opts.wsd_fract_decay if opts.scheduler == "wsd" else None,
-        "decay_type": opts.decay_type if opts.scheduler == "wsd" else None,
-        "wsd_final_lr_scale": opts.wsd_final_lr_scale if opts.scheduler == "wsd" else None,
         "pin": opts.pin,
         "nproc_per_config": opts.nproc_per_config,
         "val_tokens": opts.val_tokens,
+    }
+    out.update({k: flat[k] for k in TRAIN_FLAGS})
+    return out
+
+
+def measure_config(opts: SweepOptions) -> dict:
+    """The measurement part of a worker's spec (what the worker times, not what it trains)."""
+    return {
+        "budget_s": opts.budget_s,
+        "untimed_steps": opts.untimed_steps,
+        "timing": opts.timing,
+        "val_tokens": opts.val_tokens,
+        "pin": opts.pin,
     }
 
 
@@ -205,8 +232,7 @@ def check_folder_settings(out_dir: str, settings: dict) -> None:
         finally:
             os.remove(tmp)
     try:
-        with open(path) as fh:
-            have = json.load(fh)["settings"]
+        have = results.folder_settings(out_dir)
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} is unreadable: remove it or use another --out") from None
     for k, v in settings.items():
@@ -224,6 +250,7 @@ def start_folder(opts: SweepOptions) -> None:
     out = opts.out_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file, not a folder: pick another --out")
+    results.check_sweep_folder(out)  # not inside another run, no symlinked entries
     try:
         os.makedirs(os.path.join(out, ".work"), exist_ok=True)
     except OSError as e:

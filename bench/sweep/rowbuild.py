@@ -103,9 +103,7 @@ def finish_row(spec: dict, measured: dict) -> dict:
         out[k] = measured.get(k) or row.get(k)
     if out["device"] == "cpu":
         out["dtype"] = "float32"  # the trainer autocasts on CUDA only
-    settings = dict(spec.get("settings") or {})
-    settings["threads_requested"] = settings.pop("threads", None)
-    out.update(settings)
+    out.update(spec_settings(spec))
     dp = int(measured.get("world_size") or spec.get("nproc_per_config") or 1)
     try:
         out.update(static_columns(row, out["kernels"], out["dtype"], dp))
@@ -119,6 +117,20 @@ def finish_row(spec: dict, measured: dict) -> dict:
     out["message"] = measured.get("message", "")
     out["timestamp"] = _now()
     out["measured_at"] = time.time()
+    return out
+
+
+def spec_settings(spec: dict) -> dict:
+    """The settings columns of a row: the measurement's and the base run's training flags."""
+    from bench.sweep.options import TRAIN_FLAGS
+    from train.config import TrainConfig
+
+    out = dict(spec.get("measure") or {})
+    if spec.get("train"):
+        flat = TrainConfig.from_dict(spec["train"]).to_flat()
+        out.update({k: flat[k] for k in TRAIN_FLAGS})
+    out["threads_requested"] = out.pop("threads", None)
+    out["nproc_per_config"] = int(spec.get("nproc_per_config") or 1)
     return out
 
 

@@ -25,10 +25,10 @@ import time
 from bench import proc
 from bench.sweep import adaptive, drift, results, status
 from bench.sweep.grid import config_id, in_shard, validate
-from bench.sweep.options import SweepOptions, measurement_settings, start_folder
+from bench.sweep.options import SweepOptions, measure_config, start_folder
 from bench.sweep.progress import Progress
 from bench.sweep.rowbuild import failure_row, finish_row, summary_line
-from core import atomic_write
+from core import atomic_write, read_json
 
 # ---------------------------------------------------------------------------------- planning
 
@@ -56,7 +56,8 @@ def make_spec(row: dict, cid: str, repeat: int, opts: SweepOptions, kind: str = 
         "repeat": repeat,
         "kind": kind,
         "row": dict(row),
-        "settings": measurement_settings(opts),
+        "train": opts.base.to_dict(),
+        "measure": measure_config(opts),
         "timeout_s": opts.timeout_s,
         "nproc_per_config": opts.nproc_per_config,
         "cpu_slot": opts.shard[0] if opts.shard else 0,  # shards on one machine pin apart
@@ -101,6 +102,13 @@ def worker_command(spec: dict, spec_path: str, result_path: str) -> list[str]:
 
 
 def run_config(spec: dict, out_dir: str) -> dict:
+    """`_measure` under the config's claim: a sweep that had to wait for another one measuring
+    the same config gets that one's row instead of measuring it again."""
+    with status.config_claim(out_dir, spec) as row:
+        return row if row is not None else _measure(spec, out_dir)
+
+
+def _measure(spec: dict, out_dir: str) -> dict:
     """Measure one config in a child process (torchrun when spec["nproc_per_config"] > 1).
 
     The child runs in its own process group, in the caller's cwd, with this checkout on its
@@ -142,9 +150,8 @@ def run_config(spec: dict, out_dir: str) -> dict:
 
 def _read_result(result_path: str, log_path: str, rc: int) -> dict:
     try:
-        with open(result_path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError):
+        return read_json(result_path, nofollow=True)  # UserError (a ValueError) if bad
+    except (OSError, ValueError):
         tail = ""
         try:
             with open(log_path, errors="replace") as fh:

@@ -1,8 +1,9 @@
 """One sweep config in its own process: `python -m bench.worker SPEC.json RESULT.json`.
 
-The run is the trainer's: a `train.config.TrainConfig` built from the sweep row (the optimizer
-settings, clipping and seeds are TrainConfig's defaults), the trainer's optimizer
-(`train.optim.optimizer_for`), data sampler and `train.step.train_step`. Untimed steps come first,
+The run is the trainer's: the spec's base `TrainConfig` with the sweep row on top
+(`base.with_(**row)`), built by `train.session.Session.build`, the one builder `train` uses too
+(device, thread policy, TF32, seeds, model, optimizer, scaler, samplers, the step). Untimed steps
+come first,
 then timed windows until the budget is spent (`bench.worker.timing` documents the method), then one
 validation pass. The JSON result is written atomically by rank 0. Running in a child process means
 a crash, OOM, NaN or hang costs one row, never the sweep; the worker dies with the sweep
@@ -13,6 +14,7 @@ row reports the world size and the global tokens/s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,44 +25,13 @@ import traceback
 _T0 = time.perf_counter()  # as early as possible: process start counts as overhead
 
 
-def effective(row: dict, cuda_available: bool) -> tuple[str, str, str]:
-    """(device, kernels, dtype) that actually run for a row on this machine.
-
-    device auto -> cuda when available. Triton kernels run on CUDA (or where TRITON_INTERPRET=1);
-    elsewhere `kernels.rms_norm`/`swiglu` fall back to the torch references, so kernels auto or
-    triton is torch there. The trainer autocasts on CUDA only, so a CPU step is float32.
-    """
-    device = row["device"]
-    if device == "auto":
-        device = "cuda" if cuda_available else "cpu"
-    on_cuda = device.startswith("cuda")
-    kernels = row["kernels"]
-    if kernels in ("auto", "triton"):
-        kernels = "triton" if on_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
-    dtype = row["dtype"] if on_cuda else "float32"
-    return device, kernels, dtype
-
-
-def train_config(spec: dict, row: dict):
-    """The TrainConfig of this run: the row's settings over TrainConfig's own defaults."""
+def train_config(spec: dict):
+    """The TrainConfig of this run: the sweep's base run with the grid row on top."""
+    from bench.sweep.grid import INJECT_KEY
     from train.config import TrainConfig
 
-    s = spec.get("settings") or {}
-    flat = {
-        "lr": row["lr"],
-        "batch_size": row["batch_size"],
-        "acc_steps": row["acc_steps"],
-        "dtype": row["dtype"],
-        "compile": bool(row["compile"]),
-        "data": s.get("data"),
-        "scheduler": s.get("scheduler") or "constant",
-        "warmup_steps": int(s.get("warmup_steps") or 0),
-        "iterations": 1,  # set by the time budget as the run goes
-    }
-    if flat["scheduler"] == "wsd":
-        flat.update(wsd_fract_decay=s["wsd_fract_decay"], decay_type=s["decay_type"])
-        flat["wsd_final_lr_scale"] = s.get("wsd_final_lr_scale") or 0.0
-    return TrainConfig.from_flat(flat)
+    row = {k: v for k, v in spec["row"].items() if k != INJECT_KEY}
+    return TrainConfig.from_dict(spec["train"]).with_(**row)
 
 
 def _inject(row: dict) -> None:
@@ -77,57 +48,194 @@ def _inject(row: dict) -> None:
 
 def run(spec: dict) -> dict:
     """Measure one config; returns the result columns (status ok|oom|nan|error)."""
-    from bench.worker.runsetup import setup
-    from bench.worker.timing import Clock, Schedule, run_windows, summarize
+    from bench.worker.timing import Clock, run_windows, summarize
+    from train.session import Session
 
     _inject(spec["row"])
-    r = setup(spec, train_config(spec, spec["row"]))
-    s = spec.get("settings") or {}
-    sched = Schedule(
-        scheduler=r.tcfg.schedule.scheduler,
-        warmup_steps=r.tcfg.schedule.warmup_steps,
-        wsd_fract_decay=r.tcfg.schedule.wsd_fract_decay,
-        decay_type=r.tcfg.schedule.decay_type,
-        wsd_final_lr_scale=r.tcfg.schedule.wsd_final_lr_scale,
-    )
-    budget_s = float(s.get("budget_s") or spec.get("budget_s"))
+    m = spec["measure"]
+    cfg = train_config(spec)
+    pin(spec, cfg)
+    ses = Session.build(cfg)
+    print(f"config {spec.get('config_id')} | {ses.describe()}", file=sys.stderr, flush=True)
+    if ses.cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(ses.device)
+    val = validation_batches(ses, int(m["val_tokens"]))
+    budget_s = float(m["budget_s"])
     overhead_s = time.time() - spec["spawn_epoch"] if spec.get("spawn_epoch") else None
-    with r.telemetry() as tele:
+    with telemetry(spec, ses) as tele:
         timed = run_windows(
-            r.launch,
-            r.read,
-            Clock(r.cuda),
-            sched,
+            lambda step, factor: ses.step(ses.cfg.schedule.lr * factor).loss,
+            read_losses,
+            Clock(ses.cuda),
+            ses.cfg.schedule,
             budget_s=budget_s,
-            untimed_steps=int(s.get("untimed_steps", 2)),
-            synced=s.get("timing") == "synced",
-            agree=r.agree if r.world > 1 else None,
+            untimed_steps=int(m["untimed_steps"]),
+            synced=m["timing"] == "synced",
+            agree=(lambda v: agree(ses, v)) if ses.world > 1 else None,
         )
-    out = summarize(timed, budget_s, r.tokens_per_step)
-    out.update(status=timed.status, message=timed.message, scheduler=sched.scheduler)
-    out["val_loss"] = r.evaluate() if timed.status == "ok" else math.nan
-    out["val_tokens"] = r.world * sum(int(y.numel()) for _, y in r.val_batches)
+    out = summarize(timed, budget_s, ses.tokens_per_step)
+    out.update(status=timed.status, message=timed.message, scheduler=ses.cfg.schedule.scheduler)
+    out["val_loss"] = ses.evaluate(val) if timed.status == "ok" else math.nan
+    out["val_tokens"] = ses.world * sum(int(y.numel()) for _, y in val)
     out["loss_curve"] = json.dumps(timed.curve[:: max(1, len(timed.curve) // 200)])
     out["overhead_s"] = overhead_s if overhead_s is not None else time.perf_counter() - _T0
     out["steps_total"] = timed.total if timed.status == "ok" else timed.steps
-    out.update(r.columns(out["tokens_per_s"]))
-    out.update(tele.summary() if r.cuda else {})
+    out.update(columns(ses, out["tokens_per_s"]))
+    out.update(tele.summary() if ses.cuda else {})
     return out
+
+
+VAL_BATCH = 16  # sequences per validation batch
+VAL_SEED = 7919  # one validation sample for every config (not the training data seed)
+
+
+def validation_batches(ses, val_tokens: int) -> list:
+    """The val set depends on the sequence length only (a fixed batch of VAL_BATCH sequences,
+    a fixed seed), so configs that differ in batch size are scored on the same held-out tokens."""
+    seq = ses.model_cfg.sequence_length
+    batch = max(1, min(VAL_BATCH, val_tokens // seq))
+    n = max(1, math.ceil(val_tokens / (batch * seq * ses.world)))
+    return ses.val_batches(batch, n, VAL_SEED, shard=True)
+
+
+def read_losses(losses: list) -> list[float]:
+    """The one device read of a window (after its end event): losses as floats."""
+    import torch
+
+    if not losses:
+        return []
+    if isinstance(losses[0], torch.Tensor):
+        return [float(x) for x in torch.stack([x.float() for x in losses]).tolist()]
+    return [float(x) for x in losses]
+
+
+def agree(ses, values: list[float]) -> list[float]:
+    """Rank 0's values on every rank (decisions that must match for the collectives)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=ses.device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def nvml_index(spec: dict, device) -> int:
+    """The NVML (physical) index of this worker's GPU. NVML numbers GPUs physically and ignores
+    CUDA_VISIBLE_DEVICES, while torch numbers the visible ones: `--gpus 2,3` runs a worker with
+    CUDA_VISIBLE_DEVICES=2 on torch's cuda:0, whose telemetry is NVML's GPU 2."""
+    if spec.get("nvml_index") is not None:
+        return int(spec["nvml_index"])
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [v for v in visible if v]
+    index = device.index or 0
+    if visible and index < len(visible) and visible[index].isdigit():
+        return int(visible[index])
+    return index
+
+
+def telemetry(spec: dict, ses):
+    from bench.worker.telemetry import Telemetry
+
+    if not ses.cuda or ses.rank != 0:
+        return Telemetry(None)
+    return Telemetry(nvml_index(spec, ses.device))
+
+
+def columns(ses, tokens_per_s: float) -> dict:
+    """Effective settings, world, memory, MFU and environment columns of the row."""
+    from bench.envinfo import env_info
+    from model import costs
+    from train import cpumem
+
+    per_device = tokens_per_s / ses.world if math.isfinite(tokens_per_s) else math.nan
+    mfu = None
+    if ses.cuda and math.isfinite(per_device):
+        mfu = costs.mfu(per_device, ses.model_cfg, ses.device_name, dtype=ses.dtype)
+    return {
+        "device": ses.device.type,
+        "kernels": ses.kernels,
+        "dtype": ses.dtype,
+        "world_size": ses.world,
+        "dp": ses.world,
+        "global_batch": ses.cfg.global_batch(ses.world),
+        "threads": ses.threads,
+        "cpu_affinity": _affinity(),
+        "cpu_malloc": cpumem.mode(),
+        "mfu": math.nan if mfu is None else mfu,
+        "peak_mem_mb": _peak_mem_mb(ses),
+        **env_info("cuda" if ses.cuda else "cpu"),
+    }
+
+
+def _affinity() -> str:
+    if not hasattr(os, "sched_getaffinity"):
+        return ""
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
+
+def _peak_mem_mb(ses) -> float:
+    import torch
+
+    if ses.cuda:
+        return torch.cuda.max_memory_allocated(ses.device) / 2**20
+    import resource  # peak resident set: the closest CPU analogue of peak GPU memory
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def pin(spec: dict, cfg) -> None:
+    """Pin a one-process CPU worker to one core per thread (a measurement setting, before the
+    run is built): --cpu-cores, else cores chosen by `pin_cores`."""
+    if cfg.runtime.device not in ("auto", "cpu") or not spec["measure"].get("pin", True):
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not hasattr(os, "sched_setaffinity"):
+        return
+    if cfg.runtime.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    threads = cfg.runtime.threads or 1
+    cores = spec.get("cpu_cores")
+    if not cores:
+        cores = pin_cores(sorted(os.sched_getaffinity(0)), threads, spec.get("cpu_slot", 0))
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, set(cores))
+
+
+def pin_cores(allowed: list[int], threads: int, slot: int) -> list[int]:
+    """One core per thread: the last cores of the allowed set (core 0 takes most interrupts),
+    shifted by `slot` (the shard index) so that shards on one machine do not share cores."""
+    n = max(1, min(threads, len(allowed)))
+    slot %= max(1, len(allowed) // n)
+    start = len(allowed) - n * (slot + 1)
+    return allowed[start : start + n]
 
 
 def _is_oom(e: BaseException) -> bool:
     return "out of memory" in str(e).lower() or type(e).__name__ == "OutOfMemoryError"
 
 
-def _effective_columns(row: dict) -> dict:
+def _effective_columns(spec: dict) -> dict:
     """device/kernels/dtype this config would have run with (for a failed run's row)."""
     try:
         import torch
 
-        device, kernels, dtype = effective(row, torch.cuda.is_available())
+        from train.session import effective_dtype, effective_kernels
+
+        cfg = train_config(spec)
+        dev = cfg.runtime.device
+        cuda = dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available())
+        device = torch.device("cuda" if cuda else "cpu")
     except Exception:  # noqa: BLE001  (a broken torch or row: the row keeps the request)
         return {}
-    return {"device": device.split(":")[0], "kernels": kernels, "dtype": dtype}
+    return {
+        "device": device.type,
+        "kernels": effective_kernels(cfg.runtime.kernels, device),
+        "dtype": effective_dtype(cfg.runtime.dtype, device),
+    }
 
 
 def _write(path: str, result: dict) -> None:
@@ -155,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         status = "oom" if _is_oom(e) else "error"
         result = {"status": status, "message": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
         traceback.print_exc()  # into the config's log, OUT/.work/<config>.log
-        result.update(_effective_columns(spec["row"]))
+        result.update(_effective_columns(spec))
     if rank == 0:
         _write(argv[1], result)
     return 0

@@ -24,36 +24,22 @@ its planned fraction and ends at the budget (to the error of the last estimate).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core import percentile
-from train.schedules import lr_factor
+from train.schedules import ScheduleConfig, lr_factor
 from train.timebudget import cooldown_start, plan_total_steps
 
 UNPLANNED = 10**9  # iterations used for the LR before the first plan: WSD is flat there
 
 
-@dataclass
-class Schedule:
-    scheduler: str = "constant"  # constant | wsd
-    warmup_steps: int = 0
-    wsd_fract_decay: float = 0.1
-    decay_type: str = "linear"
-    wsd_final_lr_scale: float = 0.0
-
-    def factor(self, step: int, total: int) -> float:
-        return lr_factor(
-            step,
-            scheduler=self.scheduler,
-            iterations=max(total, 1),
-            warmup_steps=self.warmup_steps,
-            wsd_fract_decay=self.wsd_fract_decay,
-            decay_type=self.decay_type,
-            wsd_final_lr_scale=self.wsd_final_lr_scale,
-        )
+def factor(sched: ScheduleConfig, step: int, total: int) -> float:
+    """The LR multiplier of `step` when the run is `total` steps long (the plan so far)."""
+    return lr_factor(step, dataclasses.replace(sched, iterations=max(total, 1)))
 
 
 @dataclass
@@ -116,7 +102,7 @@ def run_windows(
     launch: Callable[[int, float], object],
     read: Callable[[list], list[float]],
     clock: Clock,
-    sched: Schedule,
+    sched: ScheduleConfig,
     *,
     budget_s: float,
     untimed_steps: int,
@@ -131,7 +117,7 @@ def run_windows(
     """
     agree = agree or (lambda v: v)
     out = Timed(total=UNPLANNED if sched.scheduler == "wsd" else 0)
-    pending = [launch(s, sched.factor(s, out.total or UNPLANNED)) for s in range(untimed_steps)]
+    pending = [launch(s, factor(sched, s, out.total or UNPLANNED)) for s in range(untimed_steps)]
     clock.start()
     clock.stop()  # waits for the untimed steps
     out.losses += read(pending)
@@ -159,7 +145,7 @@ def run_windows(
     return out
 
 
-def _next_window(out: Timed, k: int, frozen: bool, sched: Schedule, budget_s: float) -> int:
+def _next_window(out: Timed, k: int, frozen: bool, sched: ScheduleConfig, budget_s: float) -> int:
     """Steps in the next window (0: stop)."""
     if sched.scheduler == "wsd" and out.windows:
         left = out.total - out.steps
@@ -180,7 +166,7 @@ def _one_window(out, launch, read, clock, sched, kk, synced) -> bool:
     clock.start()
     for i in range(kk):
         h = time.perf_counter()
-        losses.append(launch(out.steps + i, sched.factor(out.steps + i, out.total or UNPLANNED)))
+        losses.append(launch(out.steps + i, factor(sched, out.steps + i, out.total or UNPLANNED)))
         host += time.perf_counter() - h
     dt = clock.stop()
     vals = read(losses)

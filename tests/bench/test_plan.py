@@ -14,10 +14,10 @@ from bench.sweep.options import (
     SweepOptions,
     check_folder_settings,
     check_options,
+    measure_config,
     measurement_settings,
 )
 from bench.sweep.run import _queue_with_references, plan
-from bench.worker.run import effective
 from core import UserError
 
 
@@ -41,7 +41,8 @@ def test_repeats_are_interleaved_and_only_pending_ones_are_planned(tmp_path):
     opts.retry = ("error", "timeout", "nan")
     assert (ids[1], 1) in [(s["config_id"], s["repeat"]) for s in plan(rows, opts, done)]
     s = specs[0]
-    assert s["settings"] == measurement_settings(opts) and s["timeout_s"] == opts.timeout_s
+    assert s["measure"] == measure_config(opts) and s["timeout_s"] == opts.timeout_s
+    assert s["train"] == opts.base.to_dict()
 
 
 def test_reference_is_timed_first_every_n_and_last(tmp_path):
@@ -95,11 +96,11 @@ def test_a_folder_keeps_one_set_of_measurement_settings(tmp_path):
     check_folder_settings(out, measurement_settings(base))  # same settings: fine
     for change, flag in (
         ({"minutes": 0.2}, "--minutes"),
-        ({"threads": 2}, "--threads"),
+        ({"train": {"threads": 2}}, "--threads"),
         ({"untimed_steps": 5}, "--untimed-steps"),
         ({"timing": "synced"}, "--timing"),
-        ({"scheduler": "wsd"}, "--scheduler"),
-        ({"data": __file__}, "--data"),
+        ({"train": {"scheduler": "wsd"}}, "--scheduler"),
+        ({"train": {"data": __file__}}, "--data"),
     ):
         other = SweepOptions(out_dir=out, **{"minutes": 0.1, **change})
         with pytest.raises(UserError, match=f"measured with {flag}.*another --out"):
@@ -113,8 +114,8 @@ def test_a_folder_keeps_one_set_of_measurement_settings(tmp_path):
         ({"minutes": 0.0}, "--minutes must be a finite number > 0"),
         ({"timeout_grace_s": math.nan}, "--timeout-grace must be a finite number >= 0"),
         ({"timeout_factor": -1.0}, "--timeout-factor must be a finite number >= 0"),
-        ({"threads": 0}, "--threads must be >= 1"),
-        ({"data": "/nonexistent.bin"}, "--data /nonexistent.bin: no such file"),
+        ({"train": {"threads": 0}}, "threads must be"),
+        ({"train": {"data": "/nonexistent.bin"}}, "--data /nonexistent.bin: no such file"),
         ({"drift_correct": True}, "--drift-correct needs --reference-every"),
         ({"repeat": 0}, "--repeat must be >= 1"),
     ],
@@ -125,16 +126,24 @@ def test_options_are_checked_before_any_worker(tmp_path, change, msg):
 
 
 def test_effective_settings_on_this_machine(monkeypatch):
-    row = {"device": "auto", "kernels": "auto", "dtype": "bfloat16"}
+    import torch
+
+    from train.session import effective_dtype, effective_kernels
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert effective(row, cuda_available=False) == ("cpu", "torch", "float32")
-    assert effective(row, cuda_available=True) == ("cuda", "triton", "bfloat16")
+    assert (effective_kernels("auto", cpu), effective_dtype("bfloat16", cpu)) == ("torch", "float32")
+    assert (effective_kernels("auto", cuda), effective_dtype("bfloat16", cuda)) == (
+        "triton",
+        "bfloat16",
+    )
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert effective(row, cuda_available=False) == ("cpu", "triton", "float32")
-    assert effective({**row, "kernels": "torch"}, True) == ("cuda", "torch", "bfloat16")
+    assert effective_kernels("auto", cpu) == "triton" and effective_kernels("torch", cuda) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "true")  # Triton itself reads only "1"
+    assert effective_kernels("auto", cpu) == "torch"
     monkeypatch.delenv("TRITON_INTERPRET")
     # triton on a CPU runs the torch references (kernels.rms_norm falls back): say so
-    assert effective({**row, "kernels": "triton"}, False) == ("cpu", "torch", "float32")
+    assert effective_kernels("triton", cpu) == "torch"
 
 
 def _actions(parser):
@@ -165,7 +174,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
 
 
 def test_cpu_pinning_takes_the_last_cores_and_keeps_shards_apart():
-    from bench.worker.runsetup import pin_cores
+    from bench.worker.run import pin_cores
 
     assert pin_cores([0, 1, 2, 3], 1, 0) == [3]
     assert pin_cores([0, 1, 2, 3], 1, 1) == [2]  # shard 1 beside shard 0

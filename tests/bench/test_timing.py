@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from bench.worker.timing import Schedule, run_windows, summarize
+from bench.worker.timing import factor, run_windows, summarize
+from train.schedules import ScheduleConfig
 from train.timebudget import cooldown_start
 
 
@@ -43,7 +44,14 @@ class FakeDevice:
 
 def test_constant_windows_read_once_per_window_and_fit_the_budget():
     dev = FakeDevice(step_s=0.004, jitter=0.1)
-    t = run_windows(dev.launch, dev.read, dev, Schedule(), budget_s=1.0, untimed_steps=2)
+    t = run_windows(
+        dev.launch,
+        dev.read,
+        dev,
+        ScheduleConfig(scheduler="constant", warmup_steps=0),
+        budget_s=1.0,
+        untimed_steps=2,
+    )
     k = [w[0] for w in t.windows]
     # one read for the untimed steps, then exactly one per window: none inside a window
     assert dev.reads == [2] + k
@@ -64,7 +72,13 @@ def test_constant_windows_read_once_per_window_and_fit_the_budget():
 def test_synced_timing_is_one_step_per_window():
     dev = FakeDevice(step_s=0.01)
     t = run_windows(
-        dev.launch, dev.read, dev, Schedule(), budget_s=0.2, untimed_steps=1, synced=True
+        dev.launch,
+        dev.read,
+        dev,
+        ScheduleConfig(scheduler="constant", warmup_steps=0),
+        budget_s=0.2,
+        untimed_steps=1,
+        synced=True,
     )
     assert {w[0] for w in t.windows} == {1} and dev.reads[1:] == [1] * len(t.windows)
 
@@ -76,14 +90,23 @@ def test_nan_loss_stops_with_its_step():
         dev.launch(step, factor)
         return ("loss", math.nan if step == 7 else 1.0)
 
-    t = run_windows(launch, dev.read, dev, Schedule(), budget_s=1.0, untimed_steps=2)
+    t = run_windows(
+        launch,
+        dev.read,
+        dev,
+        ScheduleConfig(scheduler="constant", warmup_steps=0),
+        budget_s=1.0,
+        untimed_steps=2,
+    )
     assert t.status == "nan" and "step 8" in t.message
 
 
 @pytest.mark.parametrize("fract,decay", [(0.2, "sqrt"), (0.5, "linear")])
 def test_wsd_cooldown_starts_at_its_fraction_and_ends_at_the_budget(fract, decay):
     dev = FakeDevice(step_s=0.005, jitter=0.05)
-    sched = Schedule("wsd", warmup_steps=10, wsd_fract_decay=fract, decay_type=decay)
+    sched = ScheduleConfig(
+        scheduler="wsd", warmup_steps=10, wsd_fract_decay=fract, decay_type=decay
+    )
     t = run_windows(dev.launch, dev.read, dev, sched, budget_s=2.0, untimed_steps=3)
     total = t.total
     assert dev.launched == total  # the run ends at its planned total
@@ -95,9 +118,9 @@ def test_wsd_cooldown_starts_at_its_fraction_and_ends_at_the_budget(fract, decay
     c = t.cooldown_step
     assert all(x == 1.0 for x in f[10:c]) and f[c] == 1.0 and f[c + 1] < 1.0
     assert all(a >= b for a, b in zip(f[c:], f[c + 1 :]))  # monotone cooldown
-    assert f[-1] == pytest.approx(sched.factor(total - 1, total))
+    assert f[-1] == pytest.approx(factor(sched, total - 1, total))
     # the schedule the run took is the one a straight run of `total` steps would take
-    assert f == [pytest.approx(sched.factor(i, total)) for i in range(total)]
+    assert f == [pytest.approx(factor(sched, i, total)) for i in range(total)]
 
 
 def test_wsd_replans_when_the_machine_slows_down():
@@ -108,7 +131,7 @@ def test_wsd_replans_when_the_machine_slows_down():
             dev.step_s = 0.01  # the machine halves its speed mid-run
         return dev.launch(step, factor)
 
-    sched = Schedule("wsd", wsd_fract_decay=0.2)
+    sched = ScheduleConfig(scheduler="wsd", warmup_steps=0, wsd_fract_decay=0.2)
     t = run_windows(launch, dev.read, dev, sched, budget_s=2.0, untimed_steps=2)
     assert t.timed_s == pytest.approx(2.0, rel=0.05)
     assert t.cooldown_step == cooldown_start(t.total, 0.2)

@@ -14,7 +14,7 @@ from model.config import PRESETS
 from model.transformer import Transformer
 from train.cli import main
 from train.optim import build_optimizer
-from train.setup import effective_dtype, effective_kernels
+from train.session import effective_dtype, effective_kernels
 from train.step import train_step
 
 READS = ("item", "__float__", "tolist", "cpu", "__bool__", "__int__")

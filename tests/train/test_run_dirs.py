@@ -64,7 +64,7 @@ def test_resume_writes_in_the_checkpoints_folder_not_the_stored_out(tmp_path):
     # a copy of the step-3 checkpoint whose stored settings point somewhere else entirely
     evil = tmp_path / "evil"
     ck = torch.load(os.path.join(out, "latest", "ckpt.pt"), weights_only=True)
-    assert ck["step"] == 6 and ck["config"]["schema_version"] == 2
+    assert ck["step"] == 6 and ck["config"]["schema_version"] == 3
     ck["step"], ck["data_step"] = 3, 3
     ck["config"]["io"]["out"] = str(evil)
     ck["config"]["io"]["tensorboard"] = str(evil / "tb")
@@ -107,21 +107,6 @@ def test_damaged_checkpoint_contents_are_one_line(tmp_path, capsys, damage, need
     capsys.readouterr()
     for flag in ("--resume-from", "--cooldown-from"):
         _fails(capsys, [flag, str(path)], needle)
-
-
-def test_old_flat_args_checkpoint_still_resumes(tmp_path):
-    """Checkpoints written before TrainConfig stored `vars(args)` under "args" (schema 1)."""
-    ck = _ckpt(tmp_path)
-    from train.config import TrainConfig
-
-    flat = TrainConfig.from_dict(ck.pop("config")).to_flat()
-    ck["args"] = {**flat, "resume_from": None, "plot": None}  # extra CLI-only keys are ignored
-    ck["step"], ck["data_step"] = 2, 2
-    old = tmp_path / "old"
-    old.mkdir()
-    torch.save(ck, old / "ckpt.pt")
-    assert main(["--resume-from", str(old / "ckpt.pt")]) == 0
-    assert _steps(old) == [3, 4]
 
 
 @pytest.mark.parametrize(

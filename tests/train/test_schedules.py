@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from core import UserError
+from train import schedules
 from train.cli import main
-from train.schedules import lr_factor
+from train.schedules import ScheduleConfig
+
+
+def lr_factor(step, **kw):
+    """The schedule of these keyword settings (the rest ScheduleConfig's defaults) at `step`."""
+    return schedules.lr_factor(step, ScheduleConfig(**kw))
 
 
 def wsd(step, **kw):

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from train import schedules
 from train.cli import main
-from train.schedules import lr_factor
+from train.schedules import ScheduleConfig
 from train.timebudget import (
     TIMING_PROBE_STEPS,
     TIMING_WARMUP_STEPS,
@@ -15,6 +16,11 @@ from train.timebudget import (
     cooldown_start,
     plan_total_steps,
 )
+
+
+def lr_factor(step, **kw):
+    """The schedule of these keyword settings (the rest ScheduleConfig's defaults) at `step`."""
+    return schedules.lr_factor(step, ScheduleConfig(**kw))
 
 
 def test_plan_total_steps():

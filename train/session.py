@@ -1,0 +1,362 @@
+"""One builder of a run, for `train` and for the sweep worker: a benchmarked step is the step that
+trains.
+
+`Session.build(cfg)` turns a TrainConfig into everything a training step needs: the device (and a
+process group under torchrun), the CPU thread policy, precision flags (TF32), seeds, the effective
+kernels and dtype, the data, the ModelConfig, the model (compiled or not), the optimizer, the loss
+scaler and the samplers. `Session.step(lr)` is the training step, `Session.evaluate(batches)` the
+evaluation. `train.loop.Trainer` adds schedule, logging, averages and checkpoints around it;
+`bench.worker.run` adds timing windows and telemetry. Neither builds anything itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from core import UserError
+from model.config import PRESETS, ModelConfig
+from model.costs import num_params
+from train.config import ModelSpec, TrainConfig
+from train.cpumem import keep_freed_memory
+
+# The seed's model when no preset is given (upstream `src/config/base.py` defaults).
+SEED_DEFAULT_CFG = ModelConfig(n_layer=24, n_embd=768, n_head=12, tie_embeddings=True)
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# ModelSpec fields that override the ModelConfig field of the same name.
+ARCH_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(ModelSpec)
+    if f.name in {g.name for g in dataclasses.fields(ModelConfig)}
+)
+
+
+# ------------------------------------------------------------------------------------- device
+def resolve_device(device_arg: str, world: int, local_rank: int) -> torch.device:
+    """The torch.device of this process; every CUDA spelling (cuda, cuda:N) gets an index, which
+    `torch.cuda.set_device` requires. Under torchrun (world > 1) the local rank picks the GPU."""
+    if device_arg == "auto":
+        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_arg == "cpu":
+        return torch.device("cpu")
+    if not (device_arg == "cuda" or device_arg.startswith("cuda:")):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device_arg!r}")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device_arg} requested but CUDA is not available")
+    n = torch.cuda.device_count()
+    if world > 1:
+        index = local_rank
+    elif device_arg == "cuda":
+        index = torch.cuda.current_device()
+    else:
+        text = device_arg[5:]
+        if not text.isdigit():
+            raise UserError(f"--device {device_arg}: N in cuda:N must be a GPU index")
+        index = int(text)
+    if index >= n:
+        raise UserError(f"--device {device_arg}: this machine has {n} CUDA device(s)")
+    device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device_arg: str) -> tuple[int, int, torch.device]:
+    """(rank, world, device); a process group when launched by torchrun with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(device_arg, world, int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        keep_freed_memory()  # steady CPU steps: no page faults per step (train/cpumem.py)
+    return rank, world, device
+
+
+def apply_threads(cfg: TrainConfig, device: torch.device) -> int:
+    """Set torch's CPU threads by the one policy of train and bench: --threads, else 1 on a CPU
+    (with several, BLAS threads spin-wait whenever the machine is shared: a small matmul measured
+    50x slower on a loaded 2-core box), else torch's default. Returns the count in force."""
+    threads = cfg.runtime.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def set_precision(device: torch.device) -> None:
+    """TF32 as in the seed: fp32 parameters, tensor-core matmuls (CUDA only)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def interpreting() -> bool:
+    """Whether Triton runs on the CPU (TRITON_INTERPRET=1, read as Triton itself reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def effective_kernels(requested: str, device: torch.device) -> str:
+    """What runs: Triton on CUDA (or on the CPU under TRITON_INTERPRET=1), the torch ops else."""
+    triton_runs = device.type == "cuda" or interpreting()
+    if requested == "auto":
+        return "triton" if triton_runs else "torch"
+    return "triton" if requested == "triton" and triton_runs else "torch"
+
+
+def effective_dtype(requested: str, device: torch.device) -> str:
+    """Autocast runs on CUDA only: a CPU run is float32 whatever was asked."""
+    return requested if device.type == "cuda" else "float32"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------- data
+def data_path(cfg: TrainConfig) -> str | None:
+    """--data, or --dataset as a prepared directory or a NAME under --datasets-dir."""
+    d = cfg.data
+    if d.dataset is None:
+        return d.data
+    if os.path.isdir(d.dataset):
+        return d.dataset
+    cand = os.path.join(d.datasets_dir, d.dataset)
+    if os.path.isdir(cand):
+        return cand
+    raise UserError(
+        f"dataset {d.dataset!r} not found (no directory {d.dataset} or {cand}); "
+        f"make it with `train prepare`"
+    )
+
+
+def load_data(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    from train.data import get_data
+
+    train_tok, val_tok, vocab = get_data(data_path(cfg), uint32=cfg.data.data_dtype == "uint32")
+    if cfg.data.data_in_ram:
+        train_tok, val_tok = np.array(train_tok), np.array(val_tok)
+    return train_tok, val_tok, vocab
+
+
+def vocab_from_data(cfg: TrainConfig) -> bool:
+    """Whether the run's data names its vocabulary (a prepared folder's meta.json)."""
+    from train.data import data_meta
+
+    return data_meta(data_path(cfg)) is not None
+
+
+# -------------------------------------------------------------------------------------- model
+def model_config(
+    cfg: TrainConfig, data_vocab: int, kernels: str = "torch", *, from_data: bool = False
+) -> ModelConfig:
+    """The ModelConfig of a run: the preset (or the seed's default) with every set ModelSpec
+    field on top.
+
+    A preset's explicit MLP width belongs to its own width: when the width, its rounding or the
+    family changes and --ffn-hidden is not given, the width is derived again (SwiGLU's
+    multiple_of rounding of 8/3 n_embd, or 4 n_embd x --mlp-dim-exp-factor for gpt2).
+    `from_data` (the data has a meta.json): without --vocab-size the model's vocabulary is the
+    data's (`data_vocab`, already rounded up to a multiple of 64), whatever the preset's is.
+    """
+    m = cfg.model
+    if m.preset is not None:
+        if m.preset not in PRESETS:
+            raise UserError(f"unknown preset {m.preset!r}; choose from {', '.join(PRESETS)}")
+        base = PRESETS[m.preset]
+    else:
+        base = SEED_DEFAULT_CFG
+    changes: dict[str, Any] = {
+        k: getattr(m, k) for k in ARCH_FIELDS if k != "arch" and getattr(m, k) is not None
+    }
+    if m.arch != base.arch:
+        changes["arch"] = m.arch
+    reshaped = any(
+        k in changes and changes[k] != getattr(base, k) for k in ("n_embd", "multiple_of", "arch")
+    )
+    if "ffn_hidden" not in changes and reshaped:
+        changes["ffn_hidden"] = None
+    if changes.get("arch", base.arch) == "gpt2" and m.mlp_dim_exp_factor != 1.0:
+        changes.setdefault("ffn_hidden", None)
+        if changes["ffn_hidden"] is None:
+            width = changes.get("n_embd", base.n_embd)
+            changes["ffn_hidden"] = int(m.mlp_dim_exp_factor * 4 * width)
+    if from_data and m.vocab_size is None:
+        changes["vocab_size"] = data_vocab
+    mcfg = base.replace(kernels=kernels, **changes)  # ModelConfig validates its fields
+    if data_vocab > mcfg.vocab_size:
+        raise UserError(
+            f"data needs vocab {data_vocab} but the model has vocab_size {mcfg.vocab_size}"
+        )
+    return mcfg
+
+
+def resolve_warmup(cfg: TrainConfig, mcfg: ModelConfig, world: int) -> TrainConfig:
+    """A config whose warmup is in steps: `--warmup-tokens params` means warmup tokens = parameter
+    count (Porian et al. 2024, arXiv:2406.19146, §3), a number means that many tokens."""
+    w = cfg.schedule.warmup_tokens
+    if w is None:
+        return cfg
+    tokens = num_params(mcfg) if w == "params" else float(w)
+    steps = math.ceil(tokens / (cfg.global_batch(world) * mcfg.sequence_length))
+    return cfg.with_(warmup_steps=steps, warmup_tokens=None)
+
+
+# ------------------------------------------------------------------------------------ session
+@dataclass
+class Session:
+    """A built run: what the training step and the evaluation need, nothing about files."""
+
+    cfg: TrainConfig  # warmup resolved to steps
+    model_cfg: ModelConfig  # as built (effective kernels)
+    rank: int
+    world: int
+    device: torch.device
+    kernels: str
+    dtype: str
+    threads: int
+    raw: torch.nn.Module  # the module (its state dict is the checkpoint's)
+    model: torch.nn.Module  # what the step calls: `raw`, or torch.compile(raw)
+    opt: Any
+    scaler: Any
+    sampler: Any
+    val_tokens: Any  # the held-out token array
+
+    @classmethod
+    def build(cls, cfg: TrainConfig) -> Session:
+        """Build the run of `cfg`; every check that can fail runs before the model is made."""
+        from model.transformer import Transformer
+        from train.config_checks import check_fits
+        from train.data import Sampler
+        from train.optim import optimizer_for
+
+        rank, world, device = init_distributed(cfg.runtime.device)
+        threads = apply_threads(cfg, device)
+        set_precision(device)
+        kernels = effective_kernels(cfg.runtime.kernels, device)
+        dtype = effective_dtype(cfg.runtime.dtype, device)
+        train_tok, val_tok, vocab = load_data(cfg)
+        mcfg = model_config(cfg, vocab, kernels, from_data=vocab_from_data(cfg))
+        cfg = resolve_warmup(cfg, mcfg, world)
+        seed_everything(cfg.runtime.seed)
+        check_fits(mcfg, device)  # a nonsense size is one line, not an allocator error
+        raw = Transformer(mcfg).to(device)
+        if world > 1:  # the same start on every process (what DDP's constructor does)
+            for p in raw.parameters():
+                dist.broadcast(p.data, 0)
+        opt = optimizer_for(raw, cfg)
+        if hasattr(opt, "prepare_grads"):
+            opt.prepare_grads()  # backward accumulates into the flat buffers from step 1
+        scaler = _loss_scaler(dtype, opt, device)
+        model = raw
+        if cfg.runtime.compile:
+            mode = None if cfg.runtime.compile_mode == "default" else cfg.runtime.compile_mode
+            model = torch.compile(raw, mode=mode)
+        d = cfg.data
+        sampler = Sampler(
+            train_tok, d.batch_size, mcfg.sequence_length, seed=d.data_seed, rank=rank,
+            world_size=world,
+        )  # fmt: skip
+        return cls(
+            cfg=cfg,
+            model_cfg=mcfg,
+            rank=rank,
+            world=world,
+            device=device,
+            kernels=kernels,
+            dtype=dtype,
+            threads=threads,
+            raw=raw,
+            model=model,
+            opt=opt,
+            scaler=scaler,
+            sampler=sampler,
+            val_tokens=val_tok,
+        )
+
+    # ------------------------------------------------------------------------------- derived
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def autocast(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def fused(self) -> bool:
+        """FusedAdamW: clipping, unscaling and averaging happen inside its update."""
+        return hasattr(self.opt, "grad_buffers")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over every process."""
+        return self.cfg.global_batch(self.world) * self.model_cfg.sequence_length
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+
+    def describe(self) -> str:
+        """The start line both train and the sweep worker print: what actually runs."""
+        return (
+            f"device {self.device_name} x{self.world} | kernels {self.kernels} | "
+            f"dtype {self.dtype} | threads {self.threads}"
+        )
+
+    # ---------------------------------------------------------------------------------- work
+    def step(self, lr: float):
+        """One optimizer step at `lr` on the next micro-batches; returns `train.step.StepStats`
+        (loss and grad norm stay on the device)."""
+        from train.step import train_step
+
+        micro = [self.sampler.next_batch(self.device) for _ in range(self.cfg.data.acc_steps)]
+        return train_step(
+            self.model,
+            self.opt,
+            micro,
+            lr=lr,
+            grad_clip=None if self.fused else self.cfg.optim.grad_clip,
+            autocast_dtype=self.autocast,
+            scaler=self.scaler,
+            world_size=self.world,
+        )
+
+    def val_batches(self, batch_size: int, n_batches: int, seed: int, *, shard: bool = False):
+        """`n_batches` held-out batches from the start of a fixed-seed order (the same every
+        call); `shard` splits the order over the processes."""
+        from train.data import Sampler
+
+        seq = self.model_cfg.sequence_length
+        rank, world = (self.rank, self.world) if shard else (0, 1)
+        vs = Sampler(self.val_tokens, batch_size, seq, seed=seed, rank=rank, world_size=world)
+        n = min(n_batches, vs.steps_per_epoch)
+        return [vs.next_batch(self.device) for _ in range(n)]
+
+    def evaluate(self, batches) -> float:
+        """Mean loss of the raw weights (schedule-free: its averaged point) over `batches`."""
+        from train.step import evaluate
+
+        return evaluate(self.raw, batches, self.autocast, optimizer=self.opt)
+
+
+def _loss_scaler(dtype: str, opt, device: torch.device):
+    if dtype != "float16":
+        return None
+    if not hasattr(opt, "grad_buffers"):
+        raise UserError("--dtype float16 needs --opt adamw (FusedAdamW unscales the grads)")
+    from kernels.adamw import DynamicLossScaler
+
+    return DynamicLossScaler(device)
