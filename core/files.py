@@ -150,13 +150,14 @@ def read_bytes(path: str, *, nofollow: bool = False, limit: int | None = None) -
 
 
 def decode_json(raw: str | bytes) -> Any:
-    """json.loads where every failure is a ValueError (a nesting bomb's RecursionError too)."""
+    """json.loads where every failure is a json.JSONDecodeError (a ValueError): a nesting bomb's
+    RecursionError and bytes that are no UTF-8 too, so existing `except JSONDecodeError` holds."""
     try:
         return json.loads(raw)
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
     except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
+        raise json.JSONDecodeError("not UTF-8 text", "", 0) from None
 
 
 def read_json(path: str, *, nofollow: bool = False, what: str = "JSON") -> Any:
@@ -170,15 +171,11 @@ def read_json(path: str, *, nofollow: bool = False, what: str = "JSON") -> Any:
         raise UserError(f"{path}: not valid {what} ({why})") from None
 
 
-def read_jsonl(
-    path: str,
-    *,
-    nofollow: bool = False,
-    check: Callable[[Any], str | None] | None = None,
-    warn: bool = True,
-) -> list:
-    """The records of JSON-lines file `path`. A line that does not parse, or for which `check`
-    returns a reason, is skipped; one warning line on stderr counts the skipped lines."""
+def jsonl_records(
+    path: str, *, nofollow: bool = False, check: Callable[[Any], str | None] | None = None
+) -> tuple[list, int, str]:
+    """(records, lines skipped, why the first was) of JSON-lines file `path`: a line that does
+    not parse, or for which `check` returns a reason, is skipped."""
     raw = read_bytes(path, nofollow=nofollow)
     out, skipped, first = [], 0, ""
     for n, line in enumerate(raw.split(b"\n"), 1):
@@ -194,7 +191,16 @@ def read_jsonl(
             first = first or f"line {n}: {reason}"
             continue
         out.append(rec)
-    if skipped and warn:
+    return out, skipped, first
+
+
+def read_jsonl(
+    path: str, *, nofollow: bool = False, check: Callable[[Any], str | None] | None = None
+) -> list:
+    """The records of JSON-lines file `path` (see `jsonl_records`); one warning line on stderr
+    counts the lines skipped."""
+    out, skipped, first = jsonl_records(path, nofollow=nofollow, check=check)
+    if skipped:
         warn_line(f"{path}: skipped {skipped} unreadable record(s) (first: {first})")
     return out
 

@@ -26,8 +26,19 @@ def seed_ffn_hidden(n_embd: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
+# The largest size of any one dimension: a tensor dimension torch indexes with int32 kernels, and
+# small enough that products of sizes (params, FLOPs) stay far inside a float's range.
+MAX_SIZE = 2**31 - 1
+
+
 def _positive_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, int) and v > 0
+
+
+def _short(v) -> str:
+    """repr(v), cut short (a 300-digit number makes no readable error line)."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,15 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_embd", "n_head", "sequence_length", "multiple_of"):
             v = getattr(self, name)
             if not _positive_int(v):
-                raise UserError(f"{name} must be a positive integer, got {v!r}")
+                raise UserError(f"{name} must be a positive integer, got {_short(v)}")
+            if v > MAX_SIZE:
+                raise UserError(f"{name} {_short(v)} is over {MAX_SIZE:,}: no model that size fits")
         for name in ("n_kv_head", "ffn_hidden"):
             v = getattr(self, name)
             if v is not None and not _positive_int(v):
-                raise UserError(f"{name} must be a positive integer or None, got {v!r}")
+                raise UserError(f"{name} must be a positive integer or None, got {_short(v)}")
+            if v is not None and v > MAX_SIZE:
+                raise UserError(f"{name} {_short(v)} is over {MAX_SIZE:,}: no model that size fits")
         for name in ("tie_embeddings", "bias"):  # 0/1 from a CSV table read as False/True
             v = getattr(self, name)
             if v not in (0, 1) or isinstance(v, float):
@@ -87,8 +102,8 @@ class ModelConfig:
             raise UserError(f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}")
         for name in ("norm_eps", "rope_theta", "init_std"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
-                raise UserError(f"{name} must be > 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+                raise UserError(f"{name} must be a finite number > 0, got {_short(v)}")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
             raise UserError(f"dropout must be in [0, 1), got {d!r}")

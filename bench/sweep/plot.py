@@ -12,13 +12,13 @@ Only status-ok rows are drawn.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
-from core import UserError, atomic_write
+from core import UserError
+from core.files import atomic_write, decode_json
 
 MAX_LEGEND_GROUPS = 10  # more distinct values (or lines) than this get a colour scale
 # Columns that tell configs apart in the loss_vs_time legend (only the ones that vary are shown).
@@ -234,16 +234,20 @@ def tokens_figure(df, color_by: str = "batch_size"):
     return fig
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _curve(v) -> list:
     """[(seconds, loss)] of a row's loss_curve (JSON text or a list), smoothed by a running mean
     over ~1/10 of the points (the per-step loss of small batches is too noisy to compare)."""
     if isinstance(v, str):
         try:
-            v = json.loads(v)
+            v = decode_json(v)
         except ValueError:
             return []
     pts = (
-        [p for p in v if isinstance(p, (list, tuple)) and len(p) == 2]
+        [p for p in v if isinstance(p, (list, tuple)) and len(p) == 2 and all(map(_finite, p))]
         if isinstance(v, list)
         else []
     )
