@@ -1,6 +1,7 @@
 """`timemodel`: step-time and loss models for wall-clock training budgets (no torch).
 
   timemodel fit TABLE|SWEEP_DIR --out tm.json [--folds 5] [--extrapolate] [--plot fit.png]
+  timemodel calibrate tm.json --plan grid.json | --table MEASURED --out tm2.json
   timemodel fit-loss SWEEP_DIR [SWEEP_DIR ...] --out law.json        (approach 3 + batch term)
   timemodel fit-isoflop TABLE --group-col flops [--plot iso.png]     (Chinchilla approach 2)
   timemodel replicate-chinchilla --out chinchilla.json    (a published fit, not a law for you)
@@ -79,6 +80,23 @@ def _fit_parser(sub) -> None:
     opt(f, "--color-by", "batch_size", "COL", "table column that colours the --plot points")
 
 
+def _calibrate_parser(sub) -> None:
+    c = sub.add_parser(
+        "calibrate",
+        help="carry a time model to this machine from a handful of measured reference configs",
+        description=cli_fit.CALIBRATE_HELP,
+    )
+    c.add_argument("time_model", metavar="TM", help="time model JSON written by `timemodel fit`")
+    opt(c, "--table", None, "TABLE", "measured reference configs (sweep folder or table)",
+        nargs="+")  # fmt: skip
+    opt(c, "--out", None, "JSON", "where the calibrated time model is written")
+    opt(c, "--plan", None, "GRID", "write the reference configs as a bench sweep --grid file")
+    opt(c, "--time-col", "step_ms_median", "COL", "column holding the measured step time")
+    opt(c, "--time-unit", "ms", "UNIT", "unit of --time-col", choices=("ms", "s"))
+    opt(c, "--aggregate", "median", "HOW", "repeats of a config", choices=ttable.AGGREGATES)
+    c.set_defaults(func=cli_fit.cmd_calibrate)
+
+
 def _loss_parser(sub) -> None:
     g = _command(
         sub,
@@ -145,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="timemodel", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=Parser)
     _fit_parser(sub)
+    _calibrate_parser(sub)
     _loss_parser(sub)
     _replicate_parser(sub)
     _isoflop_parser(sub)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
 import pandas as pd
 
-from core import UserError
+from core import UserError, atomic_write
 from model import costs
-from timemodel import isoflop, lawfit, losslaw, models, plots, roofline, stepmodel
+from timemodel import (
+    calibrate,
+    honest,
+    isoflop,
+    lawfit,
+    losslaw,
+    models,
+    plots,
+    roofline,
+    stepmodel,
+)
 from timemodel import table as ttable
 from timemodel.io import (
     DATASETS,
@@ -175,6 +186,68 @@ def cmd_fit(args) -> int:
     return 0
 
 
+CALIBRATE_HELP = calibrate.__doc__
+
+
+def _saved_cv(tm: dict) -> float | None:
+    """The saved family's nested-CV MAPE (mean over outer seeds), as `fit` reported it."""
+    fams = (tm.get("nested_cv") or {}).get("families") or {}
+    name = honest.PHYSICAL if tm.get("form") == "roofline" else honest.LINEAR
+    return (fams.get(name) or {}).get("mape_mean")
+
+
+def cmd_calibrate(args) -> int:
+    tm = models.read_time_model(args.time_model)
+    if args.plan:
+        rows = calibrate.grid_rows(tm.get("reference_configs") or [])
+        if not rows:
+            raise UserError(
+                f"{args.time_model}: no reference configs stored; refit it with this version"
+            )
+        write_json_list(rows, args.plan)
+        print(f"wrote {args.plan}: {len(rows)} reference configs spread over the fitted range")
+        print("measure them on the new machine, then calibrate:")
+        print(
+            f"  bench sweep --grid {args.plan} --minutes 0.06 --repeat 3 --out runs/calibration"
+            + (
+                "  --cpu-cores 1"
+                if "cpu" in str(tm.get("device_name") or "").lower()
+                or str(tm.get("device_name") or "").startswith("AMD")
+                else ""
+            )  # fmt: skip
+        )
+        print(f"  timemodel calibrate {args.time_model} --table runs/calibration --out TM2.json")
+        return 0
+    if not args.table or not args.out:
+        raise UserError("give --table MEASURED --out TM2.json (or --plan GRID.json)")
+    what = ", ".join(args.table)
+    df = read_tables(args.table)
+    table, y = load_step_table(df, time_col=args.time_col, time_unit=args.time_unit, what=what)
+    table, y = ttable.aggregate(table, y, args.aggregate)
+    groups = table["group"].to_numpy()
+    n_cfg = len(set(groups.tolist()))
+    if n_cfg > 10_000:
+        raise UserError(f"{what}: {n_cfg} configs; calibration takes a handful (<= 10000)")
+    F = stepmodel.feature_arrays(table)
+    res = calibrate.calibrate(tm, F, y, groups)
+    for line in calibrate.result_lines(res, _saved_cv(tm)):
+        print(line)
+    new = {k: v for k, v in res["model"].items() if k not in ("features",)}
+    new["calibration"] = {k: v for k, v in res.items() if k != "model"} | {
+        "from": args.time_model,
+        "tables": list(args.table),
+        "device_name": _first(table, "device_name"),
+    }
+    new |= _stamp()
+    write_json(new, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_json_list(rows: list, path: str) -> None:
+    atomic_write(str(path), json.dumps(rows, indent=1) + "\n")
+
+
 def _table_runs(args, df: pd.DataFrame, what: str):
     """fit-loss table mode: N, D, L straight from columns (D = C/(6N) with --tokens-from-flops)."""
     dcol = args.tokens_from_flops or args.tokens_col
@@ -189,8 +262,8 @@ def _table_runs(args, df: pd.DataFrame, what: str):
 
 
 def _check_loss_args(args) -> list[float]:
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if not 0 <= args.bootstrap <= 10_000:
+        raise UserError(f"--bootstrap must be in 0..10000, got {args.bootstrap}")
     if args.max_starts < 0:
         raise UserError(f"--max-starts must be >= 0, got {args.max_starts}")
     if args.drop_highest < 0:
@@ -318,8 +391,8 @@ def _isoflop_columns(args) -> str | None:
 def cmd_isoflop(args) -> int:
     what = ", ".join(args.inputs)
     setting = _isoflop_columns(args)
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if not 0 <= args.bootstrap <= 10_000:
+        raise UserError(f"--bootstrap must be in 0..10000, got {args.bootstrap}")
     window = finite("--window", args.window, lo=0.0, lo_open=False, hi=1e6)
     df = _where(ok_rows(read_tables(args.inputs)), args.where)
     require_columns(df, [args.group_col], f"{what} (group column)")

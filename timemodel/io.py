@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import UserError, atomic_write
+from core.files import decode_json
 
 RESULT_FILES = ("results.csv", "results.jsonl", "results.parquet")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -177,7 +178,7 @@ def write_json(obj: dict, path: str | Path) -> None:
 
 def read_json(path: str | Path) -> dict:
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = decode_json(Path(path).read_bytes())  # a nesting bomb is a ValueError too
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     except ValueError as exc:

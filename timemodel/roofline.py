@@ -111,10 +111,12 @@ def peaks_for(
             if all(p.lower() in low for p in gpu.split()):
                 out |= {"flops": pf, "bandwidth": bw, "link": lk, "source": f"GPU table ({gpu})"}
                 break
-    for k, v in (("flops", flops), ("bandwidth", bandwidth), ("link", link)):
-        if v is not None:
-            out[k] = float(v)
-            out["source"] = (out["source"] + " + flags") if out["source"] else "flags"
+    given = [(k, v) for k, v in (("flops", flops), ("bandwidth", bandwidth), ("link", link))
+             if v is not None]  # fmt: skip
+    for k, v in given:
+        out[k] = float(v)
+    if given:
+        out["source"] = (out["source"] + " + flags") if out["source"] else "flags"
     if not out["flops"] or not out["bandwidth"]:
         return None
     return out

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from model import costs
+from timemodel import calibrate, honest, roofline
 from timemodel import fit as tfit
-from timemodel import honest, roofline
 from timemodel.table import repeatability
 
 EXTRAS = ("micro_steps", "allreduce_bytes")
@@ -159,6 +159,7 @@ def fit_table(
     if extrapolate or select == "extrapolate":
         res["extrapolation"] = honest.extrapolation(ctx, df, features)
     _choose_family(res, select)
+    res["reference_configs"] = calibrate.reference_configs(df, F)
     if res["family"] == "physical":
         used = roofline.features_of(res["physical"])
         res["feature_ranges"] = {f: [float(F[f].min()), float(F[f].max())] for f in used}
