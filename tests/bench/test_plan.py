@@ -132,13 +132,18 @@ def test_effective_settings_on_this_machine(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert (effective_kernels("auto", cpu), effective_dtype("bfloat16", cpu)) == ("torch", "float32")
+    assert (effective_kernels("auto", cpu), effective_dtype("bfloat16", cpu)) == (
+        "torch",
+        "float32",
+    )
     assert (effective_kernels("auto", cuda), effective_dtype("bfloat16", cuda)) == (
         "triton",
         "bfloat16",
     )
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert effective_kernels("auto", cpu) == "triton" and effective_kernels("torch", cuda) == "torch"
+    assert (
+        effective_kernels("auto", cpu) == "triton" and effective_kernels("torch", cuda) == "torch"
+    )
     monkeypatch.setenv("TRITON_INTERPRET", "true")  # Triton itself reads only "1"
     assert effective_kernels("auto", cpu) == "torch"
     monkeypatch.delenv("TRITON_INTERPRET")
