@@ -24,7 +24,7 @@ LOCK_NAME = ".steptime.lock"
 # What marks a folder as one of steptime's, by kind: any one group of names, all present.
 KINDS = {
     "train run": (("config.json", "metrics.jsonl"),),
-    "sweep": (("sweep.json",), ("rows", "results.jsonl")),
+    "sweep": (("sweep.json",), ("results.jsonl",), ("rows", ".work")),
     "dataset": (("meta.json", "train.bin"),),
 }
 _HELD: dict[str, list] = {}  # realpath -> [fd, count]

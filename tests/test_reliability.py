@@ -37,7 +37,7 @@ BENCH_CASES = [
     ("minutes-zero", "bench", ["sweep", "--minutes", "0", "--out", "{tmp}/o"], 2, "--minutes must be a finite"),
     ("grace-nan", "bench", [*SWEEP, "--timeout-grace", "nan", "--out", "{tmp}/o"], 2, "--timeout-grace must be a finite number >= 0"),
     ("factor-inf", "bench", [*SWEEP, "--timeout-factor", "inf", "--out", "{tmp}/o"], 2, "--timeout-factor must be a finite"),
-    ("threads-0", "bench", [*SWEEP, "--threads", "0", "--out", "{tmp}/o"], 2, "--threads must be >= 1"),
+    ("threads-0", "bench", [*SWEEP, "--threads", "0", "--out", "{tmp}/o"], 2, "--threads must be"),
     ("data-missing", "bench", [*SWEEP, "--data", "/nonexistent.bin", "--out", "{tmp}/o"], 2, "--data /nonexistent.bin: no such file"),
     ("data-dir-empty", "bench", [*SWEEP, "--data", "{dir}", "--out", "{tmp}/o"], 2, "cannot read it"),
     ("grid-1e6", "bench", [*SWEEP, "--n-layer", MANY, "--n-embd", MANY, "--out", "{tmp}/o"], 2, "1000000 configs, more than --max-configs 10000"),
@@ -54,14 +54,14 @@ BENCH_CASES = [
     ("retry-unknown", "bench", [*SWEEP, "--retry", "ok", "--out", "{tmp}/o"], 2, "--retry takes oom, nan"),
     ("settings-changed", "bench", [*SWEEP, "--out", "{measured}"], 2, "was measured with --minutes 0.1, this run asks 0.01"),
     ("shard", "bench", [*SWEEP, "--shard", "3/2", "--out", "{tmp}/o"], 2, "--shard needs 0 <= i < n"),
-    ("fract-decay", "bench", [*SWEEP, "--wsd-fract-decay", "2", "--out", "{tmp}/o"], 2, "--wsd-fract-decay must be in [0, 1]"),
+    ("fract-decay", "bench", [*SWEEP, "--wsd-fract-decay", "2", "--out", "{tmp}/o"], 2, "must be in [0, 1], got 2"),
     ("drift-alone", "bench", [*SWEEP, "--drift-correct", "--out", "{tmp}/o"], 2, "--drift-correct needs --reference-every"),
     ("nproc-0", "bench", [*SWEEP, "--nproc-per-config", "0", "--out", "{tmp}/o"], 2, "--nproc-per-config must be >= 1"),
     ("bad-flag", "bench", [*SWEEP, "--depth", "2", "--out", "{tmp}/o"], 2, "unrecognized arguments: --depth 2 (see 'bench --help')"),
     ("no-minutes", "bench", ["sweep", "--out", "{tmp}/o"], 2, "the following arguments are required: --minutes"),
     ("no-command", "bench", [], 2, "required: COMMAND"),
     ("bad-choice", "bench", [*SWEEP, "--timing", "fast", "--out", "{tmp}/o"], 2, "invalid choice: 'fast'"),
-    ("row-no-id", "bench", ["show", "{no_id}"], 2, "line 1 has no config_id"),
+    ("row-no-id", "bench", ["show", "{no_id}"], 2, "line 1: has no config_id"),
     ("show-missing", "bench", ["show", "{tmp}/nothing"], 2, "no bench results in"),
     ("show-column", "bench", ["show", "{results}", "--sort", "nope"], 2, "unknown column(s): nope"),
     ("filter-code", "bench", ["show", "{results}", "--filter", '@df.to_csv("{tmp}/x") == 0'], 2, "bad --filter"),
@@ -70,6 +70,22 @@ BENCH_CASES = [
     ("merge-missing", "bench", ["merge", "{tmp}/nothing", "--out", "{tmp}/m"], 2, "no bench results in"),
     ("merge-out-file", "bench", ["merge", "{results}", "--out", "{file}"], 2, "cannot write"),
     ("kernels-shape", "bench", ["kernels", "--op", "rmsnorm", "--shapes", "12"], 2, "bad shape '12' for rmsnorm"),
+    # issue 23: folders have one owner and never nest (1, 6, 8), data checked up front (10, 20),
+    # nesting bombs (12)
+    ("merge-settings-differ", "bench", ["merge", "{sweep_a}", "{sweep_b}", "--out", "{tmp}/m"], 2, "merge only sweeps measured with the same settings"),
+    ("merge-out-empty", "bench", ["merge", "{results}", "--out", ""], 2, "--out must name a folder"),
+    ("merge-out-existing", "bench", ["merge", "{sweep_a}", "--out", "{results}"], 2, "already holds a sweep"),
+    ("merge-out-in-run", "bench", ["merge", "{results}", "--out", "{run}/sub"], 2, "lies inside the train run"),
+    ("merge-out-owned", "bench", ["merge", "{results}", "--out", "{held}"], 2, "is in use by pid"),
+    ("sweep-into-train-run", "bench", [*SWEEP, "--out", "{run}"], 2, "holds a train run"),
+    ("sweep-inside-train-run", "bench", [*SWEEP, "--out", "{run}/ckpts/4"], 2, "lies inside the train run"),
+    ("sweep-data-odd", "bench", [*SWEEP, "--data", "{odd_bin}", "--out", "{tmp}/o"], 2, "is not a whole number of uint16 tokens"),
+    ("sweep-data-fifo", "bench", [*SWEEP, "--data", "{fifo}", "--out", "{tmp}/o"], 2, "not a regular file"),
+    ("sweep-data-ids", "bench", [*SWEEP, "--data", "{big_ids}", "--out", "{tmp}/o"], 2, "holds token id 300"),
+    ("grid-nesting-bomb", "bench", [*SWEEP[:3], "--grid", "{bomb_json}", "--out", "{tmp}/o"], 2, "cannot parse grid file"),
+    ("view-nesting-bomb", "bench", ["show", "{bomb_view}"], 2, "nested too deeply"),
+    ("sweep-json-bomb", "bench", [*SWEEP, "--out", "{bomb_sweep}"], 2, "sweep.json is unreadable"),
+    ("rows-symlink", "bench", ["show", "{rows_link}"], 2, "it is a symlink"),
 ]  # fmt: skip
 
 T = [
@@ -98,12 +114,39 @@ TRAIN_CASES = [
     ("ckpt-iterations-str", "train", ["--resume-from", "{ckpt_iterations_str}", "--out", "{tmp}/r"], 2, "iterations must be int, got '20'"),
     ("ckpt-rng-empty", "train", ["--resume-from", "{ckpt_rng_empty}", "--out", "{tmp}/r"], 2, "'rng' state is malformed"),
     ("resume-past-end", "train", ["--resume-from", "{ckpt}", "--iterations", "2", "--out", "{tmp}/r"], 2, "checkpoint is at step 4, past --iterations 2"),
+    # issue 23: one owner, no nesting, no symlinks (1, 7, 8)
+    ("train-out-owned", "train", [*T, "--out", "{held}"], 2, "is in use by pid"),
+    ("train-out-in-run", "train", [*T, "--out", "{run}/ckpts/4"], 2, "lies inside the train run"),
+    ("train-out-is-sweep", "train", [*T, "--out", "{results}"], 2, "holds a sweep"),
+    ("train-experiment-name", "train", [*T, "--experiment-name", "../escape"], 2, "is not a plain name"),
+    ("train-metrics-link", "train", [*T, "--out", "{metrics_link}"], 2, "is a symlink"),
+    ("train-latest-link", "train", [*T, "--auto-resume", "--out", "{latest_link}"], 2, "is a symlink"),
+    ("prepare-out-owned", "train", ["prepare", "{text}", "--out", "{held}"], 2, "is in use by pid"),
+    ("prepare-out-in-run", "train", ["prepare", "{text}", "--out", "{run}/data"], 2, "lies inside the train run"),
+    ("prepare-out-empty", "train", ["prepare", "{text}", "--out", ""], 2, "--out must name a folder"),
+    # 12 nesting bombs; 13 seeds; 14 degenerate schedules; 15 sizes; 17 token ids; 21 nonsense
+    ("prepare-jsonl-bomb", "train", ["prepare", "{bomb_jsonl}", "--out", "{tmp}/d"], 2, "not a JSON object"),
+    ("meta-nesting-bomb", "train", [*T, "--data", "{bomb_dataset}", "--out", "{tmp}/o"], 2, "nested too deeply"),
+    ("metrics-nesting-bomb", "train", ["--plot", "{bomb_metrics}"], 2, "nested too deeply"),
+    ("seed-negative", "train", [*T, "--seed", "-1", "--out", "{tmp}/o"], 2, "--seed must be in 0..4294967295"),
+    ("seed-20-digits", "train", [*T, "--seed", "12345678901234567890", "--out", "{tmp}/o"], 2, "--seed must be in 0..4294967295"),
+    ("data-seed-negative", "train", [*T, "--data-seed", "-1", "--out", "{tmp}/o"], 2, "--data-seed must be in 0..4294967295"),
+    ("sample-seed-negative", "train", ["sample", "{ckpt}", "--seed", "-1"], 2, "--seed must be in 0..2**63-1"),
+    ("cooldown-zero-length", "train", [*T, "--cooldown-targets", "4", "--wsd-fract-decay", "0.1", "--out", "{tmp}/o"], 2, "has a cooldown of 0 steps"),
+    ("vocab-1e12", "train", [*T, "--vocab-size", "1000000000000", "--out", "{tmp}/o"], 2, "vocab_size 1000000000000 is over 2,147,483,647"),
+    ("n-embd-1e11", "train", [*T, "--n-embd", "100000000000", "--out", "{tmp}/o"], 2, "n_embd 100000000000 is over 2,147,483,647"),
+    ("vocab-1e9-memory", "train", [*T, "--vocab-size", "1000000000", "--out", "{tmp}/o"], 2, "GiB for weights, gradients and AdamW moments alone, more than"),
+    ("token-ids-past-vocab", "train", [*T, "--data", "{big_ids}", "--out", "{tmp}/o"], 2, "holds token id 300, but its meta.json vocab_size is 256"),
+    ("rmsnorm-eps-inf", "train", [*T, "--rmsnorm-eps", "inf", "--out", "{tmp}/o"], 2, "norm_eps must be a finite number > 0, got inf"),
+    ("init-std-inf", "train", [*T, "--init-std", "inf", "--out", "{tmp}/o"], 2, "init_std must be a finite number > 0, got inf"),
+    ("ckpt-optimizer-shape", "train", ["--resume-from", "{ckpt_opt_shape}", "--iterations", "6", "--out", "{tmp}/r"], 2, "optimizer exp_avg of parameter 0 has shape (3,)"),
+    ("ckpt-optimizer-moment", "train", ["--resume-from", "{ckpt_opt_moment}", "--iterations", "6", "--out", "{tmp}/r"], 2, "lacks some moments"),
 ]  # fmt: skip
 P = ["--preset", "tiny", "--batch-size", "4"]
 TIMEMODEL_CASES = [
     ("budgets-0", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--budgets", "0"], 2, "--budgets must be a finite number > 0"),
     ("budgets-neg", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--budgets=-1e21"], 2, "--budgets must be a finite number > 0"),
-    ("bootstrap-neg", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "-1"], 2, "--bootstrap must be >= 0"),
+    ("bootstrap-neg", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "-1"], 2, "--bootstrap must be in 0..10000"),
     ("hours-inf", "timemodel", ["predict", "{tm}", *P, "--hours", "inf"], 2, "--hours must be a finite number > 0"),
     ("hours-1e308", "timemodel", ["predict", "{tm}", *P, "--hours", "1e308"], 2, "--hours must be a finite number > 0"),
     ("tm-string-coef", "timemodel", ["predict", "{tm_str}", *P, "--hours", "1"], 2, "coefficient flops must be a number, got 'abc'"),
@@ -113,6 +156,11 @@ TIMEMODEL_CASES = [
     ("search-space-1e9", "timemodel", ["search", "--time-model", "{tm}", "--loss-law", "{law}", "--hours", "1", "--space", "n_layer=1:1e9,n_embd=64"], 2, "over --max-candidates"),
     ("timemodel-bad-command", "timemodel", ["bogus"], 2, "invalid choice: 'bogus'"),
     ("timemodel-bad-flag", "timemodel", ["predict", "--bogus"], 2, "(see 'timemodel"),
+    # issue 23: count caps (11), nesting bombs (12), sizes (15)
+    ("bootstrap-1e9", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "1000000000"], 2, "--bootstrap must be in 0..10000"),
+    ("tm-nesting-bomb", "timemodel", ["predict", "{bomb_tm}", *P, "--hours", "1"], 2, "not valid JSON"),
+    ("law-nesting-bomb", "timemodel", ["predict", "{tm}", *P, "--hours", "1", "--loss-law", "{bomb_law}"], 2, "not valid JSON"),
+    ("describe-300-digits", "timemodel", ["describe", "--preset", "tiny", "--n-embd", "1" + "0" * 300], 2, "is over 2,147,483,647"),
 ]  # fmt: skip
 
 CASES = BENCH_CASES + TRAIN_CASES + TIMEMODEL_CASES
@@ -163,6 +211,10 @@ def _crafted(tmp: Path, name: str) -> str:
         d["config"]["schedule"]["iterations"] = "20"
     elif name == "ckpt_rng_empty":
         d["rng"] = {}
+    elif name == "ckpt_opt_shape":  # torch would broadcast it into the parameter's shape
+        d["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    elif name == "ckpt_opt_moment":  # FusedAdamW would start this moment at zero
+        del d["optimizer"]["state"][1]["exp_avg_sq"]
     path = tmp / f"{name}.pt"
     torch.save(d, path)
     return str(path)
@@ -176,7 +228,14 @@ def _make(tmp: Path, name: str) -> str:
         return str(_checkpoint())
     if name.startswith("ckpt_"):
         return _crafted(tmp, name)
+    if name == "run":
+        from train.checkpoint import run_dir_of
+
+        return run_dir_of(str(_checkpoint()))
+    if name == "held":  # a folder another live process owns
+        return _held_folder(tmp)
     p = tmp / name
+    bomb = "[" * 100_000
     if name == "file":
         p.write_text("not a folder\n")
     elif name == "dir":
@@ -200,6 +259,62 @@ def _make(tmp: Path, name: str) -> str:
     elif name == "plot_run":
         p.mkdir()
         (p / "metrics.jsonl").write_text('{"kind": "train", "loss": 1.0}\n')
+    elif name in ("sweep_a", "sweep_b"):
+        from bench.sweep.options import SweepOptions, check_folder_settings, measurement_settings
+
+        p.mkdir()
+        minutes = 0.1 if name == "sweep_a" else 0.2
+        check_folder_settings(str(p), measurement_settings(SweepOptions(str(p), minutes=minutes)))
+        results.append_row(str(p), {"config_id": name, "status": "ok"})
+    elif name == "odd_bin":
+        p = tmp / "odd.bin"
+        p.write_bytes(b"abc")
+    elif name == "fifo":
+        os.mkfifo(p)
+    elif name == "big_ids":  # token 300 in a dataset whose meta.json says 256 tokens
+        import numpy as np
+
+        p.mkdir()
+        np.full(4096, 7, dtype=np.uint16).tofile(p / "train.bin")
+        np.full(1024, 300, dtype=np.uint16).tofile(p / "val.bin")
+        (p / "meta.json").write_text(json.dumps({"vocab_size": 256, "dtype": "uint16"}))
+    elif name == "text":
+        p = tmp / "text.txt"
+        p.write_text("hello world\n" * 400)
+    elif name == "bomb_json":
+        p = tmp / "bomb.json"
+        p.write_text(bomb)
+    elif name == "bomb_view":
+        p.mkdir()
+        (p / "results.jsonl").write_text(bomb + "\n")
+    elif name == "bomb_sweep":
+        p.mkdir()
+        (p / "sweep.json").write_text(bomb)
+    elif name == "bomb_jsonl":
+        p = tmp / "bomb.jsonl"
+        p.write_text(bomb + "\n")
+    elif name == "bomb_dataset":
+        p.mkdir()
+        (p / "meta.json").write_text(bomb)
+        (p / "train.bin").write_bytes(b"\0" * 4096)
+    elif name == "bomb_metrics":
+        p.mkdir()
+        (p / "metrics.jsonl").write_text(bomb + "\n")
+    elif name in ("bomb_tm", "bomb_law"):
+        p = tmp / f"{name}.json"
+        p.write_text(bomb)
+    elif name == "rows_link":
+        (p / "rows").mkdir(parents=True)
+        (tmp / "outside.jsonl").write_text('{"config_id": "x", "status": "ok"}\n')
+        (p / "rows" / "h-1.jsonl").symlink_to(tmp / "outside.jsonl")
+    elif name == "metrics_link":  # a dangling link: appending would create a file elsewhere
+        p.mkdir()
+        (p / "metrics.jsonl").symlink_to(tmp / "elsewhere.jsonl")
+    elif name == "latest_link":  # a checkpoint folder pointing elsewhere
+        p.mkdir()
+        (tmp / "elsewhere").mkdir()
+        (p / "latest").symlink_to(tmp / "elsewhere")
+        (p / "config.json").write_text("{}")
     elif name.startswith(("tm", "law")):
         base = TIME_MODEL if name.startswith("tm") else LOSS_LAW
         bad = {
@@ -212,6 +327,21 @@ def _make(tmp: Path, name: str) -> str:
     else:
         raise KeyError(name)
     return str(p)
+
+
+_HOLDERS: list[subprocess.Popen] = []
+
+
+def _held_folder(tmp: Path) -> str:
+    """A folder that a second, live process owns (core.owner), as a concurrent run would."""
+    folder = tmp / "held"
+    code = "import sys, time; from core import owner; owner.own(sys.argv[1]); print('ok', flush=True); time.sleep(60)"
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, env=_env()
+    )
+    assert p.stdout.readline().strip() == b"ok"
+    _HOLDERS.append(p)
+    return str(folder)
 
 
 def _expand(argv: list[str], tmp: Path) -> list[str]:
@@ -254,6 +384,12 @@ def test_bad_input_is_one_clean_line(case, tmp_path, tmp_path_factory, capsys, m
     assert _expand([fragment], tmp_path)[0] in lines[0], lines[0]
     assert not list(tmp_path.rglob("*.tmp.*"))
     assert not (tmp_path / "x").exists()  # the filter case wrote nothing
+    assert not (tmp_path / "elsewhere.jsonl").exists()  # no write through a symlink
+    assert (
+        not list((tmp_path / "elsewhere").glob("*")) if (tmp_path / "elsewhere").exists() else True
+    )
+    while _HOLDERS:
+        _HOLDERS.pop().kill()
 
 
 # ---------------------------------------------------------------------------------- kills
