@@ -118,9 +118,10 @@ def atomic_write(
 
 
 def open_append(path: str) -> int:
-    """A file descriptor appending to `path` (created if missing), never through a symlink."""
+    """A file descriptor appending to `path` (created if missing), never through a symlink;
+    readable too (pread), so a writer can look at the file's last byte."""
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
     except OSError as e:
         if os.path.islink(path):
             raise UserError(f"refusing to write {path}: it is a symlink") from None

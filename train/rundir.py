@@ -83,8 +83,16 @@ def check_entries(out: str) -> None:
     refuse_symlinks(out, [n for n in os.listdir(out) if n.startswith("cooldown_")])
 
 
+_HANDED: set[str] = set()  # folders `auto_resume` claimed for the run it decided on
+
+
 def release(out: str) -> None:
+    """Undo a `claim` (and the claim `auto_resume` made for this run)."""
     owner.release(out)
+    key = os.path.realpath(out)
+    if key in _HANDED:
+        _HANDED.discard(key)
+        owner.release(out)
 
 
 def newest_checkpoint(out: str) -> str | None:
@@ -121,6 +129,8 @@ def auto_resume(cfg):
     if not os.path.isdir(out):
         return None, cfg
     refuse_symlinks(out, RUN_DIRS)
+    claim(out)  # decide under the lock: another run may be writing OUT right now
+    _HANDED.add(os.path.realpath(out))  # the run decided on releases this claim too
     ckpt = newest_checkpoint(out)
     if ckpt is not None:
         return ckpt, cfg
