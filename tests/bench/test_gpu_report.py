@@ -1,43 +1,123 @@
-"""The GPU report builder on synthetic rows, and its no-CUDA static report (CPU, in `make test`)."""
+"""`make gpu-report` on the CPU: its stage plan fits one lease, a failing or slow stage is recorded
+and the report still written, its commands are valid commands, and the static report without
+CUDA."""
 
 from __future__ import annotations
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from bench import gpu_report as gr
 
-
-def _row(op, mode, shape, provider, p50_ms, gbps, status="ok"):
-    pct = 100 * gbps / 3000
-    return {"op": op, "mode": mode, "shape": shape, "provider": provider, "dtype": "bf16",
-            "p50_ms": p50_ms, "gbps": gbps, "pct_copy_bw": pct, "status": status}  # fmt: skip
+ROOT = Path(__file__).resolve().parents[2]
 
 
-KERNEL_ROWS = [
-    _row("rmsnorm", "forward", "4096x4096", "ours", 0.0229, 2930.0),  # meets 2.9 TB/s
-    _row("rmsnorm", "forward", "4096x4096", "torch", 0.2, 335.0),
-    _row("rmsnorm", "backward", "4096x4096", "ours", 0.0471, 2140.0),  # misses 45 us
-    _row("swiglu", "forward", "4096x11008", "ours", 0.1, 2700.0),  # misses 2.9 TB/s
-    _row("swiglu", "backward", "4096x11008", "ours", 0.2, 2600.0, status="error"),  # not measured
-    _row("adamw+swa", "full", "124000000", "ours", 1.7, 2626.0),
-    _row("adamw+swa", "full", "124000000", "torch_fused", 2.4, 1860.0),
-]
+def test_stage_caps_fit_one_short_lease():
+    assert sum(s.cap_s for s in gr.STAGES) <= gr.TOTAL_CAP_S <= 480
+    names = [s.name for s in gr.STAGES]
+    assert len(set(names)) == len(names)
+    # in order of value: kernels, the trainer (compiled first), the CUDA tests, the sweep
+    assert names[0] == "kernels" and names[-1] == "sweep"
+    assert names.index("train-compile-ours") < names.index("train-eager-ours")
+    assert names.index("cuda-tests") > max(names.index(n) for n in gr.TRAIN)
 
 
-def test_kernel_targets_pass_fail_and_missing():
-    got = {t["target"].split(" 4")[0].split(" 1")[0]: t for t in gr.kernel_targets(KERNEL_ROWS)}
-    assert got["RMSNorm fwd"]["pass"] is True
-    assert got["RMSNorm fwd"]["measured"] == pytest.approx(2.93)
-    assert got["RMSNorm bwd"]["pass"] is False and got["RMSNorm bwd"]["unit"] == "us"
-    assert got["RMSNorm bwd"]["measured"] == pytest.approx(47.1)
-    assert got["SwiGLU fwd"]["pass"] is False
-    assert got["SwiGLU bwd"]["pass"] is None and got["SwiGLU bwd"]["measured"] is None
-    assert got["FusedAdamW+SWA"]["pass"] is True
-    speed = got["FusedAdamW+SWA vs torch fused AdamW + SWA pass"]
-    assert speed["measured"] == pytest.approx(2.4 / 1.7) and speed["pass"] is True
+def test_make_gpu_report_uses_the_torch_it_finds():
+    """A GPU box has torch system-wide and no registry: the target installs nothing there."""
+    make = (ROOT / "Makefile").read_text()
+    body = make.split("\ngpu-report:")[1].split("\n\n")[0]
+    assert "import torch" in body and "bench.gpu_report" in body
+    assert "pip" not in body.split("else")[0]  # the torch-found branch installs nothing
+
+
+def _rows(pct_fwd=90.0, gpu_ms=0.030, call_ms=0.05, pct_swiglu=80.0):
+    base = {"dtype": "bf16", "status": "ok"}
+    return [
+        {**base, "op": "rmsnorm", "mode": "forward", "shape": "4096x4096", "provider": "ours",
+         "pct_copy_bw": pct_fwd},
+        {**base, "op": "rmsnorm", "mode": "backward", "shape": "4096x4096", "provider": "ours",
+         "gpu_ms": gpu_ms, "call_ms": call_ms},
+        {**base, "op": "swiglu", "mode": "backward", "shape": "16384x2816", "provider": "ours",
+         "pct_copy_bw": pct_swiglu},
+        {**base, "op": "linear_ce", "mode": "full", "shape": "16384x768x50304",
+         "provider": "ours", "peak_mem_mb": 500.0, "p50_ms": 9.0},
+        {**base, "op": "linear_ce", "mode": "full", "shape": "16384x768x50304",
+         "provider": "torch", "peak_mem_mb": 4000.0, "p50_ms": 12.0},
+        {**base, "op": "linear_ce", "mode": "full", "shape": "16384x768x50304",
+         "provider": "torch_compile", "peak_mem_mb": 3000.0, "p50_ms": 10.0},
+    ]  # fmt: skip
+
+
+def test_targets_pass_fail_and_missing():
+    runs = {
+        "train-compile-ours": {"tokens_per_s": 6.0e5, "mfu": 0.47},
+        "train-compile-torch": {"tokens_per_s": 5.0e5, "mfu": 0.40},
+        "train-eager-ours": {"tokens_per_s": 3.0e5},
+    }
+    got = {t["target"]: t for t in gr.targets(_rows(), runs)}
+    assert got["RMSNorm fwd 4096x4096 bf16"]["pass"] is True
+    assert got["RMSNorm bwd GPU time 4096x4096 bf16"]["measured"] == pytest.approx(30.0)
+    assert got["RMSNorm bwd GPU time 4096x4096 bf16"]["pass"] is True
+    assert got["RMSNorm bwd call time 4096x4096 bf16"]["pass"] is True
+    assert got["SwiGLU bwd 16384x2816 bf16"]["pass"] is False  # 80% < 85%
+    assert got["Linear+CE 16384x768x50304 peak memory / torch"]["measured"] == 0.125
+    assert got["Linear+CE 16384x768x50304 time / torch.compile"]["pass"] is True
+    assert got["124M compiled: ours / torch tokens/s"]["measured"] == pytest.approx(1.2)
+    assert got["124M compiled ours: MFU"]["pass"] is True
+    missing = got["124M eager: ours / torch tokens/s"]  # the torch eager run did not finish
+    assert missing["measured"] is None and missing["pass"] is None
+
+
+def test_a_failing_or_slow_stage_is_recorded_and_the_report_still_written(tmp_path, monkeypatch):
+    commands = {
+        "kernels": [sys.executable, "-c", "import sys; sys.exit(3)"],
+        "train-eager-ours": [sys.executable, "-c", "import time; time.sleep(30)"],
+        "sweep": [sys.executable, "-c", "print('ok')"],
+    }
+    monkeypatch.setattr(gr, "stage_command", lambda st, out: (commands[st.name], None))
+    stages = (
+        gr.Stage("kernels", 20, "fails"),
+        gr.Stage("train-eager-ours", 1, "runs past its cap"),
+        gr.Stage("sweep", 20, "works"),
+    )
+    got = gr._gpu_run(tmp_path / "r", stages)
+    md = (tmp_path / "r" / "REPORT.md").read_text()
+    assert re.search(r"\| kernels \| fails \| 20 \| [\d.]+ \| exit 3 \|", md)
+    assert re.search(r"\| train-eager-ours \| runs past its cap \| 1 \| [\d.]+ \| timeout \|", md)
+    assert re.search(r"\| sweep \| works \| 20 \| [\d.]+ \| ok \|", md)
+    assert "timed out after 1 s" in (tmp_path / "r" / "logs" / "train-eager-ours.log").read_text()
+    assert not (tmp_path / "r" / "tokens.bin").exists()  # nothing large stays behind
+    assert all(t["measured"] is None for t in got)
+
+
+def test_the_train_stage_is_a_valid_train_command_that_writes_no_checkpoint(tmp_path):
+    """The 124M stage's exact flags, on a CPU-sized model (the flags are what is under test)."""
+    from train.cli import main
+
+    gr.random_tokens(tmp_path / "tokens.bin")
+    cmd = gr.train_command(tmp_path, "train-eager-torch")
+    argv = cmd[cmd.index("train") + 1 :]
+    for flag, small in (("--preset", "tiny"), ("--iterations", "6"), ("--batch-size", "2"),
+                        ("--sequence-length", "32")):  # fmt: skip
+        argv[argv.index(flag) + 1] = small
+    assert main(argv + ["--device", "cpu"]) == 0
+    run = tmp_path / "train-eager-torch"
+    assert not list(run.rglob("*.pt"))  # no checkpoint at all
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert gr.read_run(tmp_path, run.name, "ok")["records"] >= 1
+    assert recs[-1]["kind"] == "eval"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["vocab_size"] == 50304  # the GPT-2 vocabulary, padded as the preset
+
+
+def test_md_table_blanks_missing_values():
+    got = gr.md_table([{"a": 1.23456, "b": None}, {"a": float("nan"), "b": "x|y"}], ["a", "b"])
+    assert got.splitlines() == ["| a | b |", "|---|---|", "| 1.235 |  |", "|  | x/y |"]
 
 
 def test_throughput_summary_skips_the_compile_records():
@@ -45,34 +125,7 @@ def test_throughput_summary_skips_the_compile_records():
         {"kind": "train", "tokens_per_s": v, "mfu": v / 1e3} for v in (400.0, 500.0, 600.0)
     ]
     recs.append({"kind": "eval", "val_loss": 3.0})
-    got = gr.throughput_summary(recs)
-    assert got == {"tokens_per_s": 500.0, "mfu": 0.5, "records": 3}
-
-
-def test_build_report_has_every_table(tmp_path):
-    runs = [
-        {"compile": False, "tokens_per_s": 4.0e5, "mfu": 0.38, "records": 9, "status": "ok"},
-        {"compile": True, "tokens_per_s": 5.1e5, "mfu": 0.47, "records": 9, "status": "ok"},
-    ]
-    sweep = [{"config_id": "abc", "n_layer": 4, "n_embd": 512, "status": "ok",
-              "step_ms_median": 31.5, "host_ms": 2.0, "tokens_per_s": 5e5, "mfu": 0.4}]  # fmt: skip
-    tests = {"exit_code": 0, "tests": 120, "failures": 0, "errors": 0, "skipped": 3}
-    env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8"}
-    gr.plot_targets(gr.kernel_targets(KERNEL_ROWS), tmp_path / "targets.png")
-    assert (tmp_path / "targets.png").stat().st_size > 1000
-    md = gr.build_report(env, tests, KERNEL_ROWS, runs, sweep, ["targets.png"])
-    for heading in ("## Environment", "## CUDA test set", "## Targets", "## Kernels",
-                    "## Trainer throughput", "## bench sweep", "## Plots"):  # fmt: skip
-        assert heading in md
-    assert "| RMSNorm fwd 4096x4096 bf16 | 2.93 | TB/s | >= 2.9 | 97.67 | True |" in md
-    assert "| True | 5.1e+05 | 0.47 | 9 | ok | True |" in md  # MFU >= 45 % with compile
-    assert "| False | 4e+05 | 0.38 | 9 | ok |  |" in md  # no MFU goal without compile
-    assert "![targets](targets.png)" in md and "| abc | 4 | 512 | ok | 31.5 |" in md
-
-
-def test_md_table_blanks_missing_values():
-    got = gr.md_table([{"a": 1.23456, "b": None}, {"a": float("nan"), "b": "x|y"}], ["a", "b"])
-    assert got.splitlines() == ["| a | b |", "|---|---|", "| 1.235 |  |", "|  | x/y |"]
+    assert gr.throughput_summary(recs) == {"tokens_per_s": 500.0, "mfu": 0.5, "records": 3}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the report measures instead")
@@ -82,10 +135,9 @@ def test_without_cuda_the_static_report_is_written_and_exit_is_0(tmp_path, capsy
     assert "no CUDA device" in capsys.readouterr().err
     md = (out / "REPORT.md").read_text()
     assert "No CUDA device" in md and "issue_tbps" in md and "3.35 TB/s" in md
-    assert "RMSNorm backward traffic" in md and "| bf16 | 4096 | after |" in md
     assert "![ceilings](ceilings.png)" in md and (out / "ceilings.png").stat().st_size > 1000
     rows = [json.loads(x) for x in (out / "aot_report.json").read_text().splitlines()]
-    assert {r["kernel"] for r in rows} == {"rmsnorm_bwd_dx"}
+    assert rows and all("rmsnorm_bwd_dx" in r["kernel"] for r in rows)
     assert all(r["issue_tbps"] >= 3.0 for r in rows)
 
 
@@ -93,27 +145,3 @@ def test_bad_flag_is_one_line(capsys):
     assert gr.main(["--nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
-
-
-def test_cuda_run_plumbing_with_the_steps_faked(tmp_path, monkeypatch):
-    # The CUDA branch of main, every measuring step replaced by canned results.
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(gr, "environment", lambda: {"gpu": "fake H100"})
-    monkeypatch.setattr(gr, "run_tests", lambda out: {"exit_code": 0, "tests": 5, "failures": 0})
-    monkeypatch.setattr(gr, "run_kernel_bench", lambda out: KERNEL_ROWS)
-    monkeypatch.setattr(
-        gr,
-        "run_throughput",
-        lambda out, c: {
-            "compile": c,
-            "tokens_per_s": 1e5,
-            "mfu": 0.5,
-            "records": 3,
-            "status": "ok",
-        },
-    )
-    monkeypatch.setattr(gr, "run_sweep", lambda out: [])
-    assert gr.main(["--out", str(tmp_path / "r")]) == 0
-    md = (tmp_path / "r" / "REPORT.md").read_text()
-    assert "fake H100" in md and "![targets](targets.png)" in md
-    assert (tmp_path / "r" / "targets.png").is_file()
