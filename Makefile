@@ -5,27 +5,42 @@ BIN := $(VENV)/bin
 # The torch build to install when the venv has none. Users with a GPU keep their own CUDA build:
 # install it into the venv first (or set TORCH_SPEC=torch); nothing here pins it once present.
 TORCH_SPEC ?= torch==2.13.0
-STAMP := $(VENV)/.installed
+# Two install levels: what the demo needs (the package and its dependencies), and the test tools
+# and optional extras the suite exercises on top.
+STAMP := $(VENV)/.installed-base
+STAMP_TEST := $(VENV)/.installed-test
+# xdist runs test files on every core (a file's tests stay together, in order, on one worker).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile -p no:cacheprovider
 
-.PHONY: install lint gpu-report test test-kernels test-rest demo aot clean
+.PHONY: install lint gpu-report test test-all demo aot clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e .
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(STAMP_TEST): $(STAMP)
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(STAMP_TEST)
 
-# Kernel tests run the real Triton code on the CPU under the interpreter, which must be set
-# before triton is imported; the rest of the suite runs the torch references (fast path on CPU).
-lint: $(STAMP)
+install: $(STAMP_TEST)
+
+lint: $(STAMP_TEST)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) lint
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests/kernels
-	$(BIN)/python -m pytest -q tests --ignore=tests/kernels
+# Kernel tests run the real Triton code on the CPU under the interpreter, which must be set
+# before triton is imported; the rest of the suite runs the torch references (fast path on CPU).
+# `make test` is the fast tier (tests marked slow left out: end-to-end examples, kill loops);
+# `make test-all` (and .ci/run) runs everything.
+test: $(STAMP_TEST) lint
+	TRITON_INTERPRET=1 $(PYTEST) -m "not slow" tests/kernels
+	$(PYTEST) -m "not slow" tests --ignore=tests/kernels
+
+test-all: $(STAMP_TEST) lint
+	TRITON_INTERPRET=1 $(PYTEST) tests/kernels
+	$(PYTEST) tests --ignore=tests/kernels
 
 aot: $(STAMP)
 	$(BIN)/python -m kernels.aot --arch sm_90
@@ -46,4 +61,4 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache gpu-report

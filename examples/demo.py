@@ -92,7 +92,9 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "STEPTIME_SMOKE")}
     t_all = time.time()
     for title, cmd in STEPS:
-        print(f"\n=== {title}\n$ {cmd.format(out=OUT.relative_to(ROOT))}", flush=True)
+        shown = cmd.format(out=OUT.relative_to(ROOT))
+        shown = f"python {shown}" if shown.startswith("-m ") else shown
+        print(f"\n=== {title}\n$ {shown}", flush=True)
         t0 = time.time()
         r = subprocess.run(_argv(cmd), cwd=ROOT, env=env)
         if r.returncode != 0:
