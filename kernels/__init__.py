@@ -12,4 +12,22 @@ from .add_rmsnorm import add_rms_norm
 from .rmsnorm import rms_norm
 from .swiglu import swiglu
 
-__all__ = ["DynamicLossScaler", "FusedAdamW", "add_rms_norm", "reference", "rms_norm", "swiglu"]
+__all__ = [
+    "DynamicLossScaler",
+    "FusedAdamW",
+    "add_rms_norm",
+    "reference",
+    "register_ops",
+    "rms_norm",
+    "swiglu",
+]
+
+
+def register_ops() -> None:
+    """Register the ``steptime::`` ops for torch.compile (imports triton; done once). The first
+    Triton call of an op registers its own; a kernels="triton" model calls this when built, so
+    that compiling it never meets an unregistered op."""
+    import importlib
+
+    for name in ("rmsnorm", "swiglu", "add_rmsnorm", "cross_entropy"):
+        importlib.import_module(f"{__name__}.{name}")._ops()

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ._utils import register_op, traced_launch
+from ._utils import register_op, traced_launch, use_triton
 from .reference import add_rms_norm_ref
 from .rmsnorm import _check, _contig, plan_for
 
@@ -45,7 +45,8 @@ def _check_add(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: fl
         raise ValueError(
             f"add_rms_norm: x shape {tuple(x.shape)} != residual {tuple(residual.shape)}"
         )
-    if torch.promote_types(x.dtype, residual.dtype) != residual.dtype:
+    # (not torch.promote_types: a dispatcher call, which the op counter would see)
+    if residual.dtype not in (x.dtype, torch.float32):
         raise TypeError(
             f"add_rms_norm: residual dtype {residual.dtype} must hold x's {x.dtype} (x + residual "
             "is stored in the residual's dtype)"
@@ -137,8 +138,20 @@ def _bwd_fake(dy, ds, s, w, rstd, eps, x_dtype):
     )
 
 
-_fwd_op = register_op("steptime::add_rms_norm_fwd", _fwd_impl, _fwd_fake)
-_bwd_op = register_op("steptime::add_rms_norm_bwd", _bwd_impl, _bwd_fake)
+_OPS: tuple | None = None
+
+
+def _ops() -> tuple:
+    """The (forward, backward) ops, registered on first use (the first Triton call, or
+    `kernels.register_ops`, which building a kernels="triton" model calls): registering a
+    triton_op imports triton, which a torch-backend model must never load."""
+    global _OPS
+    if _OPS is None:
+        fwd = register_op("steptime::add_rms_norm_fwd", _fwd_impl, _fwd_fake)
+        bwd = register_op("steptime::add_rms_norm_bwd", _bwd_impl, _bwd_fake)
+        fwd.register_autograd(_backward, setup_context=_setup)
+        _OPS = (fwd, bwd)
+    return _OPS
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -151,11 +164,8 @@ def _backward(ctx, dy, ds, _drstd):
     s, w, rstd = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(s)
-    d, dw, db = _bwd_op(dy, ds, s, w, rstd, ctx.eps, ctx.x_dtype)
+    d, dw, db = _ops()[1](dy, ds, s, w, rstd, ctx.eps, ctx.x_dtype)
     return db, d, dw, None
-
-
-_fwd_op.register_autograd(_backward, setup_context=_setup)
 
 
 def add_rms_norm(
@@ -175,11 +185,9 @@ def add_rms_norm(
     """
     if torch.compiler.is_compiling():
         _check_add(x, residual, weight, eps)
-        from ._utils import use_triton
-
         if not use_triton(x, residual, weight):
             return add_rms_norm_ref(x, residual, weight, eps)
-        y, s, _ = _fwd_op(x, residual, weight, float(eps))
+        y, s, _ = _ops()[0](x, residual, weight, float(eps))
         return y, s
     plan = _plan(x, residual, weight, eps)
     if plan is None:

@@ -62,6 +62,28 @@ def swiglu_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return (torch.nn.functional.silu(gate.to(cdt)) * up.to(cdt)).to(gate.dtype)
 
 
+def linear_cross_entropy_ref(
+    h: torch.Tensor,
+    w: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits h @ w.T (matmul in ``compute_dtype``, default h's; the
+    softmax in fp32, or fp64 for fp64 inputs) against int64 targets: the model's LM head + loss.
+
+    Args:
+        h: (N, d) hidden states.
+        w: (V, d) head weight.
+        targets: (N,) class indices in [0, V).
+        compute_dtype: dtype of the matmul (autocast's), as the model casts h and w for it.
+    """
+    cdt = h.dtype if compute_dtype is None else compute_dtype
+    logits = torch.mm(h.to(cdt), w.to(cdt).t())
+    acc = torch.float64 if cdt == torch.float64 else torch.float32
+    return torch.nn.functional.cross_entropy(logits.to(acc), targets)
+
+
 def adamw_scalars(
     lr: float, beta1: float, beta2: float, wd: float, step: int | torch.Tensor
 ) -> dict:

@@ -74,6 +74,7 @@ def plan_for(x: torch.Tensor, w: torch.Tensor, eps: float):
     _check(x, w, eps)
     plan = None
     if use_triton(x, w):
+        _ops()
         n = x.shape[-1]
         plan = _k().make_plan(x.numel() // n, n, x, w)
     if len(_PLANS) >= 512:  # many shapes (a sweep): start over rather than grow without bound
@@ -175,8 +176,20 @@ def _bwd_fake(dy, x, w, rstd, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
 
 
-_fwd_op = register_op("steptime::rms_norm_fwd", _fwd_impl, _fwd_fake)
-_bwd_op = register_op("steptime::rms_norm_bwd", _bwd_impl, _bwd_fake)
+_OPS: tuple | None = None
+
+
+def _ops() -> tuple:
+    """The (forward, backward) ops, registered on first use (the first Triton call, or
+    `kernels.register_ops`, which building a kernels="triton" model calls): registering a
+    triton_op imports triton, which a torch-backend model must never load."""
+    global _OPS
+    if _OPS is None:
+        fwd = register_op("steptime::rms_norm_fwd", _fwd_impl, _fwd_fake)
+        bwd = register_op("steptime::rms_norm_bwd", _bwd_impl, _bwd_fake)
+        fwd.register_autograd(_backward, setup_context=_setup)
+        _OPS = (fwd, bwd)
+    return _OPS
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -187,11 +200,8 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: torch.Tensor, _drstd):
     x, w, rstd = ctx.saved_tensors
-    dx, dw = _bwd_op(dy, x, w, rstd, ctx.eps)
+    dx, dw = _ops()[1](dy, x, w, rstd, ctx.eps)
     return dx, dw, None
-
-
-_fwd_op.register_autograd(_backward, setup_context=_setup)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -209,7 +219,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         _check(x, weight, eps)
         if not use_triton(x, weight):
             return rms_norm_ref(x, weight, eps)
-        return _fwd_op(x, weight, float(eps))[0]
+        return _ops()[0](x, weight, float(eps))[0]
     plan = plan_for(x, weight, eps)
     if plan is None:
         return rms_norm_ref(x, weight, eps)

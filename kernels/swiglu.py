@@ -97,8 +97,20 @@ def _bwd_fake(dout, gate, up):
     return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
 
 
-_fwd_op = register_op("steptime::swiglu_fwd", _fwd_impl, _fwd_fake)
-_bwd_op = register_op("steptime::swiglu_bwd", _bwd_impl, _bwd_fake)
+_OPS: tuple | None = None
+
+
+def _ops() -> tuple:
+    """The (forward, backward) ops, registered on first use (the first Triton call, or
+    `kernels.register_ops`, which building a kernels="triton" model calls): registering a
+    triton_op imports triton, which a torch-backend model must never load."""
+    global _OPS
+    if _OPS is None:
+        fwd = register_op("steptime::swiglu_fwd", _fwd_impl, _fwd_fake)
+        bwd = register_op("steptime::swiglu_bwd", _bwd_impl, _bwd_fake)
+        fwd.register_autograd(_backward, setup_context=_setup)
+        _OPS = (fwd, bwd)
+    return _OPS
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -107,10 +119,8 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout: torch.Tensor):
     gate, up = ctx.saved_tensors
-    return _bwd_op(dout, gate, up)
+    return _ops()[1](dout, gate, up)
 
-
-_fwd_op.register_autograd(_backward, setup_context=_setup)
 
 _CHECKED: dict = {}  # (shape, dtypes, devices) -> whether Triton runs (validated once per key)
 
@@ -125,6 +135,8 @@ def _triton_path(gate: torch.Tensor, up: torch.Tensor) -> bool:
     if len(_CHECKED) >= 512:
         _CHECKED.clear()
     _CHECKED[key] = ok = use_triton(gate, up)
+    if ok:
+        _ops()
     return ok
 
 
@@ -137,7 +149,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         _check(gate, up)
-        return _fwd_op(gate, up) if use_triton(gate, up) else swiglu_ref(gate, up)
+        return _ops()[0](gate, up) if use_triton(gate, up) else swiglu_ref(gate, up)
     if not _triton_path(gate, up):
         return swiglu_ref(gate, up)
     return SwiGLUFunction.apply(_contig(gate), _contig(up))

@@ -43,16 +43,20 @@ SDPA_FWD = "aten::_scaled_dot_product_flash_attention_for_cpu"
 SDPA_BWD = "aten::_scaled_dot_product_flash_attention_for_cpu_backward"
 
 
-def dims(V, L, d, H, G, f, T, B, hd, gqa, kv_copy, progs, tie, bias, *, arch, kernels, **impl):
+def dims(V, L, d, H, G, f, T, B, hd, gqa, kv_copy, progs, tie, bias, chunks=1, crows=None, *,
+         arch, kernels, **impl):  # fmt: skip
     """The sizes and switches every term reads: numbers, or `Poly` variables (module docstring).
 
     gqa: 1 if G < H; kv_copy: 1 if also G > 1 and T > 1; progs: rows of the fused RMSNorm's dw
-    partials. impl: autocast (bool), native_flash (flash-attn, 16-bit), dropout (bool: p > 0).
+    partials; chunks, crows: row chunks of the fused linear + cross-entropy and the rows of its
+    first chunk (`flce_chunks`). impl: autocast (bool), native_flash (flash-attn, 16-bit),
+    dropout (bool: p > 0).
     """
     a = 2 if impl.get("autocast") else 4
     return SimpleNamespace(
         V=V, L=L, d=d, H=H, G=G, f=f, T=T, B=B, N=B * T, hd=hd, kvd=G * hd, tie=tie, bias=bias,
-        gqa=gqa, kv_copy=kv_copy, progs=progs, llama=arch == "llama", a=a, p=4,
+        gqa=gqa, kv_copy=kv_copy, progs=progs, chunks=chunks,
+        crows=B * T if crows is None else crows, llama=arch == "llama", a=a, p=4,
         fused=kernels == "triton" and arch == "llama", ac=1 if a == 2 else 0,
         flash=1 if impl.get("native_flash") and a == 2 else 0, drop=1 if impl.get("dropout") else 0,
     )  # fmt: skip
@@ -127,6 +131,33 @@ def norm(led, c, n, *, fwd: bool) -> None:
     led.op("norm", "aten::mul", n, p * Nd, p * Nd)  # * 2
     led.op("norm", "aten::mul", n, p * Nd, p * Nd, p * Nd)  # * d mean
     led.op("norm", "aten::add", n, p * Nd, p * Nd, p * Nd)  # d x = both terms
+
+
+def add_norm(led, c, n, *, fwd: bool, ds=1) -> None:
+    """`n` fused residual add + RMSNorm (kernels/add_rmsnorm.py): the fp32 stream r plus a branch x
+    in the compute dtype. Forward: reads x, r, w; writes s = x + r, y, rstd. Backward: the dx
+    kernel reads dy, ds (the grad s gets from its next use; ``ds`` 0: none, the final norm's), s,
+    w, rstd and writes the stream's grad, under autocast also the branch's in the compute dtype
+    (same dtype: both inputs get that one tensor), and one fp32 dw partial row per program."""
+    N, d, p, a = c.N, c.d, c.p, c.a
+    Nd = N * d
+    if fwd:
+        led.op("norm", "triton::_rmsnorm_fwd_kernel", n, p * (3 * Nd + d + N) + a * Nd)
+        return
+    dx = p * (3 * Nd + d + N + c.progs * d) + ds * p * Nd + c.ac * a * Nd
+    led.op("norm", "triton::_rmsnorm_bwd_dx_kernel", n, dx)
+    led.op("norm", "triton::_rmsnorm_bwd_dw_kernel", n, p * (d + c.progs * d))
+
+
+def flce_chunks(n_rows, v, itemsize, chunk_bytes=1 << 30):
+    """(chunks, rows of the first chunk) of kernels.cross_entropy at N rows, vocabulary V and
+    logits of `itemsize` bytes: chunks of at most `chunk_bytes` of logits
+    (kernels/_cross_entropy_kernels.py, ``default_chunks``). Numbers or numpy arrays."""
+    want = -(-(n_rows * v * itemsize) // chunk_bytes)
+    want = want + (want < 1) * (1 - want)  # max(1, ...)
+    want = want - (want > n_rows) * (want - n_rows)  # min(N, ...)
+    rows = -(-n_rows // want)
+    return -(-n_rows // rows), rows
 
 
 # -------------------------------------------------------------------------------------- MLPs
@@ -208,9 +239,12 @@ def _dropout(led, c, n, numel, width, *, fwd: bool) -> None:
 
 
 def _residual(led, c, n, *, fwd: bool, add=1) -> None:
-    """x + branch(x): fp32 stream plus a compute-dtype branch; backward sums the two grads of x."""
+    """x + branch(x): fp32 stream plus a compute-dtype branch; backward sums the two grads of x.
+    With the fused kernels the add is in the next norm (`add_norm`): only the dropout is left."""
     p, a, Nd = c.p, c.a, c.N * c.d
     _dropout(led, c, n, Nd, a, fwd=fwd)  # on the branch output
+    if c.fused:
+        return
     if fwd:
         led.op("other", "aten::add", n * add, p * Nd, a * Nd, p * Nd)
     else:
@@ -218,11 +252,26 @@ def _residual(led, c, n, *, fwd: bool, add=1) -> None:
         led.op("other", "aten::add", n, 3 * p * Nd)  # grad via the norm + grad via the skip
 
 
-def block(led, c, n, *, fwd: bool, recompute: bool = False) -> None:
+def _block_norm(led, c, n, first, *, fwd: bool) -> None:
+    """A block's ln_1 (`first`: how many of the `n` are the first block's) or, with first=0, its
+    ln_2. Fused kernels: each is an add_norm with the pending branch, but the first block's ln_1,
+    whose stream is complete: a plain norm, and its input (the embedding) also feeds ln_2's add,
+    so its backward sums two grads."""
+    if not c.fused:
+        norm(led, c, n, fwd=fwd)
+        return
+    norm(led, c, first, fwd=fwd)
+    add_norm(led, c, n - first, fwd=fwd)
+    if not fwd:
+        led.op("other", "aten::add", first, 3 * c.p * c.N * c.d)
+
+
+def block(led, c, n, *, fwd: bool, recompute: bool = False, first=1) -> None:
     """`n` pre-norm blocks: x + attn(norm(x)); x + mlp(norm(x)). `recompute`: the forward that
     torch.utils.checkpoint reruns in the backward, which stops once every tensor saved for the
     backward is recovered: the last residual add, and the down projection's matmul (and bias
-    cast) unless a dropout mask follows it, are not rerun."""
+    cast) unless a dropout mask follows it, are not rerun. `first`: how many of the `n` blocks
+    are the model's first (`_block_norm`)."""
     tail = c.drop if recompute else 1
     d, kvd, f, n_up = c.d, c.kvd, c.f, n * (2 if c.llama else 1)  # n_up: w1 and w2 | c_fc
     qkv = dict(x32=1, bias=c.bias)  # c_attn reads the fp32 norm output
@@ -230,14 +279,14 @@ def block(led, c, n, *, fwd: bool, recompute: bool = False) -> None:
     up = dict(x32=1, bias=c.bias * (1 - c.llama))  # SwiGLU's linears never have a bias
     down = dict(x32=0, bias=c.bias * (1 - c.llama))
     if fwd:
-        norm(led, c, n, fwd=True)  # ln_1
+        _block_norm(led, c, n, first, fwd=True)  # ln_1
         linear(led, c, n, d, d + 2 * kvd, **qkv, fwd=True)
         rope(led, c, n * c.llama, c.N * d, fwd=True)  # q
         rope(led, c, n * c.llama, c.N * kvd, fwd=True)  # k
         attention_core(led, c, n, fwd=True)
         linear(led, c, n, d, d, **proj, fwd=True)
         _residual(led, c, n, fwd=True)
-        norm(led, c, n, fwd=True)  # ln_2
+        _block_norm(led, c, n, 0, fwd=True)  # ln_2
         linear(led, c, n_up, d, f, **up, fwd=True)
         mlp_act(led, c, n, fwd=True)
         linear(led, c, n, f, d, **down, fwd=True, tail=tail)
@@ -248,14 +297,14 @@ def block(led, c, n, *, fwd: bool, recompute: bool = False) -> None:
     mlp_act(led, c, n, fwd=False)
     linear(led, c, n_up, d, f, **up, fwd=False)
     led.op("other", "aten::add", n * c.llama, 3 * c.p * c.N * d)  # w1 and w2 input grads
-    norm(led, c, n, fwd=False)
+    _block_norm(led, c, n, 0, fwd=False)  # ln_2
     _residual(led, c, n, fwd=False)
     linear(led, c, n, d, d, **proj, fwd=False)
     attention_core(led, c, n, fwd=False)
     rope(led, c, n * c.llama, c.N * kvd, fwd=False)
     rope(led, c, n * c.llama, c.N * d, fwd=False)
     linear(led, c, n, d, d + 2 * kvd, **qkv, fwd=False)
-    norm(led, c, n, fwd=False)
+    _block_norm(led, c, n, first, fwd=False)  # ln_1
 
 
 def embedding(led, c, *, fwd: bool) -> None:
@@ -273,9 +322,43 @@ def embedding(led, c, *, fwd: bool) -> None:
     led.op("embedding_head", "aten::add", c.tie, 3 * p * V * d)  # tied: embedding + head grads
 
 
+def fused_head(led, c, *, fwd: bool) -> None:
+    """The final add_norm and kernels/cross_entropy.py's linear + cross-entropy in `c.chunks`
+    chunks of rows (`c.crows` in the first): per chunk the logits mm, the loss/grad kernel (reads
+    the logits, the targets, writes the rows' losses, the grad over the logits), dh = dz W written
+    into its rows of dh (an out= mm: read and written), dW = dz^T h accumulated (fp32 matmuls:
+    addmm_ into the first chunk's; 16-bit: each chunk's mm added to an fp32 buffer). The forward
+    leaves dh, dW ready; the backward multiplies them by the incoming grad."""
+    p, a, ac, N, d, V, K, C1 = c.p, c.a, c.ac, c.N, c.d, c.V, c.chunks, c.crows
+    if not fwd:
+        led.op("embedding_head", "aten::ones_like", 1, p, p)  # backward's seed d loss = 1
+        led.op("matmul", "aten::mul", 1, p * N * d, p, p * N * d)  # dh * d loss
+        led.op("matmul", "aten::mul", 1, p * V * d, p, p * V * d)  # dW * d loss
+        add_norm(led, c, 1, fwd=False, ds=0)
+        return
+    add_norm(led, c, 1, fwd=True)
+    _cast(led, c, ac, N * d, 4, 2)  # h and W to the compute dtype
+    _cast(led, c, ac, V * d, 4, 2)
+    led.add("matmul", "aten::mm", K, a * (N * d + K * V * d + N * V))  # z = h W^T per chunk
+    led.add("embedding_head", "triton::_ce_fwd_bwd_kernel", K, a * N * V + 12 * N)
+    led.add("matmul", "aten::mm", K, a * (N * V + K * V * d + 2 * N * d))  # dh rows = dz W
+    rest = N - C1  # rows after the first chunk
+    fp = 1 - ac
+    mm_rows = fp * C1 + ac * N  # rows of the dW mms: the first chunk's, or all chunks'
+    led.add("matmul", "aten::mm", fp + ac * K, a * (mm_rows * (V + d) + (fp + ac * K) * V * d))
+    led.add("matmul", "aten::addmm_", fp * (K - 1), fp * p * (rest * (V + d) + 2 * (K - 1) * V * d))
+    led.add("matmul", "aten::add_", ac * (K - 1), ac * 10 * (K - 1) * V * d)  # fp32 += 16-bit mm
+    _cast(led, c, ac, V * d, 2, 4)  # dW to fp32 (the accumulator, or at the end)
+    _cast(led, c, ac, N * d, 2, 4)  # dh to fp32
+    led.op("embedding_head", "aten::sum", 1, 4 * N, 4)  # loss = sum of the rows' shares
+
+
 def head(led, c, *, fwd: bool) -> None:
     """Final norm, LM head, fp32 logits, cross-entropy (log-softmax + NLL) and their backward."""
     p, N, NV = c.p, c.N, c.N * c.V
+    if c.fused:
+        fused_head(led, c, fwd=fwd)
+        return
     if fwd:
         norm(led, c, 1, fwd=True)
         linear(led, c, 1, c.d, c.V, x32=1, bias=0, fwd=True)
@@ -341,7 +424,7 @@ def step(c, params, *, acc_steps, ckpt, kind, averages, persistent, detail=False
     block(led, c, c.L, fwd=True)
     head(led, c, fwd=True)
     head(led, c, fwd=False)
-    block(led, c, c.L * ckpt, fwd=True, recompute=True)  # activation checkpointing
+    block(led, c, c.L * ckpt, fwd=True, recompute=True, first=ckpt)  # activation checkpointing
     block(led, c, c.L, fwd=False)
     embedding(led, c, fwd=False)
     led.mult = 1

@@ -140,7 +140,8 @@ def flops_per_token(cfg: ModelConfig) -> dict:
 
 
 # ------------------------------------------------------------------------ traffic, launches
-_VARS = ("V", "L", "d", "H", "G", "f", "T", "B", "hd", "gqa", "kv_copy", "progs", "tie", "bias")
+_VARS = ("V", "L", "d", "H", "G", "f", "T", "B", "hd", "gqa", "kv_copy", "progs", "tie", "bias",
+         "chunks", "crows")  # fmt: skip
 _ROWS = 8 * 132  # fused RMSNorm backward: at most 8 programs per SM on 132 SMs (kernels/rmsnorm.py)
 _ALL = (*STEP_FEATURES, *(f"launches_{k}" for k in _ops.CLASSES))
 
@@ -186,16 +187,23 @@ def _resolve(cfg: ModelConfig, batch_size, kw: dict) -> tuple:
     return (cfg.arch, kernels, dtype, attention, kw["optimizer"], averages, cfg.dropout > 0)
 
 
-def _env(V, L, d, H, G, f, T, B, tie, bias, params, acc, ckpt, persist) -> dict:
-    """The values of the ledger's variables (numbers or numpy arrays)."""
+def _env(V, L, d, H, G, f, T, B, tie, bias, params, acc, ckpt, persist, itemsize=4) -> dict:
+    """The values of the ledger's variables (numbers or numpy arrays); `itemsize`: bytes of the
+    compute dtype (the fused cross-entropy's logits)."""
     N = B * T
+    chunks, crows = _ops.flce_chunks(N, V, itemsize)
     rows = N - (N - _ROWS) * (N > _ROWS)  # min(N, _ROWS), array-safe
     progs = -(-N // -(-N // rows))  # cdiv(N, cdiv(N, rows)): the programs that get rows
     gqa = (G < H) * 1
     env = dict(V=V, L=L, d=d, H=H, G=G, f=f, T=T, B=B, hd=d // H, gqa=gqa, progs=progs, tie=tie,
-               kv_copy=gqa * (G > 1) * (T > 1), bias=bias, acc=acc, ckpt=ckpt)  # fmt: skip
+               kv_copy=gqa * (G > 1) * (T > 1), bias=bias, acc=acc, ckpt=ckpt, chunks=chunks,
+               crows=crows)  # fmt: skip
     env.update(P=params, persist=persist)
     return env
+
+
+def _itemsize(dtype: str) -> int:
+    return 4 if _dtype(dtype) == "float32" else 2
 
 
 def _cfg_env(c: ModelConfig, batch_size: int, kw: dict) -> dict:
@@ -203,6 +211,7 @@ def _cfg_env(c: ModelConfig, batch_size: int, kw: dict) -> dict:
         c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.kv_heads, c.hidden, c.sequence_length,
         batch_size, int(c.tie_embeddings), int(c.bias), num_params(c), kw["acc_steps"],
         int(bool(kw["activation_checkpointing"])), int(kw["grads"] == "persistent"),
+        _itemsize(kw["dtype"]),
     )  # fmt: skip
 
 
@@ -367,7 +376,7 @@ def vectorized(
                     ckpt, int(dropout > 0))  # fmt: skip
     want = tuple({"memory_traffic": "bytes"}.get(k, k) for k in want)
     env = _env(V, L, d, H, G, f, T, B, tie, bias * 1, pr["total"], acc_steps, ckpt,
-               int(grads == "persistent"))  # fmt: skip
+               int(grads == "persistent"), _itemsize(dtype))  # fmt: skip
     polys = _ledger(*impl)
     out = _features(Poly.evaluate({k: polys[k] for k in want if k in polys}, env), fl, env, dp)
     zero = 0 * pr["total"] + 0 * B  # broadcasts every value to the configs' shape

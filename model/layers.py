@@ -3,9 +3,11 @@
 The backend switch lives here: ``cfg.kernels == "torch"`` calls the pure-torch references in
 ``kernels.reference`` (which import no Triton, so a torch-backend model never loads it);
 ``"triton"`` calls ``kernels.rms_norm`` / ``kernels.swiglu``, which run Triton on CUDA (or under
-TRITON_INTERPRET=1) and otherwise fall back to the same references. Both backends own the same
-parameters, so state_dict keys do not depend on the backend. The gpt2 family (LayerNorm, GELU)
-has no fused kernels and runs torch ops under either backend.
+TRITON_INTERPRET=1) and otherwise fall back to the same references. With ``"triton"`` a llama
+block also runs `Block.forward_fused`: each residual add is fused into the norm that follows it
+(``kernels.add_rms_norm``), so the stream is read and written once per add+norm instead of twice.
+Both backends own the same parameters, so state_dict keys do not depend on the backend. The gpt2
+family (LayerNorm, GELU) has no fused kernels and runs torch ops under either backend.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.backend = backend
+        if backend == "triton":  # before any torch.compile can trace a call to them
+            from kernels import register_ops
+
+            register_ops()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,6 +177,20 @@ class Attention(nn.Module):
         return _dropout(self.c_proj(y.reshape(B, T, C)), self.dropout, self.training)
 
 
+def fused_blocks(cfg: ModelConfig) -> bool:
+    """Whether the blocks run `Block.forward_fused` (llama with our Triton kernels)."""
+    return cfg.kernels == "triton" and cfg.arch == "llama"
+
+
+def add_norm(norm: RMSNorm, branch: torch.Tensor | None, stream: torch.Tensor):
+    """(norm(stream + branch), stream + branch) in one fused pass; the norm alone for no branch."""
+    if branch is None:
+        return norm(stream), stream
+    from kernels import add_rms_norm
+
+    return add_rms_norm(branch, stream, norm.weight, norm.eps)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
 
@@ -184,3 +204,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None):
         x = x + self.attn(self.ln_1(x), cos, sin)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_fused(self, x, pending, cos, sin):
+        """The same block with its residual adds deferred into the next norm: takes the stream
+        ``x`` and the previous block's branch output ``pending`` (None for the first block, whose
+        stream is complete) and returns (stream, this block's MLP output) still to be added, by the
+        next block's ln_1 or the final norm. The stream then equals `forward`'s to rounding."""
+        y, x = add_norm(self.ln_1, pending, x)
+        y, x = add_norm(self.ln_2, self.attn(y, cos, sin), x)
+        return x, self.mlp(y)

@@ -5,6 +5,11 @@ arch="llama" follows the seed's `src/models/llama.py` (Hägele et al. 2024, arXi
 Touvron et al. 2023, arXiv:2302.13971): RMSNorm, RoPE, SwiGLU, no positional embedding.
 arch="gpt2" follows the seed's `src/models/base.py` (Radford et al. 2019, "Language Models are
 Unsupervised Multitask Learners"): LayerNorm, GELU, learned position embeddings, optional biases.
+
+With kernels="triton" a llama model fuses what Inductor cannot: each residual add into the next
+RMSNorm (`model.layers.Block.forward_fused`) and, in training (targets given), the LM head into the
+cross-entropy (``kernels.cross_entropy.linear_cross_entropy``), computed over the vocabulary in
+chunks so the B x T x V logits never exist: that forward returns logits None.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.config import ModelConfig
-from model.layers import Block, make_norm, rope_cache
+from model.layers import Block, add_norm, fused_blocks, make_norm, rope_cache
 
 
 class Transformer(nn.Module):
@@ -76,6 +81,8 @@ class Transformer(nn.Module):
         if self.cfg.dropout > 0:
             x = F.dropout(x, self.cfg.dropout, self.training)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        if fused_blocks(self.cfg):
+            return self._forward_fused(x, cos, sin, targets, recompute)
         for block in self.blocks:
             if recompute:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
@@ -86,3 +93,25 @@ class Transformer(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
+
+    def _forward_fused(self, x, cos, sin, targets, recompute: bool):
+        """The llama forward with our fused kernels (module docstring)."""
+        pending = None
+        for block in self.blocks:
+            if recompute:
+                x, pending = checkpoint(
+                    block.forward_fused, x, pending, cos, sin, use_reentrant=False
+                )
+            else:
+                x, pending = block.forward_fused(x, pending, cos, sin)
+        y, _ = add_norm(self.ln_f, pending, x)
+        if targets is None:
+            return self.lm_head(y), None
+        from kernels.cross_entropy import linear_cross_entropy
+
+        dev = y.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        h = y.reshape(-1, y.shape[-1])
+        return None, linear_cross_entropy(
+            h, self.lm_head.weight, targets.reshape(-1), compute_dtype=cdt
+        )

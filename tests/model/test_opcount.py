@@ -149,16 +149,35 @@ _TRITON_SCRIPT = textwrap.dedent(
 
     base = ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=4, n_kv_head=2,
                        ffn_hidden=48, sequence_length=8, tie_embeddings=True, kernels="triton")
-    cases = ((base, False, 2), (base, True, 1), (base.replace(arch="gpt2", bias=True), False, 1))
-    for cfg, bf16, acc in cases:
+    cases = ((base, False, 2, False), (base, True, 1, False),
+             (base.replace(arch="gpt2", bias=True), False, 1, False), (base, True, 1, True))
+    for cfg, bf16, acc, ckpt in cases:
         torch.manual_seed(0)
-        model = Transformer(cfg)
+        model = Transformer(cfg, activation_checkpointing=ckpt)
         run = _Autocast(model) if bf16 else model
         kw = dict(acc_steps=acc, dtype="bfloat16" if bf16 else "float32")
         r = measure_step(run, _batches(cfg, 3, acc), None)
-        want = costs.op_table(cfg, 3, grads="none", optimizer="none", **kw)
+        want = costs.op_table(cfg, 3, grads="none", optimizer="none",
+                              activation_checkpointing=ckpt, **kw)
         assert _measured_table(r) == want, (cfg.arch, bf16, _measured_table(r), want)
         assert any(k.startswith("triton::") for k in r["counts"]) == (cfg.arch == "llama")
+    # The fused cross-entropy in several chunks of rows (uneven: 24 rows in chunks of 5), with
+    # fp32 and with bf16 matmuls: its chunk loop's ops, as model/_opcount.py's fused_head counts.
+    import kernels._cross_entropy_kernels as kce
+    from model import _opcount
+    small = 5 * 64 * 4  # bytes of 5 fp32 rows of logits
+    for bf16 in (False, True):
+        kce.CHUNK_BYTES = small // (2 if bf16 else 1)
+        _opcount.flce_chunks.__defaults__ = (kce.CHUNK_BYTES,)
+        assert _opcount.flce_chunks(24, 64, 2 if bf16 else 4) == (5, 5)
+        torch.manual_seed(0)
+        model = Transformer(base.replace(tie_embeddings=False))
+        r = measure_step(_Autocast(model) if bf16 else model, _batches(model.cfg, 3), None)
+        want = costs.op_table(model.cfg, 3, grads="none", optimizer="none",
+                              dtype="bfloat16" if bf16 else "float32")
+        assert _measured_table(r) == want, (bf16, _measured_table(r), want)
+    kce.CHUNK_BYTES = 1 << 30
+    _opcount.flce_chunks.__defaults__ = (1 << 30,)
     # FusedAdamW on its Triton path (clip + step + in-place zeroing): its launches
     groups = [{"params": [p for p in model.parameters() if p.dim() == 2]},
               {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0}]
