@@ -6,9 +6,10 @@ that exists. `_ce_fwd_bwd_kernel` (one program per row) reads a row twice: first
 max / sum of exp over the vocabulary in BLOCK_V slices (Milakov & Gimelshein 2018,
 arXiv:1805.02867) giving lse and the row's share of the mean loss, (lse - z[target]) * scale;
 then it overwrites the row with the loss's gradient (softmax(z) - onehot(target)) * scale,
-scale = 1 / N for the mean over all N rows. The launcher then forms dh = dz W and dW += dz^T h for the chunk, so the forward leaves the
-gradients ready and the B x T x V logits never exist: Liger-Kernel's fused linear cross-entropy
-(linkedin/Liger-Kernel, src/liger_kernel/ops/fused_linear_cross_entropy.py) in its structure.
+scale = 1 / N for the mean over all N rows. The launcher then forms dh = dz W and
+dW += dz^T h for the chunk, so the forward leaves the gradients ready and the B x T x V logits
+never exist: Liger-Kernel's fused linear cross-entropy in its structure
+(linkedin/Liger-Kernel, src/liger_kernel/ops/fused_linear_cross_entropy.py).
 """
 
 from __future__ import annotations
