@@ -115,7 +115,7 @@ def test_train_runs_its_cuda_branches(cuda, tmp_path, spelling):
 def _spec(device: str, **row):
     r = grid.expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["2"]}, "tiny")[0]
     r.update(device=device, **row)
-    opts = SweepOptions(out_dir=".", minutes=0.005, untimed_steps=1, val_tokens=256)
+    opts = SweepOptions(out_dir=".", minutes_per_config=0.005, untimed_steps=1, val_tokens=256)
     return {
         "config_id": "c",
         "row": r,
@@ -179,7 +179,9 @@ def test_gpus_give_each_worker_one_gpu_and_nproc_runs_torchrun(cuda, tmp_path, m
 
     monkeypatch.setattr(sweep, "run_config", fake_run_config)
     rows = grid.expand({"n_layer": ["1", "2", "3", "4"], "n_head": ["2"]}, "tiny")
-    opts = SweepOptions(out_dir=str(tmp_path), minutes=0.01, gpus=["2", "3"], progress=False)
+    opts = SweepOptions(
+        out_dir=str(tmp_path), minutes_per_config=0.01, gpus=["2", "3"], progress=False
+    )
     sweep.run_sweep(rows, opts)
     assert len(seen) == 4 and set(seen) <= {"2", "3"}  # every config ran on one of the GPUs
     spec = {"nproc_per_config": 2}

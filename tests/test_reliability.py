@@ -146,7 +146,7 @@ P = ["--preset", "tiny", "--batch-size", "4"]
 TIMEMODEL_CASES = [
     ("budgets-0", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--budgets", "0"], 2, "--budgets must be a finite number > 0"),
     ("budgets-neg", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--budgets=-1e21"], 2, "--budgets must be a finite number > 0"),
-    ("bootstrap-neg", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "-1"], 2, "--bootstrap must be in 0..10000"),
+    ("bootstrap-neg", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "-1"], 2, "--bootstrap must be in 0.."),
     ("hours-inf", "timemodel", ["predict", "{tm}", *P, "--hours", "inf"], 2, "--hours must be a finite number > 0"),
     ("hours-1e308", "timemodel", ["predict", "{tm}", *P, "--hours", "1e308"], 2, "--hours must be a finite number > 0"),
     ("tm-string-coef", "timemodel", ["predict", "{tm_str}", *P, "--hours", "1"], 2, "coefficient flops must be a number, got 'abc'"),
@@ -157,7 +157,7 @@ TIMEMODEL_CASES = [
     ("timemodel-bad-command", "timemodel", ["bogus"], 2, "invalid choice: 'bogus'"),
     ("timemodel-bad-flag", "timemodel", ["predict", "--bogus"], 2, "(see 'timemodel"),
     # issue 23: count caps (11), nesting bombs (12), sizes (15)
-    ("bootstrap-1e9", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "1000000000"], 2, "--bootstrap must be in 0..10000"),
+    ("bootstrap-1e9", "timemodel", ["fit-loss", "{tmp}", "--out", "{tmp}/l.json", "--bootstrap", "1000000000"], 2, "--bootstrap must be in 0.."),
     ("tm-nesting-bomb", "timemodel", ["predict", "{bomb_tm}", *P, "--hours", "1"], 2, "not valid JSON"),
     ("law-nesting-bomb", "timemodel", ["predict", "{tm}", *P, "--hours", "1", "--loss-law", "{bomb_law}"], 2, "not valid JSON"),
     ("describe-300-digits", "timemodel", ["describe", "--preset", "tiny", "--n-embd", "1" + "0" * 300], 2, "is over 2,147,483,647"),
@@ -255,7 +255,9 @@ def _make(tmp: Path, name: str) -> str:
         from bench.sweep.options import SweepOptions, check_folder_settings, measurement_settings
 
         p.mkdir()
-        check_folder_settings(str(p), measurement_settings(SweepOptions(str(p), minutes=0.1)))
+        check_folder_settings(
+            str(p), measurement_settings(SweepOptions(str(p), minutes_per_config=0.1))
+        )
     elif name == "plot_run":
         p.mkdir()
         (p / "metrics.jsonl").write_text('{"kind": "train", "loss": 1.0}\n')
@@ -264,7 +266,9 @@ def _make(tmp: Path, name: str) -> str:
 
         p.mkdir()
         minutes = 0.1 if name == "sweep_a" else 0.2
-        check_folder_settings(str(p), measurement_settings(SweepOptions(str(p), minutes=minutes)))
+        check_folder_settings(
+            str(p), measurement_settings(SweepOptions(str(p), minutes_per_config=minutes))
+        )
         results.append_row(str(p), {"config_id": name, "status": "ok"})
     elif name == "odd_bin":
         p = tmp / "odd.bin"

@@ -1,47 +1,66 @@
-"""Pins the size rules: no function over 80 lines, no file over 400 lines, in the packages.
+"""Size, as a warning with a reason, never a cap that decides where code goes.
 
-A file may be longer only if a comment in its first 15 lines starts with `# size:` and says why
-(for example, a kernel file whose jit kernels, launchers and autograd glue read best together).
-Small functions and files are what lets a newcomer read the trainer and the CLIs in one sitting.
+Files are cut by cohesion: one op per file, one room per subsystem. A file over `FILE_LINES` or a
+function over `FUNCTION_LINES` is worth a second look, so each one is reported as a pytest warning
+naming it; it fails nothing. What does fail is an exemption without a reason: a `# size:` comment
+in a file's first 15 lines must say why the file is long (for example, a kernel file whose jit
+kernels, launchers and autograd glue read best together).
 """
 
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("kernels", "model", "train", "bench", "timemodel")
-MAX_FUNCTION_LINES = 80
-MAX_FILE_LINES = 400
+PACKAGES = ("core", "kernels", "model", "train", "bench", "timemodel")
+FUNCTION_LINES = 80
+FILE_LINES = 600
 
 FILES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 
-def _exempt(text: str) -> bool:
-    return any(line.startswith("# size:") for line in text.splitlines()[:15])
+class SizeWarning(UserWarning):
+    """A long file or function: a place to look, not an error."""
+
+
+def _reason(text: str) -> str | None:
+    """The `# size:` reason of a file, "" when the comment is empty, None when there is none."""
+    for line in text.splitlines()[:15]:
+        if line.startswith("# size:"):
+            return line[len("# size:") :].strip()
+    return None
+
+
+def long_parts(text: str, name: str) -> list[str]:
+    """What is long in a file: itself (unless it says why) and its long functions."""
+    out = []
+    n = len(text.splitlines())
+    if n > FILE_LINES and not _reason(text):
+        out.append(f"{name} has {n} lines (> {FILE_LINES}): is it one thing? say why with # size:")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > FUNCTION_LINES:
+                out.append(f"{name}: {node.name} is {length} lines (line {node.lineno})")
+    return out
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_file_and_function_sizes(path: Path) -> None:
+def test_sizes_are_reported_and_exemptions_give_a_reason(path: Path) -> None:
     text = path.read_text()
-    n = len(text.splitlines())
-    if not _exempt(text):
-        assert n <= MAX_FILE_LINES, f"{path.name} has {n} lines (> {MAX_FILE_LINES}); split it"
-    long = [
-        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
-        for node in ast.walk(ast.parse(text))
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
-    ]
-    assert not long, f"{path.name}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+    assert _reason(text) != "", f"{path.name}: a '# size:' comment must say why the file is long"
+    for msg in long_parts(text, path.name):
+        warnings.warn(msg, SizeWarning, stacklevel=1)
 
 
-def test_the_rule_can_fail(tmp_path: Path) -> None:
-    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
-    src = f"def f():\n{body}\n"
-    node = ast.parse(src).body[0]
-    assert node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
-    assert not _exempt(src) and _exempt("'''doc'''\n# size: one op per file\n")
+def test_the_report_names_what_is_long() -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(FUNCTION_LINES + 1))
+    got = long_parts(f"def f():\n{body}\n", "a.py")
+    assert got == [f"a.py: f is {FUNCTION_LINES + 2} lines (line 1)"]
+    long_file = "x = 1\n" * (FILE_LINES + 1)
+    assert long_parts(long_file, "b.py") and not long_parts("# size: one op\n" + long_file, "b.py")
+    assert _reason("'''doc'''\n# size:\n") == "" and _reason("x = 1\n") is None

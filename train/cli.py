@@ -221,8 +221,8 @@ def _print_schedule(cfg: TrainConfig) -> int:
         from train.session import load_data, model_config, resolve_warmup, vocab_from_data
 
         _, _, vocab = load_data(cfg)
-        mcfg = model_config(cfg, vocab, from_data=vocab_from_data(cfg))
-        cfg = resolve_warmup(cfg, mcfg, 1)
+        model_cfg = model_config(cfg, vocab, from_data=vocab_from_data(cfg))
+        cfg = resolve_warmup(cfg, model_cfg, 1)
     sys.stdout.write(schedule_csv(cfg.schedule))
     return 0
 

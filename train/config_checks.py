@@ -149,12 +149,12 @@ def _finite_positive(name: str, v: float) -> None:
         raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
 
 
-def check_fits(mcfg: Any, device: Any) -> None:
+def check_fits(model_cfg: Any, device: Any) -> None:
     """UserError when the model's weights, gradients and AdamW moments (16 bytes a parameter, a
     lower bound) exceed the memory of `device` (a torch.device), before anything is allocated."""
     from model.costs import num_params
 
-    need = 16 * num_params(mcfg)
+    need = 16 * num_params(model_cfg)
     if device.type == "cuda":
         import torch
 

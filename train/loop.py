@@ -62,7 +62,7 @@ class Trainer:
             ses.device,
             ses.master,
         )
-        self.kernels, self.dtype, self.mcfg = ses.kernels, ses.dtype, ses.model_cfg
+        self.kernels, self.dtype, self.model_cfg = ses.kernels, ses.dtype, ses.model_cfg
         self.raw, self.opt, self.sampler = ses.raw, ses.opt, ses.sampler
         a = cfg.averaging
         self.windows = WindowSnapshots(
@@ -77,7 +77,7 @@ class Trainer:
         self.eval_set = ses.val_batches(d.batch_size, d.eval_batches, d.data_seed)
         self.tokens_per_step = ses.tokens_per_step
         self.n_params = sum(p.numel() for p in self.raw.parameters())
-        self.fps = float(costs.train_flops(self.mcfg, cfg.global_batch(self.world))["exact"])
+        self.fps = float(costs.train_flops(self.model_cfg, cfg.global_batch(self.world))["exact"])
         self.device_name = ses.device_name
         self.end = cfg.schedule.iterations
         if self.master:  # everything is validated before the first file is written
@@ -211,7 +211,7 @@ class Trainer:
                 raise UserError(f"loss became {loss} at step {step}; lower --lr")
         if self.master:
             tok_s = self.tokens_per_step / dt if dt > 0 else math.nan
-            mfu = costs.mfu(tok_s, self.mcfg, self.device_name, dtype=self.dtype)
+            mfu = costs.mfu(tok_s, self.model_cfg, self.device_name, dtype=self.dtype)
             for (step, lr, _), loss, gn in zip(self.pending, values[0], values[1]):
                 rec = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": gn}
                 rec.update(step_ms=dt * 1e3, tokens_per_s=tok_s, mfu=mfu)
@@ -270,7 +270,7 @@ class Trainer:
             "step": done,
             "data_step": self.sampler.step,
             "config": self.cfg.to_dict(),
-            "model_config": self.mcfg.to_dict(),
+            "model_config": self.model_cfg.to_dict(),
         }
         if self.session.scaler is not None:
             payload["scaler"] = self.session.scaler.state_dict()
@@ -281,7 +281,7 @@ class Trainer:
         if not self.master:
             return
         cfg, out = self.cfg, self.cfg.io.out
-        info = {"config": cfg.to_dict(), "model": self.mcfg.to_dict(), "params": self.n_params}
+        info = {"config": cfg.to_dict(), "model": self.model_cfg.to_dict(), "params": self.n_params}
         info["effective"] = self.effective()
         logger = rundir.run_logger(cfg, out, info, resume=self.resume)  # may fail: files after it
         rundir.write_json(f"{out}/config.json", info)

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from core import UserError
-from model.config import PRESETS, ModelConfig
+from model.config import ModelConfig, get_preset
 from model.costs import num_params
 from train.config import ModelSpec, TrainConfig
 from train.cpumem import keep_freed_memory
@@ -168,12 +168,7 @@ def model_config(
     data's (`data_vocab`, already rounded up to a multiple of 64), whatever the preset's is.
     """
     m = cfg.model
-    if m.preset is not None:
-        if m.preset not in PRESETS:
-            raise UserError(f"unknown preset {m.preset!r}; choose from {', '.join(PRESETS)}")
-        base = PRESETS[m.preset]
-    else:
-        base = SEED_DEFAULT_CFG
+    base = SEED_DEFAULT_CFG if m.preset is None else get_preset(m.preset)
     changes: dict[str, Any] = {
         k: getattr(m, k) for k in ARCH_FIELDS if k != "arch" and getattr(m, k) is not None
     }
@@ -191,22 +186,22 @@ def model_config(
             changes["ffn_hidden"] = int(m.mlp_dim_exp_factor * 4 * width)
     if from_data and m.vocab_size is None:
         changes["vocab_size"] = data_vocab
-    mcfg = base.replace(kernels=kernels, **changes)  # ModelConfig validates its fields
-    if data_vocab > mcfg.vocab_size:
+    model_cfg = base.replace(kernels=kernels, **changes)  # ModelConfig validates its fields
+    if data_vocab > model_cfg.vocab_size:
         raise UserError(
-            f"data needs vocab {data_vocab} but the model has vocab_size {mcfg.vocab_size}"
+            f"data needs vocab {data_vocab} but the model has vocab_size {model_cfg.vocab_size}"
         )
-    return mcfg
+    return model_cfg
 
 
-def resolve_warmup(cfg: TrainConfig, mcfg: ModelConfig, world: int) -> TrainConfig:
+def resolve_warmup(cfg: TrainConfig, model_cfg: ModelConfig, world: int) -> TrainConfig:
     """A config whose warmup is in steps: `--warmup-tokens params` means warmup tokens = parameter
     count (Porian et al. 2024, arXiv:2406.19146, §3), a number means that many tokens."""
     w = cfg.schedule.warmup_tokens
     if w is None:
         return cfg
-    tokens = num_params(mcfg) if w == "params" else float(w)
-    steps = math.ceil(tokens / (cfg.global_batch(world) * mcfg.sequence_length))
+    tokens = num_params(model_cfg) if w == "params" else float(w)
+    steps = math.ceil(tokens / (cfg.global_batch(world) * model_cfg.sequence_length))
     return cfg.with_(warmup_steps=steps, warmup_tokens=None)
 
 
@@ -244,11 +239,11 @@ class Session:
         kernels = effective_kernels(cfg.runtime.kernels, device)
         dtype = effective_dtype(cfg.runtime.dtype, device)
         train_tok, val_tok, vocab = load_data(cfg)
-        mcfg = model_config(cfg, vocab, kernels, from_data=vocab_from_data(cfg))
-        cfg = resolve_warmup(cfg, mcfg, world)
+        model_cfg = model_config(cfg, vocab, kernels, from_data=vocab_from_data(cfg))
+        cfg = resolve_warmup(cfg, model_cfg, world)
         seed_everything(cfg.runtime.seed)
-        check_fits(mcfg, device)  # a nonsense size is one line, not an allocator error
-        raw = Transformer(mcfg).to(device)
+        check_fits(model_cfg, device)  # a nonsense size is one line, not an allocator error
+        raw = Transformer(model_cfg).to(device)
         if world > 1:  # the same start on every process (what DDP's constructor does)
             for p in raw.parameters():
                 dist.broadcast(p.data, 0)
@@ -262,12 +257,12 @@ class Session:
             model = torch.compile(raw, mode=mode)
         d = cfg.data
         sampler = Sampler(
-            train_tok, d.batch_size, mcfg.sequence_length, seed=d.data_seed, rank=rank,
+            train_tok, d.batch_size, model_cfg.sequence_length, seed=d.data_seed, rank=rank,
             world_size=world,
         )  # fmt: skip
         return cls(
             cfg=cfg,
-            model_cfg=mcfg,
+            model_cfg=model_cfg,
             rank=rank,
             world=world,
             device=device,

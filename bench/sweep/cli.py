@@ -57,7 +57,12 @@ def add_sweep(sub) -> None:
         "sweep", help="wall-clock sweep, one worker process per config", formatter_class=HelpFormat
     )
     s.add_argument(
-        "--minutes", type=float, required=True, metavar="M", help="timed budget per config"
+        "--minutes",
+        type=float,
+        required=True,
+        metavar="M",
+        help="timed budget of each config, in minutes (per config, not for the whole sweep; "
+        "train's --minutes budgets a whole run)",
     )
     s.add_argument("--out", required=True, metavar="DIR", help="results folder (resumable)")
     s.add_argument(
@@ -235,7 +240,7 @@ def options(a) -> SweepOptions:
 
     return SweepOptions(
         out_dir=a.out,
-        minutes=smoke.scale_minutes(a.minutes),
+        minutes_per_config=smoke.scale_minutes(a.minutes),
         timeout_factor=a.timeout_factor,
         timeout_grace_s=a.timeout_grace,
         shard=gridmod.parse_shard(a.shard) if a.shard else None,

@@ -19,7 +19,8 @@ import math
 import os
 
 from core import UserError
-from model.config import PRESETS, ModelConfig, field_names
+from core.files import decode_json
+from model.config import ModelConfig, field_names, get_preset
 from train import config as tconfig
 
 # Run settings that are not ModelConfig fields; their types and docs come from TrainConfig. The
@@ -103,9 +104,7 @@ def parse_value(name: str, text: object) -> object:
 
 
 def base_row(preset: str | None = None) -> dict:
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    cfg = PRESETS[preset] if preset else ModelConfig()
+    cfg = get_preset(preset) if preset else ModelConfig()
     row = cfg.to_dict()
     row["kernels"] = "auto"
     row.update(SETTING_DEFAULTS)
@@ -147,8 +146,18 @@ def expand(
     for combo in itertools.product(*parsed):
         row = dict(base)
         row.update(zip(names, combo))
-        rows.append(row)
+        rows.append(rederive_width(row, base, names))
     return rows
+
+
+def rederive_width(row: dict, base: dict, given) -> dict:
+    """A preset's explicit MLP width belongs to its own width: a row that changes the width, its
+    rounding or the family without giving ffn_hidden gets the derived width (None), as
+    `train --preset P --n-embd W` does (`train.session.model_config`)."""
+    reshaped = any(row.get(k) != base.get(k) for k in ("n_embd", "multiple_of", "arch"))
+    if base.get("ffn_hidden") is not None and "ffn_hidden" not in given and reshaped:
+        row["ffn_hidden"] = None
+    return row
 
 
 def read_grid_file(
@@ -170,14 +179,14 @@ def read_grid_file(
             raise UserError(f"{path}: unknown grid key(s) {', '.join(unknown)} (row {n})")
         row = dict(base)
         row.update({k: parse_value(k, v) for k, v in r.items()})
-        rows.append(row)
+        rows.append(rederive_width(row, base, r))
     return rows
 
 
 def _read_json_grid(path: str) -> list[dict]:
     try:
         with open(path) as fh:
-            raw = json.load(fh)
+            raw = decode_json(fh.read())  # a nesting bomb is a JSONDecodeError too
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: cannot parse grid file ({e})") from None
     if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):

@@ -8,6 +8,7 @@ so a folder never mixes measurements taken under different settings.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -15,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 from bench.sweep import results
+from bench.worker.timing import MeasureConfig
 from core import UserError, atomic_write
 from train.config import TrainConfig
 
@@ -54,7 +56,7 @@ def base_train_config(train: dict) -> TrainConfig:
 @dataclass
 class SweepOptions:
     out_dir: str
-    minutes: float  # timed budget per config
+    minutes_per_config: float  # the timed budget of each config (`--minutes`), not of the sweep
     timeout_factor: float = 3.0  # per-config timeout = factor * budget + grace
     timeout_grace_s: float = 120.0  # process start, build, warmup, eval
     shard: tuple[int, int] | None = None
@@ -77,7 +79,7 @@ class SweepOptions:
     @property
     def budget_s(self) -> float:
         """The timed budget of one config (not of the sweep), in seconds."""
-        return 60.0 * self.minutes
+        return 60.0 * self.minutes_per_config
 
     @property
     def base(self) -> TrainConfig:
@@ -95,8 +97,8 @@ class SweepOptions:
 
 def check_options(opts: SweepOptions) -> None:
     """Refuse settings that cannot run, before any worker starts (one-line UserError)."""
-    if not (math.isfinite(opts.minutes) and opts.minutes > 0):
-        raise UserError(f"--minutes must be a finite number > 0, got {opts.minutes}")
+    if not (math.isfinite(opts.minutes_per_config) and opts.minutes_per_config > 0):
+        raise UserError(f"--minutes must be a finite number > 0, got {opts.minutes_per_config}")
     for flag, v in (
         ("--timeout-factor", opts.timeout_factor),
         ("--timeout-grace", opts.timeout_grace_s),
@@ -197,14 +199,15 @@ def measurement_settings(opts: SweepOptions) -> dict:
 
 
 def measure_config(opts: SweepOptions) -> dict:
-    """The measurement part of a worker's spec (what the worker times, not what it trains)."""
-    return {
-        "budget_s": opts.budget_s,
-        "untimed_steps": opts.untimed_steps,
-        "timing": opts.timing,
-        "val_tokens": opts.val_tokens,
-        "pin": opts.pin,
-    }
+    """The measurement part of a worker's spec, as plain JSON."""
+    m = MeasureConfig(
+        budget_s=opts.budget_s,
+        untimed_steps=opts.untimed_steps,
+        timing=opts.timing,
+        val_tokens=opts.val_tokens,
+        pin=opts.pin,
+    )
+    return dataclasses.asdict(m)
 
 
 def _shown(k: str, v):

@@ -15,6 +15,7 @@ row reports the world size and the global tokens/s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -48,11 +49,11 @@ def _inject(row: dict) -> None:
 
 def run(spec: dict) -> dict:
     """Measure one config; returns the result columns (status ok|oom|nan|error)."""
-    from bench.worker.timing import Clock, run_windows, summarize
+    from bench.worker.timing import Clock, MeasureConfig, run_windows, summarize
     from train.session import Session
 
     _inject(spec["row"])
-    m = spec["measure"]
+    m = dataclasses.asdict(MeasureConfig(**spec["measure"]))  # every field there, no default
     cfg = train_config(spec)
     pin(spec, cfg)
     ses = Session.build(cfg)

@@ -37,6 +37,19 @@ from train.timebudget import cooldown_start, plan_total_steps
 UNPLANNED = 10**9  # iterations used for the LR before the first plan: WSD is flat there
 
 
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How a worker measures its run (the run itself is the spec's TrainConfig): a worker spec is
+    {"train": TrainConfig.to_dict(), "measure": MeasureConfig as a dict, "row": ...}. Threads are
+    the run's (`--threads`, TrainConfig.runtime), so that train and bench share one policy."""
+
+    budget_s: float  # timed seconds of one config (not of the sweep)
+    untimed_steps: int  # steps before timing starts (allocator, autotuning, compile)
+    timing: str  # "windows": k steps between events, no sync inside; "synced": per step
+    val_tokens: int  # held-out tokens behind each val_loss, the same for every batch size
+    pin: bool  # CPU workers: pin to one core per thread
+
+
 def factor(sched: ScheduleConfig, step: int, total: int) -> float:
     """The LR multiplier of `step` when the run is `total` steps long (the plan so far)."""
     return lr_factor(step, dataclasses.replace(sched, iterations=max(total, 1)))

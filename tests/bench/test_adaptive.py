@@ -59,7 +59,12 @@ def test_noisy_configs_are_remeasured_in_rounds_quiet_ones_stop_and_a_rerun_adds
     seen: list = []
     monkeypatch.setattr(sweep, "run_config", _fake_measure(noise, seen))
     opts = SweepOptions(
-        str(tmp_path), minutes=0.01, repeat=3, repeat_until=2.0, max_repeat=7, progress=False
+        str(tmp_path),
+        minutes_per_config=0.01,
+        repeat=3,
+        repeat_until=2.0,
+        max_repeat=7,
+        progress=False,
     )
     check_options(opts)
     logs: list[str] = []
@@ -122,8 +127,11 @@ def test_failed_and_unfinished_configs_take_no_part():
 )
 def test_adaptive_options_are_checked(tmp_path, change, msg):
     with pytest.raises(UserError, match=msg):
-        check_options(SweepOptions(out_dir=str(tmp_path), minutes=0.1, **change))
+        check_options(SweepOptions(out_dir=str(tmp_path), minutes_per_config=0.1, **change))
 
 
 def test_default_cap_is_three_times_the_repeats(tmp_path):
-    assert SweepOptions(str(tmp_path), minutes=0.1, repeat=4, repeat_until=3.0).repeat_cap == 12
+    assert (
+        SweepOptions(str(tmp_path), minutes_per_config=0.1, repeat=4, repeat_until=3.0).repeat_cap
+        == 12
+    )

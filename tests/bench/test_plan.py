@@ -28,7 +28,7 @@ def _rows():
 def test_repeats_are_interleaved_and_only_pending_ones_are_planned(tmp_path):
     rows = _rows()
     ids = [config_id(r) for r in rows]
-    opts = SweepOptions(out_dir=str(tmp_path), minutes=0.1, repeat=2)
+    opts = SweepOptions(out_dir=str(tmp_path), minutes_per_config=0.1, repeat=2)
     specs = plan(rows, opts)
     assert [(s["config_id"], s["repeat"]) for s in specs] == [(c, r) for r in (0, 1) for c in ids]
     done = [
@@ -47,7 +47,7 @@ def test_repeats_are_interleaved_and_only_pending_ones_are_planned(tmp_path):
 
 def test_reference_is_timed_first_every_n_and_last(tmp_path):
     rows = _rows()
-    opts = SweepOptions(out_dir=str(tmp_path), minutes=0.1, reference_every=2)
+    opts = SweepOptions(out_dir=str(tmp_path), minutes_per_config=0.1, reference_every=2)
     q = _queue_with_references(plan(rows, opts), rows, opts)
     kinds = [s["kind"][0] for s in q]
     assert kinds == list("rccrcr")
@@ -77,7 +77,7 @@ def test_drift_is_interpolated_between_reference_timings_and_corrects_rows(tmp_p
                 "ref_group": "reference",
             },
         )
-    opts = SweepOptions(out_dir=out, minutes=0.1, reference_every=1, drift_correct=True)
+    opts = SweepOptions(out_dir=out, minutes_per_config=0.1, reference_every=1, drift_correct=True)
     lines: list[str] = []
     rep = drift.report(opts, lines.append)
     assert rep["reference_timings"] == 3 and rep["drift_max_pct"] == pytest.approx(20.0)
@@ -91,18 +91,18 @@ def test_drift_is_interpolated_between_reference_timings_and_corrects_rows(tmp_p
 
 def test_a_folder_keeps_one_set_of_measurement_settings(tmp_path):
     out = str(tmp_path)
-    base = SweepOptions(out_dir=out, minutes=0.1)
+    base = SweepOptions(out_dir=out, minutes_per_config=0.1)
     check_folder_settings(out, measurement_settings(base))
     check_folder_settings(out, measurement_settings(base))  # same settings: fine
     for change, flag in (
-        ({"minutes": 0.2}, "--minutes"),
+        ({"minutes_per_config": 0.2}, "--minutes"),
         ({"train": {"threads": 2}}, "--threads"),
         ({"untimed_steps": 5}, "--untimed-steps"),
         ({"timing": "synced"}, "--timing"),
         ({"train": {"scheduler": "wsd"}}, "--scheduler"),
         ({"train": {"data": __file__}}, "--data"),
     ):
-        other = SweepOptions(out_dir=out, **{"minutes": 0.1, **change})
+        other = SweepOptions(out_dir=out, **{"minutes_per_config": 0.1, **change})
         with pytest.raises(UserError, match=f"measured with {flag}.*another --out"):
             check_folder_settings(out, measurement_settings(other))
 
@@ -110,8 +110,8 @@ def test_a_folder_keeps_one_set_of_measurement_settings(tmp_path):
 @pytest.mark.parametrize(
     "change,msg",
     [
-        ({"minutes": math.inf}, "--minutes must be a finite number > 0"),
-        ({"minutes": 0.0}, "--minutes must be a finite number > 0"),
+        ({"minutes_per_config": math.inf}, "--minutes must be a finite number > 0"),
+        ({"minutes_per_config": 0.0}, "--minutes must be a finite number > 0"),
         ({"timeout_grace_s": math.nan}, "--timeout-grace must be a finite number >= 0"),
         ({"timeout_factor": -1.0}, "--timeout-factor must be a finite number >= 0"),
         ({"train": {"threads": 0}}, "threads must be"),
@@ -122,7 +122,7 @@ def test_a_folder_keeps_one_set_of_measurement_settings(tmp_path):
 )
 def test_options_are_checked_before_any_worker(tmp_path, change, msg):
     with pytest.raises(UserError, match=msg):
-        check_options(SweepOptions(out_dir=str(tmp_path), **{"minutes": 0.1, **change}))
+        check_options(SweepOptions(out_dir=str(tmp_path), **{"minutes_per_config": 0.1, **change}))
 
 
 def test_effective_settings_on_this_machine(monkeypatch):

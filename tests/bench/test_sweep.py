@@ -119,7 +119,7 @@ def test_two_process_config_runs_under_torchrun(tmp_path, monkeypatch):
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     row = expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["4"]}, "tiny")[0]
-    opts = SweepOptions(out_dir=str(tmp_path), minutes=0.01, nproc_per_config=2)
+    opts = SweepOptions(out_dir=str(tmp_path), minutes_per_config=0.01, nproc_per_config=2)
     x = run_config(make_spec(row, config_id(row), 0, opts), str(tmp_path))
     assert x["status"] == "ok", x["message"]
     assert x["world_size"] == 2 and x["dp"] == 2 and x["global_batch"] == 8
@@ -137,7 +137,9 @@ def test_shard_plans_partition_the_cli_grid():
     everything = {config_id(r) for r in rows}
     seen: list[str] = []
     for i in range(3):
-        valid, invalid = prepare(rows, SweepOptions(out_dir="unused", minutes=1, shard=(i, 3)))
+        valid, invalid = prepare(
+            rows, SweepOptions(out_dir="unused", minutes_per_config=1, shard=(i, 3))
+        )
         seen += [c for _, c in valid] + [c for _, c, _ in invalid]
     assert sorted(seen) == sorted(everything) and len(everything) == 24
 

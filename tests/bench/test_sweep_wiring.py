@@ -25,7 +25,9 @@ def _rows(n_layers=("1", "2")) -> list[dict]:
 
 def _spec(tmp_path, **extra) -> dict:
     row = _rows(["1"])[0]
-    spec = sweep.make_spec(row, config_id(row), 0, SweepOptions(str(tmp_path), minutes=0.01))
+    spec = sweep.make_spec(
+        row, config_id(row), 0, SweepOptions(str(tmp_path), minutes_per_config=0.01)
+    )
     return {**spec, **extra}
 
 
@@ -66,14 +68,16 @@ def test_a_local_sweep_leaves_configs_of_live_jobs_to_them(tmp_path, monkeypatch
     (tmp_path / ".jobs" / "submit-x.jsonl").write_text(json.dumps(rec) + "\n")
     todo: list[str] = []
     monkeypatch.setattr(sweep, "_run_local", lambda specs, o, log: todo.extend(specs) or [])
-    out = sweep.run_sweep(rows, SweepOptions(str(tmp_path), minutes=0.01, progress=False))
+    out = sweep.run_sweep(
+        rows, SweepOptions(str(tmp_path), minutes_per_config=0.01, progress=False)
+    )
     assert [s["config_id"] for s in todo] == [free] and out["held"] == [held]
     assert "1 config(s) are running or queued as jobs" in capsys.readouterr().err
 
 
 def test_report_never_prints_an_empty_reason(tmp_path, capsys):
     valid = [(r, config_id(r)) for r in _rows()]
-    opts = SweepOptions(str(tmp_path), minutes=0.01)
+    opts = SweepOptions(str(tmp_path), minutes_per_config=0.01)
     assert report([], valid, opts, held=[valid[0][1]]) == 0  # still running: not failed
     err = capsys.readouterr().err
     assert "still run by jobs" in err and "error" not in err
@@ -105,7 +109,7 @@ def test_cpu_cores_parse_and_bad_cores_are_one_line(tmp_path, capsys):
 
 
 def test_the_chosen_cores_reach_the_worker(tmp_path):
-    opts = SweepOptions(str(tmp_path), minutes=0.01, cpu_cores=(0, 1))
+    opts = SweepOptions(str(tmp_path), minutes_per_config=0.01, cpu_cores=(0, 1))
     row = _rows(["1"])[0]
     assert sweep.make_spec(row, config_id(row), 0, opts)["cpu_cores"] == [0, 1]
     assert _spec(tmp_path)["cpu_cores"] is None  # chosen by the worker (bench.worker.runsetup)
@@ -201,7 +205,7 @@ def test_a_sweep_on_a_terminal_keeps_its_lines_on_stderr(tmp_path, monkeypatch, 
     spec = _spec(tmp_path)
     row = {**spec["row"], "config_id": spec["config_id"], "status": "ok"}
     monkeypatch.setattr(sweep, "run_config", lambda s, out: row)
-    opts = SweepOptions(str(tmp_path), minutes=0.01)
+    opts = SweepOptions(str(tmp_path), minutes_per_config=0.01)
     assert sweep._run_local([spec], opts, print) == [row]
     assert capsys.readouterr().out == ""  # stdout stays for tables
     assert f"[     ok] {spec['config_id']}" in fake.getvalue() and "1/1" in fake.getvalue()

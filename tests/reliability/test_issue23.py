@@ -76,6 +76,7 @@ def _snapshot(folder: Path) -> dict:
 # ------------------------------------------------------------------------ 1: one owner per folder
 
 
+@pytest.mark.slow
 def test_1_two_auto_resume_runs_on_one_out_have_one_owner(tmp_path):
     """Two real `train --auto-resume` processes on one --out: the second stops with one line
     naming the first one's pid and host; the first finishes with every step exactly once."""
@@ -328,7 +329,9 @@ def test_6_merge_writes_sweep_json_and_only_its_rows(tmp_path, capsys):
     for i in range(2):
         d = tmp_path / f"s{i}"
         d.mkdir()
-        check_folder_settings(str(d), measurement_settings(SweepOptions(str(d), minutes=0.1)))
+        check_folder_settings(
+            str(d), measurement_settings(SweepOptions(str(d), minutes_per_config=0.1))
+        )
         results.append_row(str(d), {"config_id": f"c{i}", "status": "ok"})
         dirs.append(d)
     out = tmp_path / "m"
