@@ -151,7 +151,28 @@ def new_config(explicit: dict) -> TrainConfig:
     if "out" not in explicit and named:
         name = flat["experiment_name"] or _auto_name(flat)
         flat["out"] = os.path.join(flat["results_base_folder"], name)
+    _fit_default_warmup(flat, explicit)
     return TrainConfig.from_flat(flat)
+
+
+def _fit_default_warmup(flat: dict, explicit: dict) -> None:
+    """The default warmup (300 steps) in a run it does not fit is scaled to a tenth of the run,
+    and the run says so; a warmup the user gave is kept (and checked). --minutes runs scale it
+    when they plan (`train.timebudget.warmup_for`)."""
+    from train.timebudget import warmup_for
+
+    if "warmup_steps" in explicit or "warmup_tokens" in explicit or flat["minutes"] is not None:
+        return
+    iters = flat["iterations"]
+    if isinstance(iters, int) and iters > 0:
+        w = warmup_for(flat["warmup_steps"], iters)
+        if w != flat["warmup_steps"]:
+            print(
+                f"note: the default warmup of {flat['warmup_steps']} steps does not fit "
+                f"{iters} iterations: warmup {w} steps (a tenth); pass --warmup-steps to choose",
+                file=sys.stderr,
+            )
+            flat["warmup_steps"] = w
 
 
 def absolute_data_paths(flat: dict) -> dict:

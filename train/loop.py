@@ -30,7 +30,7 @@ from train.config import TrainConfig
 from train.schedules import lr_factor
 from train.session import Session
 from train.step import evaluate
-from train.timebudget import BudgetPlanner, cooldown_start
+from train.timebudget import BudgetPlanner, cooldown_start, warmup_for
 
 
 def _fmt_tok(x: float) -> str:
@@ -51,6 +51,7 @@ class Trainer:
         self.cfg, self.start, self.save_at, self.resume = cfg, start, save_at, resume
         self.step, self.pending, self.last_eval = 0, [], {}
         self.metrics, self.bar, self.planner, self.plans = None, None, None, 0
+        self.last_lr = math.inf
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -132,6 +133,11 @@ class Trainer:
         while self.step < self.end:
             step = self.step
             lr = cfg.schedule.lr * lr_factor(step, self.cfg.schedule)
+            p = self.planner
+            if p is not None and p.cooldown_at is not None and step > p.cooldown_at:
+                # a cooldown stretched by a re-plan would raise the LR a little: hold it instead
+                lr = min(lr, self.pending[-1][1] if self.pending else self.last_lr)
+            self.last_lr = lr
             stats = self.session.step(lr)
             self.step = done = step + 1
             self.pending.append((done, lr, stats))
@@ -146,8 +152,8 @@ class Trainer:
         cfg, io = self.cfg, self.cfg.io
         save_window = window and cfg.averaging.wa_save_windows
         logs = done == self.end or bool(io.log_interval and done % io.log_interval == 0)
-        p = self.planner  # --minutes: plan once timed, then re-plan at log steps until the cooldown
-        plan = p is not None and (p.wants(done) or (logs and p.planned and not p.frozen(done)))
+        p = self.planner  # --minutes: plan once timed, then re-plan at every log step, to the end
+        plan = p is not None and done < self.end and (p.wants(done) or (logs and p.planned))
         if plan or logs or save_window or self._eval_due(done) or self._ckpt_paths(done):
             self._read(done, logs)
         if plan:
@@ -234,8 +240,19 @@ class Trainer:
             t = torch.tensor([total], device=self.device)
             dist.broadcast(t, 0)
             total = self.planner.total = int(t.item())
-        if total != self.end:
-            self.cfg = self.cfg.with_(iterations=total)
+        s = self.cfg.schedule
+        changes = {"iterations": total}
+        if s.scheduler == "wsd":  # in the cooldown: its start stays, its length follows the clock
+            changes["wsd_fract_decay"] = self.planner.fract_for(total)
+        warmup = warmup_for(s.warmup_steps, total)
+        if warmup != s.warmup_steps:
+            changes["warmup_steps"] = warmup
+            self._log(
+                f"warmup {s.warmup_steps} steps does not fit the {total} steps planned for "
+                f"--minutes {s.minutes:g}: scaled to {warmup} (a tenth of the run)"
+            )
+        if any(getattr(s, k) != v for k, v in changes.items()):
+            self.cfg = self.cfg.with_(**changes)
             self.end = total
             if self.bar is not None:
                 self.bar.total = total

@@ -7,11 +7,16 @@ the total step count T. That is what lets a run set T from its measured speed wh
 1. a few untimed steps (allocation, autotuning, compilation) are excluded from the estimate;
 2. the step time is measured (over the last quarter of the timed steps) and T is chosen so that
    the steps done plus the steps left at that speed end at the budget;
-3. T is re-estimated at later measurement points while the run is still in its stable phase; once
-   the cooldown has started T is frozen, so the cooldown starts at its planned fraction and ends at
-   the budget (up to the error of the last estimate).
+3. T is re-estimated at later measurement points while the run is in its stable phase;
+4. once the cooldown has started, its start S stays where it is and its length follows the clock:
+   T is re-estimated at every measurement point as before, and the cooldown is stretched or cut
+   to S..T (`fract_for`: the WSD fraction whose cooldown starts at S), so a run whose steps slow
+   down in the cooldown (or speed up) still ends at the budget. The LR falls monotonically; when
+   T moves, the cooldown's progress (t - S) / (T - S) moves with it.
 
 A re-plan never moves the cooldown start before the current step, which would make the LR jump.
+`warmup_for` scales a warmup that does not fit the planned run (a tenth of it), so a budget too
+short for the default warmup still trains.
 Standard library only: `train` and `bench` both use it.
 """
 
@@ -21,6 +26,8 @@ import math
 
 TIMING_WARMUP_STEPS = 3  # untimed steps before the step time is measured
 TIMING_PROBE_STEPS = 3  # timed steps before the first plan
+WARMUP_MAX_FRACTION = 0.25  # a warmup longer than this share of the planned run is scaled
+WARMUP_SCALED_FRACTION = 0.1  # ... to this share of it
 
 
 def cooldown_start(total_steps: int, fract_decay: float) -> int:
@@ -61,12 +68,22 @@ def plan_total_steps(
     return total
 
 
+def warmup_for(warmup_steps: int, total_steps: int) -> int:
+    """The warmup of a run planned at `total_steps`: as asked, unless it exceeds a quarter of the
+    run (it would leave no stable phase: the default 300 steps in a 7-step run learns nothing);
+    then a tenth of the run."""
+    if warmup_steps <= WARMUP_MAX_FRACTION * total_steps:
+        return warmup_steps
+    return int(WARMUP_SCALED_FRACTION * total_steps)
+
+
 class BudgetPlanner:
     """Re-plans the total step count of a run from (steps done, seconds since start) readings.
 
     Call `observe(steps_done, elapsed_s)` at points where the device is synchronised; it returns
     the new total when it re-planned, else None. Plans start after TIMING_WARMUP_STEPS untimed and
-    TIMING_PROBE_STEPS timed steps, and stop once the cooldown has started.
+    TIMING_PROBE_STEPS timed steps, and go on through the cooldown, whose start is then kept
+    (`cooldown_at`, and `fract_for` for the schedule).
     """
 
     def __init__(self, budget_s: float, fract_decay: float, total_steps: int) -> None:
@@ -76,22 +93,36 @@ class BudgetPlanner:
         self.fract_decay = fract_decay
         self.total = total_steps
         self.planned = False
+        self.cooldown_at: int | None = None  # the cooldown's first step, once it has started
         self._seen: list[tuple[int, float]] = []  # (steps, seconds) readings since timing began
 
     def wants(self, steps_done: int) -> bool:
-        """True when a reading at `steps_done` would be used (the caller syncs only then)."""
-        if self.frozen(steps_done):
-            return False
+        """True when a reading at `steps_done` must be taken (the caller syncs only then): the
+        first readings, and the step where the cooldown starts (its start is fixed there)."""
+        if self.in_cooldown(steps_done) and self.cooldown_at is None:
+            return True
         if not self._seen:
             return steps_done >= TIMING_WARMUP_STEPS
         return not self.planned and steps_done >= self._seen[0][0] + TIMING_PROBE_STEPS
 
-    def frozen(self, steps_done: int) -> bool:
+    def in_cooldown(self, steps_done: int) -> bool:
+        if self.cooldown_at is not None:
+            return steps_done >= self.cooldown_at
         return self.planned and steps_done >= cooldown_start(self.total, self.fract_decay)
 
+    def fract_for(self, total: int) -> float:
+        """The WSD fraction of a run of `total` steps: the planned one, or, once the cooldown has
+        started at S, the fraction whose cooldown starts exactly at S (T - int(f T) = S; the half
+        step keeps int() off a rounding edge)."""
+        if self.cooldown_at is None or total <= self.cooldown_at:
+            return self.fract_decay
+        return min(1.0, (total - self.cooldown_at + 0.5) / total)
+
     def observe(self, steps_done: int, elapsed_s: float) -> int | None:
-        if self.frozen(steps_done) or steps_done < TIMING_WARMUP_STEPS:
+        if steps_done < TIMING_WARMUP_STEPS:
             return None
+        if self.cooldown_at is None and self.in_cooldown(steps_done):
+            self.cooldown_at = cooldown_start(self.total, self.fract_decay)
         if not self._seen or steps_done <= self._seen[-1][0]:
             self._seen = self._seen or [(steps_done, elapsed_s)]
             return None
@@ -104,8 +135,12 @@ class BudgetPlanner:
                 ref = (s, t)
         self._seen.append((steps_done, elapsed_s))
         step_s = max((elapsed_s - ref[1]) / (steps_done - ref[0]), 1e-9)
-        self.total = plan_total_steps(
-            elapsed_s, steps_done, self.budget_s, step_s, fract_decay=self.fract_decay
-        )
+        if self.cooldown_at is not None:  # the start stays; the end follows the clock
+            left = max(0.0, self.budget_s - elapsed_s)
+            self.total = max(steps_done, self.cooldown_at + 1, steps_done + int(left // step_s))
+        else:
+            self.total = plan_total_steps(
+                elapsed_s, steps_done, self.budget_s, step_s, fract_decay=self.fract_decay
+            )
         self.planned = True
         return self.total
