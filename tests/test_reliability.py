@@ -61,7 +61,7 @@ BENCH_CASES = [
     ("no-minutes", "bench", ["sweep", "--out", "{tmp}/o"], 2, "the following arguments are required: --minutes"),
     ("no-command", "bench", [], 2, "required: COMMAND"),
     ("bad-choice", "bench", [*SWEEP, "--timing", "fast", "--out", "{tmp}/o"], 2, "invalid choice: 'fast'"),
-    ("row-no-id", "bench", ["show", "{no_id}"], 2, "line 1: has no config_id"),
+    ("row-no-id", "bench", ["show", "{no_id}"], 2, "line 1 has no config_id"),
     ("show-missing", "bench", ["show", "{tmp}/nothing"], 2, "no bench results in"),
     ("show-column", "bench", ["show", "{results}", "--sort", "nope"], 2, "unknown column(s): nope"),
     ("filter-code", "bench", ["show", "{results}", "--filter", '@df.to_csv("{tmp}/x") == 0'], 2, "bad --filter"),

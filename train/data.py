@@ -94,7 +94,8 @@ def data_meta(path: str | None) -> dict | None:
     try:
         meta = read_json(mp, nofollow=True, what="meta.json")
     except UserError as e:
-        raise UserError(f"{e}; {PREPARE_HINT}") from None
+        why = str(e) if str(e).startswith(("cannot read", "refusing")) else f"cannot read {e}"
+        raise UserError(f"{why}; {PREPARE_HINT}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{mp} is not a JSON object; {PREPARE_HINT}")
     vocab, dtype = meta.get("vocab_size"), meta.get("dtype")

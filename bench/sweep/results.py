@@ -121,7 +121,7 @@ def _read_jsonl(path: str, *, view: bool = False) -> list[dict]:
     at all is not a results file (UserError)."""
     rows, skipped, first = jsonl_records(path, nofollow=True, check=row_problem)
     if view and skipped and not rows:
-        raise UserError(f"{path} {first}: not a bench results file")
+        raise UserError(f"{path} {first.replace(': ', ' ', 1)}: not a bench results file")
     if skipped:
         warn_line(f"{path}: skipped {skipped} unreadable record(s) (first: {first})")
     return rows

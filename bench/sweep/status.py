@@ -172,7 +172,7 @@ def read_heartbeats(out_dir: str) -> dict[str, dict]:
             age = now - os.lstat(path).st_mtime
         except UserError as e:
             if os.path.lexists(path):  # else being replaced right now: the next poll sees it
-                bad.append(f"{path}: {str(e).rsplit(': ', 1)[-1]}")
+                bad.append(str(e))
             continue
         except OSError:
             continue
