@@ -20,8 +20,9 @@ import sys
 
 from bench import kernelbench as kernels
 from bench.sweep import status
-from bench.sweep.cli import HelpFormat, add_sweep
+from bench.sweep.cli import add_sweep
 from core import ArgParser, run_cli
+from core.errors import HelpFormat
 
 RESUME_HINT = "rerun the same command to resume: finished configs are kept"
 

@@ -90,8 +90,17 @@ def _subcommand(name: str):
     return dispatch
 
 
+_RUN = {"out": None}  # the run folder of this command, once known (for the Ctrl-C line)
+
+
+def _how_to_resume() -> str:
+    out = _RUN["out"]
+    return f"continue with train --resume-from {out}" if out else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_body, argv, interrupted="continue with train --resume-from OUT")
+    _RUN["out"] = None
+    return run_cli(_body, argv, interrupted=_how_to_resume)
 
 
 def _body(argv: Sequence[str]) -> int:
@@ -100,7 +109,9 @@ def _body(argv: Sequence[str]) -> int:
         ns = build_parser().parse_args(argv[:1])
         ns.rest = argv[1:]
     else:
-        ns = build_parser().parse_args(normalize(argv))
+        parser, argv = build_parser(), normalize(argv)
+        parser.check_flags(argv)  # a misspelt flag, not the subcommand that swallowed its value
+        ns = parser.parse_args(argv)
     return int(ns.func(ns) or 0)
 
 
@@ -121,6 +132,7 @@ def _train(ns: argparse.Namespace) -> int:
     if a.get("resume_from") is not None:
         return _resume(a["resume_from"], explicit)
     cfg = new_config(explicit)
+    _RUN["out"] = cfg.io.out
     if a.get("print_schedule"):
         return _print_schedule(cfg)
     if a.get("cooldown_targets") is not None:  # resumes itself where a kill stopped it
@@ -152,7 +164,28 @@ def new_config(explicit: dict) -> TrainConfig:
         name = flat["experiment_name"] or _auto_name(flat)
         flat["out"] = os.path.join(flat["results_base_folder"], name)
     _fit_default_warmup(flat, explicit)
+    _warn_unused_schedule_flags(flat, explicit)
     return TrainConfig.from_flat(flat)
+
+
+# Schedule flags that only one scheduler reads.
+SCHEDULER_FLAGS = {
+    "wsd_fract_decay": ("wsd",),
+    "decay_type": ("wsd",),
+    "wsd_final_lr_scale": ("wsd",),
+    "cos_inf_steps": ("cos_inf",),
+}
+
+
+def _warn_unused_schedule_flags(flat: dict, explicit: dict) -> None:
+    for k, schedulers in SCHEDULER_FLAGS.items():
+        if k in explicit and flat["scheduler"] not in schedulers:
+            flag = "--" + k.replace("_", "-")
+            print(
+                f"note: {flag} applies to --scheduler {' or '.join(schedulers)} only; it has no "
+                f"effect under --scheduler {flat['scheduler']}",
+                file=sys.stderr,
+            )
 
 
 def _fit_default_warmup(flat: dict, explicit: dict) -> None:
@@ -206,6 +239,7 @@ def _resume(path: str, explicit: dict) -> int:
     changes = _derived(payload, explicit)
     changes["out"] = explicit.get("out") or ckpt_io.run_dir_of(payload["path"])
     cfg = payload["train_config"].with_(**changes)
+    _RUN["out"] = cfg.io.out
     step, total = int(payload["step"]), cfg.schedule.iterations
     if step > total:
         raise UserError(

@@ -75,8 +75,10 @@ def add_field_flag(group, f: dataclasses.Field, default: Any = None) -> None:
     field; `default` is what the help shows (the parser's own default stays unset)."""
     kind, meta = _kind(f), f.metadata
     names = [flag_of(f.name, meta), *meta.get("aliases", ()), *ALIASES.get(f.name, ())]
-    shown = "unset" if default is None else default
-    kw: dict[str, Any] = {"dest": f.name, "help": f"{field_help(f.name)} (default: {shown})"}
+    text = field_help(f.name)
+    if "(default" not in text:  # a help that explains its default says it once
+        text += f" (default: {'unset' if default is None else default})"
+    kw: dict[str, Any] = {"dest": f.name, "help": text}
     if kind == "bool":
         kw.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
     else:

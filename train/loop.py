@@ -32,6 +32,8 @@ from train.session import Session
 from train.step import evaluate
 from train.timebudget import BudgetPlanner, cooldown_start, warmup_for
 
+CPU_WORK_NOTE = 2e11  # parameters x steps above which a CPU run is called out as long
+
 
 def _fmt_tok(x: float) -> str:
     return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
@@ -307,6 +309,11 @@ class Trainer:
         if cfg.averaging.wa_save_windows and cfg.averaging.weight_average:
             warn_window_files(cfg.averaging, self.n_params, self.step, self.end, out)
         self._log(f"run {out} | {self.n_params:,} params | {self.session.describe()}")
+        if self.device.type == "cpu" and self.n_params * self.end > CPU_WORK_NOTE:
+            self._log(
+                f"note: {self.n_params / 1e6:.0f}M parameters for {self.end} steps on a CPU "
+                f"will take long; --preset tiny (or small) is a CPU-sized model"
+            )
         if sys.stderr.isatty() and not cfg.io.no_progress:
             from tqdm import tqdm
 

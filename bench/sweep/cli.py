@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -20,6 +19,7 @@ from bench.sweep.options import (
 )
 from bench.sweep.run import prepare, run_sweep
 from core import UserError
+from core.errors import HelpFormat
 from train.cli_flags import add_train_flags
 
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
@@ -33,15 +33,6 @@ _GRID_HELP = {
     "acc_steps": "micro-batches per optimizer step",
     "lr": "peak learning rate",
 }
-
-
-class HelpFormat(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in --help, except for required flags and unset (None) ones."""
-
-    def _get_help_string(self, action) -> str:
-        if action.required or action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def _grid_help(name: str) -> str:
@@ -280,7 +271,8 @@ def grid_rows(a) -> list[dict]:
         raise UserError(f"--max-configs must be >= 1, got {a.max_configs}")
     if a.grid:
         if lists:
-            raise UserError("use either --grid FILE or grid flags, not both")
+            flags = ", ".join("--" + k.replace("_", "-") for k in lists)
+            raise UserError(f"--grid FILE sets the grid; drop the grid flag(s) {flags}, or --grid")
         rows = gridmod.read_grid_file(a.grid, a.preset, a.max_configs)
     else:
         rows = gridmod.expand(smoke.scale_grid(lists), smoke.scale_preset(a.preset), a.max_configs)
@@ -293,6 +285,7 @@ def sweep_cmd(a) -> int:
     opts = options(a)
     check_options(opts)
     rows = grid_rows(a)
+    _note_big_cpu_configs(rows)
     valid, invalid = prepare(rows, opts)
     if not valid and not invalid:
         raise UserError("the grid is empty in this shard" if opts.shard else "the grid is empty")
@@ -307,6 +300,38 @@ def sweep_cmd(a) -> int:
     check_gpus(opts.gpus)
     out = run_sweep(rows, opts)
     return report(out["rows"], valid, opts, out["held"])
+
+
+CPU_PARAMS_NOTE = 50e6  # configs above this many parameters are called out on a CPU machine
+
+
+def _note_big_cpu_configs(rows: list[dict]) -> None:
+    """A sweep without --preset starts from ModelConfig's 12 x 768 defaults: on a machine with no
+    GPU, say so before configs time out."""
+    import importlib.util
+
+    from model.costs import num_params
+
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    big = []
+    for r in rows:
+        try:
+            if num_params(gridmod.model_config(r)) > CPU_PARAMS_NOTE:
+                big.append(r)
+        except Exception:  # noqa: BLE001  (an invalid row is reported as skipped later)
+            continue
+    if big:
+        print(
+            f"note: {len(big)} of {len(rows)} configs have over {CPU_PARAMS_NOTE / 1e6:.0f}M "
+            "parameters and this machine has no GPU; --preset tiny (or small) starts from a "
+            "CPU-sized model",
+            file=sys.stderr,
+        )
 
 
 def _submit(a, rows, opts: SweepOptions) -> int:

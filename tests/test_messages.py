@@ -1,0 +1,79 @@
+"""What a new user reads: misspelt flags, conflicting flags, Ctrl-C, --help, and the notes that a
+command will not do what its flags suggest (found by a user trying the README on a fresh clone)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench.cli import main as bench_main
+from train import loop
+from train.cli import main as train_main
+
+TINY = ["--preset", "tiny", "--batch-size", "2", "--acc-steps", "1", "--eval-batches", "1"]
+
+
+def _err(capsys) -> str:
+    return capsys.readouterr().err.strip()
+
+
+def test_a_misspelt_flag_is_named_with_the_nearest_real_one(capsys):
+    assert train_main(["--iteratons", "10"]) == 2
+    err = _err(capsys)
+    assert err.startswith("error: unknown flag --iteratons; did you mean --iterations?"), err
+    assert "\n" not in err and "invalid choice" not in err
+    assert train_main(["--iter", "3", "--out", "x", "--print-schedule"]) == 0  # abbreviation
+    assert train_main(["--zzzz"]) == 2 and "unknown flag --zzzz (see" in _err(capsys)
+
+
+def test_grid_file_with_grid_flags_names_the_flags(tmp_path, capsys):
+    g = tmp_path / "g.json"
+    g.write_text('[{"n_layer": 1}]')
+    argv = ["sweep", "--minutes", "0.01", "--grid", str(g), "--n-layer", "1,2", "--n-embd", "32"]
+    assert bench_main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = _err(capsys)
+    assert "--n-layer" in err and "--n-embd" in err and "\n" not in err
+
+
+def test_ctrl_c_names_the_run_folder(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run", interrupted)
+    out = tmp_path / "myrun"
+    assert train_main([*TINY, "--iterations", "3", "--out", str(out)]) == 130
+    err = _err(capsys)
+    assert err.endswith(f"continue with train --resume-from {out}"), err
+    assert "OUT" not in err.replace(str(out), "")
+
+
+@pytest.mark.parametrize(
+    "argv", [["train", "--help"], ["bench", "sweep", "--help"], ["bench", "kernels", "--help"]]
+)
+def test_help_states_each_default_once_and_no_none(argv, capsys):
+    main = train_main if argv[0] == "train" else bench_main
+    with pytest.raises(SystemExit):
+        main(argv[1:])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    assert not re.search(r"\(default[^)]*\) \(default", text)
+    assert "(default: None)" not in text and "miror_cosine" not in text
+
+
+def test_flags_of_another_scheduler_are_called_out(tmp_path, capsys):
+    argv = [*TINY, "--iterations", "2", "--scheduler", "cos", "--wsd-fract-decay", "0.3"]
+    assert train_main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert "--wsd-fract-decay applies to --scheduler wsd only" in _err(capsys)
+
+
+def test_a_big_model_on_a_cpu_is_called_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "CPU_WORK_NOTE", 1.0)  # the tiny model stands in for a big one
+    assert train_main([*TINY, "--iterations", "2", "--out", str(tmp_path / "r")]) == 0
+    assert "on a CPU will take long; --preset tiny" in _err(capsys)
+    from bench.sweep import grid
+    from bench.sweep.cli import _note_big_cpu_configs
+
+    _note_big_cpu_configs(grid.expand({"n_layer": ["12"]}))  # ModelConfig's 12 x 768 defaults
+    assert "1 of 1 configs have over 50M parameters" in _err(capsys)
+    _note_big_cpu_configs(grid.expand({"n_layer": ["2"]}, "tiny"))
+    assert _err(capsys) == ""
