@@ -114,7 +114,12 @@ def _rmsnorm_bwd_dx_kernel(
             dx += ds.to(tl.float32)
         tl.store(DX_ptr + row * stride_dx_row + cols, dx.to(DX_ptr.dtype.element_ty), mask=mask)
         if HAS_DB:
-            tl.store(DB_ptr + row * stride_dx_row + cols, dx.to(DB_ptr.dtype.element_ty), mask=mask)
+            # The narrower branch grad: at most 4 contiguous elements per thread, the fp32 tensors'
+            # layout (a 64-bit store for bf16). Asked for 128-bit stores, the compiler reshuffles
+            # dx through shared memory, which spills at 16k columns and 32 warps.
+            db_cols = tl.max_contiguous(cols, 4)
+            db = dx.to(DB_ptr.dtype.element_ty)
+            tl.store(DB_ptr + row * stride_dx_row + db_cols, db, mask=mask)
     tl.store(DWP_ptr + pid * stride_dwp_row + cols, dw_acc, mask=mask)
 
 

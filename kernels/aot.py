@@ -1,10 +1,11 @@
 """Ahead-of-time compile report: every kernel's SASS for sm_90/sm_80, built without a GPU.
 
 ``python -m kernels.aot --arch sm_90 [--json] [--only NAME]`` compiles each spec of the
-``aot_specs()`` of ``kernels._rmsnorm_kernels``, ``kernels._swiglu_kernels`` and
-``kernels._adamw_kernels`` with Triton's compiler for that target
-(``triton.compile(ASTSource(...), target=GPUTarget(...))``, pointers and sizes declared divisible by
-16 through ``tt.divisibility`` attributes), then reads the cubin with the ``cuobjdump`` shipped in
+``aot_specs()`` of ``kernels._rmsnorm_kernels`` (plain and with the fused residual add),
+``kernels._swiglu_kernels``, ``kernels._cross_entropy_kernels`` and ``kernels._adamw_kernels``
+with Triton's compiler for that target (``triton.compile(ASTSource(...),
+target=GPUTarget(...))``, pointers and sizes declared divisible by 16 through
+``tt.divisibility`` attributes), then reads the cubin with the ``cuobjdump`` shipped in
 the triton wheel:
 
 * registers / local (stack) / shared memory per kernel from ``cuobjdump -res-usage``;
@@ -43,7 +44,12 @@ from typing import Any
 
 from ._utils import H100_SMS, ctas_per_sm
 
-_SPEC_MODULES = ("kernels._rmsnorm_kernels", "kernels._swiglu_kernels", "kernels._adamw_kernels")
+_SPEC_MODULES = (
+    "kernels._rmsnorm_kernels",
+    "kernels._swiglu_kernels",
+    "kernels._cross_entropy_kernels",
+    "kernels._adamw_kernels",
+)
 _ARCHS = {"sm_90": 90, "sm_80": 80}
 COLUMNS = (
     "kernel",

@@ -26,10 +26,18 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ITEMSIZE = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 
 
-def _k():
-    from . import _cross_entropy_kernels
+_K = None
 
-    return _cross_entropy_kernels
+
+def _k():
+    """The Triton kernel module, imported on the first call (then a global read: an import
+    statement per call costs microseconds of host time)."""
+    global _K
+    if _K is None:
+        from . import _cross_entropy_kernels
+
+        _K = _cross_entropy_kernels
+    return _K
 
 
 def _check(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, compute_dtype) -> None:

@@ -29,10 +29,18 @@ MAX_N = 65536
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _k():
-    from . import _rmsnorm_kernels
+_K = None
 
-    return _rmsnorm_kernels
+
+def _k():
+    """The Triton kernel module, imported on the first call (then a global read: an import
+    statement per call costs microseconds of host time)."""
+    global _K
+    if _K is None:
+        from . import _rmsnorm_kernels
+
+        _K = _rmsnorm_kernels
+    return _K
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> None:

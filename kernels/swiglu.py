@@ -19,10 +19,18 @@ from .reference import swiglu_ref
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _k():
-    from . import _swiglu_kernels
+_K = None
 
-    return _swiglu_kernels
+
+def _k():
+    """The Triton kernel module, imported on the first call (then a global read: an import
+    statement per call costs microseconds of host time)."""
+    global _K
+    if _K is None:
+        from . import _swiglu_kernels
+
+        _K = _swiglu_kernels
+    return _K
 
 
 def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
