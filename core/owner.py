@@ -85,6 +85,9 @@ def release(folder: str) -> None:
     if held[1] <= 0:
         del _HELD[key]
         with contextlib.suppress(OSError):
+            if os.listdir(folder) == [LOCK_NAME]:  # nothing was written: leave no trace
+                os.remove(os.path.join(folder, LOCK_NAME))
+        with contextlib.suppress(OSError):
             os.close(held[0])  # closing the descriptor releases the flock
 
 
