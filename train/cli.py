@@ -273,7 +273,8 @@ def _print_schedule(cfg: TrainConfig) -> int:
     from train.schedules import schedule_csv
 
     if cfg.schedule.warmup_tokens is not None:
-        from train.session import load_data, model_config, resolve_warmup, vocab_from_data
+        from train.config import model_config, resolve_warmup
+        from train.session import load_data, vocab_from_data
 
         _, _, vocab = load_data(cfg)
         model_cfg = model_config(cfg, vocab, from_data=vocab_from_data(cfg))

@@ -16,10 +16,13 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from core import UserError
+from model.config import ModelConfig, get_preset
+from model.costs import num_params
 from train.fields import doc_field
 from train.schedules import ScheduleConfig
 
@@ -310,3 +313,64 @@ def field_help(name: str) -> str:
 def field_default(name: str) -> Any:
     cls = SECTIONS[field_index()[name]]
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+# ------------------------------------------------------------------------------ the model
+# The seed's model when no preset is given (upstream `src/config/base.py` defaults).
+SEED_DEFAULT_CFG = ModelConfig(n_layer=24, n_embd=768, n_head=12, tie_embeddings=True)
+# ModelSpec fields that override the ModelConfig field of the same name.
+ARCH_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(ModelSpec)
+    if f.name in {g.name for g in dataclasses.fields(ModelConfig)}
+)
+
+
+def model_config(
+    cfg: TrainConfig, data_vocab: int, kernels: str = "torch", *, from_data: bool = False
+) -> ModelConfig:
+    """The ModelConfig of a run: the preset (or the seed's default) with every set ModelSpec
+    field on top.
+
+    A preset's explicit MLP width belongs to its own width: when the width, its rounding or the
+    family changes and --ffn-hidden is not given, the width is derived again (SwiGLU's
+    multiple_of rounding of 8/3 n_embd, or 4 n_embd x --mlp-dim-exp-factor for gpt2).
+    `from_data` (the data has a meta.json): without --vocab-size the model's vocabulary is the
+    data's (`data_vocab`, already rounded up to a multiple of 64), whatever the preset's is.
+    """
+    m = cfg.model
+    base = SEED_DEFAULT_CFG if m.preset is None else get_preset(m.preset)
+    changes: dict[str, Any] = {
+        k: getattr(m, k) for k in ARCH_FIELDS if k != "arch" and getattr(m, k) is not None
+    }
+    if m.arch != base.arch:
+        changes["arch"] = m.arch
+    reshaped = any(
+        k in changes and changes[k] != getattr(base, k) for k in ("n_embd", "multiple_of", "arch")
+    )
+    if "ffn_hidden" not in changes and reshaped:
+        changes["ffn_hidden"] = None
+    if changes.get("arch", base.arch) == "gpt2" and m.mlp_dim_exp_factor != 1.0:
+        changes.setdefault("ffn_hidden", None)
+        if changes["ffn_hidden"] is None:
+            width = changes.get("n_embd", base.n_embd)
+            changes["ffn_hidden"] = int(m.mlp_dim_exp_factor * 4 * width)
+    if from_data and m.vocab_size is None:
+        changes["vocab_size"] = data_vocab
+    model_cfg = base.replace(kernels=kernels, **changes)  # ModelConfig validates its fields
+    if data_vocab > model_cfg.vocab_size:
+        raise UserError(
+            f"data needs vocab {data_vocab} but the model has vocab_size {model_cfg.vocab_size}"
+        )
+    return model_cfg
+
+
+def resolve_warmup(cfg: TrainConfig, model_cfg: ModelConfig, world: int) -> TrainConfig:
+    """A config whose warmup is in steps: `--warmup-tokens params` means warmup tokens = parameter
+    count (Porian et al. 2024, arXiv:2406.19146, §3), a number means that many tokens."""
+    w = cfg.schedule.warmup_tokens
+    if w is None:
+        return cfg
+    tokens = num_params(model_cfg) if w == "params" else float(w)
+    steps = math.ceil(tokens / (cfg.global_batch(world) * model_cfg.sequence_length))
+    return cfg.with_(warmup_steps=steps, warmup_tokens=None)

@@ -1,14 +1,13 @@
 """Validation of a TrainConfig: every setting that cannot run becomes one UserError line.
 
-Standard library only at import (imported by `train.config`); `check_fits` asks torch for the
-device's memory when called.
+Standard library only (imported by `train.config`); whether a model fits its device is checked
+where the device is known (`train.session.check_fits`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 from core import UserError
@@ -147,28 +146,3 @@ def _finite_at_least(name: str, v: float, lo: float) -> None:
 def _finite_positive(name: str, v: float) -> None:
     if not (math.isfinite(v) and v > 0):
         raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
-
-
-def check_fits(model_cfg: Any, device: Any) -> None:
-    """UserError when the model's weights, gradients and AdamW moments (16 bytes a parameter, a
-    lower bound) exceed the memory of `device` (a torch.device), before anything is allocated."""
-    from model.costs import num_params
-
-    need = 16 * num_params(model_cfg)
-    if device.type == "cuda":
-        import torch
-
-        have = torch.cuda.get_device_properties(device.index or 0).total_memory
-        where = f"GPU {device.index or 0}"
-    else:
-        try:
-            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (OSError, ValueError, AttributeError):
-            return  # no way to tell on this system
-        where = "this machine's RAM"
-    if need > have:
-        raise UserError(
-            f"the model has {need // 16:,} parameters: {need / 2**30:,.0f} GiB for weights, "
-            f"gradients and AdamW moments alone, more than {where} ({have / 2**30:,.0f} GiB); "
-            "check --vocab-size, --n-embd, --n-layer"
-        )

@@ -11,8 +11,6 @@ evaluation. `train.loop.Trainer` adds schedule, logging, averages and checkpoint
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import random
 from dataclasses import dataclass
@@ -23,20 +21,12 @@ import torch
 import torch.distributed as dist
 
 from core import UserError
-from model.config import ModelConfig, get_preset
+from model.config import ModelConfig
 from model.costs import num_params
-from train.config import ModelSpec, TrainConfig
+from train.config import TrainConfig, model_config, resolve_warmup
 from train.cpumem import keep_freed_memory
 
-# The seed's model when no preset is given (upstream `src/config/base.py` defaults).
-SEED_DEFAULT_CFG = ModelConfig(n_layer=24, n_embd=768, n_head=12, tie_embeddings=True)
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# ModelSpec fields that override the ModelConfig field of the same name.
-ARCH_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(ModelSpec)
-    if f.name in {g.name for g in dataclasses.fields(ModelConfig)}
-)
 
 
 # ------------------------------------------------------------------------------------- device
@@ -154,57 +144,6 @@ def vocab_from_data(cfg: TrainConfig) -> bool:
     return data_meta(data_path(cfg)) is not None
 
 
-# -------------------------------------------------------------------------------------- model
-def model_config(
-    cfg: TrainConfig, data_vocab: int, kernels: str = "torch", *, from_data: bool = False
-) -> ModelConfig:
-    """The ModelConfig of a run: the preset (or the seed's default) with every set ModelSpec
-    field on top.
-
-    A preset's explicit MLP width belongs to its own width: when the width, its rounding or the
-    family changes and --ffn-hidden is not given, the width is derived again (SwiGLU's
-    multiple_of rounding of 8/3 n_embd, or 4 n_embd x --mlp-dim-exp-factor for gpt2).
-    `from_data` (the data has a meta.json): without --vocab-size the model's vocabulary is the
-    data's (`data_vocab`, already rounded up to a multiple of 64), whatever the preset's is.
-    """
-    m = cfg.model
-    base = SEED_DEFAULT_CFG if m.preset is None else get_preset(m.preset)
-    changes: dict[str, Any] = {
-        k: getattr(m, k) for k in ARCH_FIELDS if k != "arch" and getattr(m, k) is not None
-    }
-    if m.arch != base.arch:
-        changes["arch"] = m.arch
-    reshaped = any(
-        k in changes and changes[k] != getattr(base, k) for k in ("n_embd", "multiple_of", "arch")
-    )
-    if "ffn_hidden" not in changes and reshaped:
-        changes["ffn_hidden"] = None
-    if changes.get("arch", base.arch) == "gpt2" and m.mlp_dim_exp_factor != 1.0:
-        changes.setdefault("ffn_hidden", None)
-        if changes["ffn_hidden"] is None:
-            width = changes.get("n_embd", base.n_embd)
-            changes["ffn_hidden"] = int(m.mlp_dim_exp_factor * 4 * width)
-    if from_data and m.vocab_size is None:
-        changes["vocab_size"] = data_vocab
-    model_cfg = base.replace(kernels=kernels, **changes)  # ModelConfig validates its fields
-    if data_vocab > model_cfg.vocab_size:
-        raise UserError(
-            f"data needs vocab {data_vocab} but the model has vocab_size {model_cfg.vocab_size}"
-        )
-    return model_cfg
-
-
-def resolve_warmup(cfg: TrainConfig, model_cfg: ModelConfig, world: int) -> TrainConfig:
-    """A config whose warmup is in steps: `--warmup-tokens params` means warmup tokens = parameter
-    count (Porian et al. 2024, arXiv:2406.19146, §3), a number means that many tokens."""
-    w = cfg.schedule.warmup_tokens
-    if w is None:
-        return cfg
-    tokens = num_params(model_cfg) if w == "params" else float(w)
-    steps = math.ceil(tokens / (cfg.global_batch(world) * model_cfg.sequence_length))
-    return cfg.with_(warmup_steps=steps, warmup_tokens=None)
-
-
 # ------------------------------------------------------------------------------------ session
 @dataclass
 class Session:
@@ -229,7 +168,6 @@ class Session:
     def build(cls, cfg: TrainConfig) -> Session:
         """Build the run of `cfg`; every check that can fail runs before the model is made."""
         from model.transformer import Transformer
-        from train.config_checks import check_fits
         from train.data import Sampler
         from train.optim import optimizer_for
 
@@ -355,3 +293,24 @@ def _loss_scaler(dtype: str, opt, device: torch.device):
     from kernels.adamw import DynamicLossScaler
 
     return DynamicLossScaler(device)
+
+
+def check_fits(model_cfg: ModelConfig, device: torch.device) -> None:
+    """UserError when the model's weights, gradients and AdamW moments (16 bytes a parameter, a
+    lower bound) exceed the memory of `device` (a torch.device), before anything is allocated."""
+    need = 16 * num_params(model_cfg)
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device.index or 0).total_memory
+        where = f"GPU {device.index or 0}"
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (OSError, ValueError, AttributeError):
+            return  # no way to tell on this system
+        where = "this machine's RAM"
+    if need > have:
+        raise UserError(
+            f"the model has {need // 16:,} parameters: {need / 2**30:,.0f} GiB for weights, "
+            f"gradients and AdamW moments alone, more than {where} ({have / 2**30:,.0f} GiB); "
+            "check --vocab-size, --n-embd, --n-layer"
+        )

@@ -286,19 +286,19 @@ def sweep_cmd(a) -> int:
     check_options(opts)
     rows = grid_rows(a)
     _note_big_cpu_configs(rows)
-    valid, invalid = prepare(rows, opts)
+    prepared = valid, invalid = prepare(rows, opts)  # every config validated once, here
     if not valid and not invalid:
         raise UserError("the grid is empty in this shard" if opts.shard else "the grid is empty")
     if not valid:
         raise UserError(f"every config is invalid, e.g. {invalid[0][2]}")
     if getattr(a, "executor", "local") != "local":
-        return _submit(a, rows, opts)
+        return _submit(a, rows, opts, prepared)
     if hasattr(a, "executor"):  # refuse --slurm-* / --detach without an executor that uses them
         from bench.sweep import executors
 
         executors.options_from_args(a)
     check_gpus(opts.gpus)
-    out = run_sweep(rows, opts)
+    out = run_sweep(rows, opts, prepared=prepared)
     return report(out["rows"], valid, opts, out["held"])
 
 
@@ -334,7 +334,7 @@ def _note_big_cpu_configs(rows: list[dict]) -> None:
         )
 
 
-def _submit(a, rows, opts: SweepOptions) -> int:
+def _submit(a, rows, opts: SweepOptions, prepared) -> int:
     from bench.sweep import executors
     from bench.sweep.options import start_folder
     from bench.sweep.run import _write_skipped, plan
@@ -350,13 +350,13 @@ def _submit(a, rows, opts: SweepOptions) -> int:
     if eopts.executor == "submitit-local":  # its jobs run side by side: none is pinned
         opts = dataclasses.replace(opts, pin=False)
     start_folder(opts)
-    _write_skipped(rows, opts, results.load_rows(opts.out_dir), lambda m: print(m, file=sys.stderr))
-    specs = plan(rows, opts)
+    have = results.load_rows(opts.out_dir)
+    _write_skipped(rows, opts, have, lambda m: print(m, file=sys.stderr), prepared)
+    specs = plan(rows, opts, have, prepared)
     got = executors.run_pending(specs, opts.out_dir, eopts, opts.timeout_s)
     if got is None:
         return 0
-    valid, _ = prepare(rows, opts)
-    return report(got, valid, opts)
+    return report(got, prepared[0], opts)
 
 
 def report(

@@ -67,12 +67,15 @@ def make_spec(row: dict, cid: str, repeat: int, opts: SweepOptions, kind: str = 
     }
 
 
-def plan(rows: list[dict], opts: SweepOptions, have: list[dict] | None = None) -> list[dict]:
+def plan(
+    rows: list[dict], opts: SweepOptions, have: list[dict] | None = None, prepared=None
+) -> list[dict]:
     """Specs of the (config, repeat) pairs still pending in opts.out_dir: missing or retryable.
 
     Repeats are interleaved (every config once, then every config again), not back to back.
+    `prepared`: `prepare(rows, opts)` when the caller has it (each config is validated once).
     """
-    valid, _ = prepare(rows, opts)
+    valid, _ = prepared or prepare(rows, opts)
     have = results.load_rows(opts.out_dir) if have is None else have
     final = results.final_keys(have, opts.retry)
     return [
@@ -189,7 +192,7 @@ def _queue_with_references(specs: list[dict], rows, opts: SweepOptions) -> list[
     return out
 
 
-def run_sweep(rows: list[dict], opts: SweepOptions, log=None) -> dict:
+def run_sweep(rows: list[dict], opts: SweepOptions, log=None, prepared=None) -> dict:
     """Run every pending config of `rows` into opts.out_dir, except those a live job holds.
 
     Returns {"rows": all rows of the folder, "ran": rows written by this call, "drift": report,
@@ -198,9 +201,10 @@ def run_sweep(rows: list[dict], opts: SweepOptions, log=None) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     start_folder(opts)
     have = results.load_rows(opts.out_dir)
-    _write_skipped(rows, opts, have, log)
-    specs = plan(rows, opts, have)
-    valid, _ = prepare(rows, opts)
+    prepared = prepared or prepare(rows, opts)
+    _write_skipped(rows, opts, have, log, prepared)
+    specs = plan(rows, opts, have, prepared)
+    valid, _ = prepared
     n_done = len(valid) * opts.repeat - len(specs)
     if n_done:
         log(f"resume: {n_done} config(s) already done in {opts.out_dir}")
@@ -255,8 +259,8 @@ def _adaptive_rounds(rows, valid, opts: SweepOptions, live: set, log) -> list[di
     return ran
 
 
-def _write_skipped(rows, opts: SweepOptions, have: list[dict], log) -> None:
-    _, invalid = prepare(rows, opts)
+def _write_skipped(rows, opts: SweepOptions, have: list[dict], log, prepared=None) -> None:
+    _, invalid = prepared or prepare(rows, opts)
     known = {(r["config_id"], r.get("status")) for r in have}
     for r, cid, reason in invalid:
         if (cid, "skipped") not in known:

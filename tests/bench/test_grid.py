@@ -126,8 +126,7 @@ def test_csv_row_longer_than_its_header_is_a_clean_error(tmp_path):
 def test_a_width_sweep_over_a_preset_derives_each_width_s_mlp_as_train_does():
     """--preset tiny fixes ffn_hidden 192 for width 64; a sweep over widths must not keep 192
     for every width (it was 6x to 1.5x the width, with no notice)."""
-    from train.config import TrainConfig
-    from train.session import model_config
+    from train.config import TrainConfig, model_config
 
     rows = grid.expand({"n_embd": ["32", "64", "128"], "n_head": ["2"]}, "tiny")
     assert [r["ffn_hidden"] for r in rows] == [None, 192, None]

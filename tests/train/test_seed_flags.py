@@ -60,7 +60,7 @@ def test_seed_spellings_and_aliases():
         ["--model", "base", "--dropout", "0.1", "--multiple-of", "128", "--rmsnorm-eps", "1e-6"]
     )
     assert (c.model.arch, c.model.dropout, c.model.multiple_of) == ("gpt2", 0.1, 128)
-    from train.session import model_config
+    from train.config import model_config
 
     m = model_config(c.with_(preset="tiny"), 256)
     assert (m.arch, m.dropout, m.multiple_of, m.norm_eps) == ("gpt2", 0.1, 128, 1e-6)
@@ -128,7 +128,7 @@ def test_tensorboard_logging_and_auto_resume(tmp_path):
 
 
 def test_configs_are_derived_not_mutated():
-    from train.session import resolve_warmup
+    from train.config import resolve_warmup
 
     cfg = TrainConfig.from_flat({"warmup_tokens": "params", "batch_size": 8, "acc_steps": 1})
     cfg = cfg.with_(preset="tiny", scheduler="constant", iterations=400)
