@@ -225,26 +225,19 @@ def model_config(row: dict, kernels: str | None = None) -> ModelConfig:
     return ModelConfig.from_dict(d)
 
 
-def validate(row: dict) -> str | None:
-    """None if the row can run, else a one-line reason."""
-    if row.get("kernels") not in KERNEL_CHOICES:
-        return f"kernels must be one of {KERNEL_CHOICES}, got {row.get('kernels')!r}"
-    try:
-        model_config(row)
-    except (UserError, TypeError) as e:
-        return str(e).splitlines()[0]
-    for name in ("batch_size", "acc_steps"):
-        if row[name] <= 0:
-            return f"{name} must be a positive integer, got {row[name]}"
-    if not (math.isfinite(row["lr"]) and row["lr"] > 0):
-        return f"lr must be a finite number > 0, got {row['lr']}"
-    if row["dtype"] not in DTYPES:
-        return f"dtype must be one of {DTYPES}, got {row['dtype']!r}"
-    dev = row["device"]
-    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        return f"device must be auto, cpu, cuda or cuda:N, got {dev!r}"
+def validate(row: dict, base=None) -> str | None:
+    """None if the row can run, else a one-line reason. The row is a change of the sweep's base
+    run (`base`, a TrainConfig; TrainConfig's defaults when None), so TrainConfig and ModelConfig
+    check every value: one set of checks for train and bench."""
+    from train.config import TrainConfig, model_config
+
     if row.get(INJECT_KEY) not in (None,) + INJECTIONS:
         return f"inject must be one of {INJECTIONS}, got {row[INJECT_KEY]!r}"
+    try:
+        cfg = (base or TrainConfig()).with_(**{k: v for k, v in row.items() if k != INJECT_KEY})
+        model_config(cfg, 0)
+    except (UserError, TypeError) as e:
+        return str(e).splitlines()[0]
     return None
 
 

@@ -41,7 +41,7 @@ def prepare(rows: list[dict], opts: SweepOptions) -> tuple[list[tuple[dict, str]
         if cid in seen or (opts.shard and not in_shard(cid, opts.shard)):
             continue
         seen.add(cid)
-        reason = validate(r)
+        reason = validate(r, opts.base)
         if reason:
             invalid.append((r, cid, reason))
         else:

@@ -36,7 +36,7 @@ def test_validate_reasons():
     assert grid.validate(ok) is None
     assert "divisible" in grid.validate({**ok, "n_embd": 30})
     assert "dtype" in grid.validate({**ok, "dtype": "int8"})
-    assert "batch_size" in grid.validate({**ok, "batch_size": 0})
+    assert "batch-size" in grid.validate({**ok, "batch_size": 0})
 
 
 def test_config_id_is_stable_and_distinguishes_settings():
