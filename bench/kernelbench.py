@@ -1,12 +1,22 @@
-"""`bench kernels`: micro-benchmarks of RMSNorm, SwiGLU and AdamW(+averaging) against baselines.
+"""`bench kernels`: micro-benchmarks of RMSNorm, SwiGLU, linear + cross-entropy and
+AdamW(+averaging) against baselines.
 
 Providers: ours (`kernels`), the pure-torch reference eager and under `torch.compile`, Liger and
 apex when importable, and for AdamW `torch.optim.AdamW(fused=True)` + a separate SWA pass.
-Timing (GPU only): CUDA events around each rep, untimed warmup, L2 flushed before every rep by
-writing a 256 MB buffer, median/p20/p80. Bandwidth = bytes_moved() / median time, also shown as a
-percentage of the device copy bandwidth measured in the same run with a large `dst.copy_(src)`.
-Without a GPU the command says so and prints the AOT compile report (`kernels.aot`) for the asked
-op and dtype instead, and writes it into --out (aot_report.md, aot_report.json).
+Two times per row (GPU only; untimed warmup, the L2 flushed before every rep by writing a 256 MB
+buffer):
+
+* GPU time (``gpu_ms``): the durations of the CUDA kernels one call launches, as the profiler
+  (CUPTI) records them, summed and averaged over the reps, with the flush's own kernels taken
+  out: what the call costs the GPU when the host keeps up, with host gaps excluded. Bandwidth
+  (``gbps`` = bytes_moved() / GPU time, ``pct_copy_bw`` against the device copy bandwidth measured
+  in the same run with a large ``dst.copy_(src)``) comes from it;
+* call time (``call_ms`` = ``p50_ms``, with ``p20_ms``/``p80_ms``): CUDA events around one call
+  started on an idle GPU, so the host's launch work is included: what an eager training step pays.
+
+``peak_mem_mb``: the memory one call allocates above what was allocated before it. Without a GPU
+the command says so and prints the AOT compile report (`kernels.aot`) for the asked op and dtype
+instead, and writes it into --out (aot_report.md, aot_report.json).
 """
 
 from __future__ import annotations
@@ -17,30 +27,33 @@ import math
 import os
 import sys
 
-OPS = ("rmsnorm", "swiglu", "adamw")
+OPS = ("rmsnorm", "swiglu", "linear_ce", "adamw")
 MODES = ("forward", "backward", "full")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DEFAULT_SHAPES = {
     "rmsnorm": ["4096x4096", "16384x1024", "1151x8192"],
     "swiglu": ["4096x11008", "16384x2816", "1151x8192"],
+    "linear_ce": ["16384x768x50304"],  # tokens x hidden x vocabulary: the 124M LM head
     "adamw": ["1000000", "16777216", "124000000"],
 }
 COLUMNS = (
-    "op", "provider", "mode", "dtype", "shape", "numel", "p20_ms", "p50_ms", "p80_ms", "bytes",
-    "gbps", "pct_copy_bw", "copy_gbps", "max_abs_err", "status", "message", "gpu_name", "torch",
-    "triton", "cuda", "git_sha", "timestamp",
+    "op", "provider", "mode", "dtype", "shape", "numel", "gpu_ms", "call_ms", "p20_ms", "p50_ms",
+    "p80_ms", "bytes", "gbps", "pct_copy_bw", "copy_gbps", "peak_mem_mb", "max_abs_err", "status",
+    "message", "gpu_name", "torch", "triton", "cuda", "git_sha", "timestamp",
 )  # fmt: skip
 
 
 def parse_shape(op: str, text: str) -> tuple[int, ...]:
-    """'MxN' for rmsnorm/swiglu (rows x hidden), 'N' (number of parameters) for adamw."""
+    """'MxN' for rmsnorm/swiglu (rows x hidden), 'NxDxV' for linear_ce (tokens x hidden x
+    vocabulary), 'N' (number of parameters) for adamw."""
     try:
         dims = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"bad shape {text!r} for {op}") from None
-    want = 1 if op == "adamw" else 2
+    want = {"adamw": 1, "linear_ce": 3}.get(op, 2)
     if len(dims) != want or any(d <= 0 for d in dims):
-        raise ValueError(f"bad shape {text!r} for {op}: expected {'N' if want == 1 else 'MxN'}")
+        form = {1: "N", 2: "MxN", 3: "NxDxV"}[want]
+        raise ValueError(f"bad shape {text!r} for {op}: expected {form}")
     return dims
 
 
@@ -57,10 +70,16 @@ def bytes_moved(
       backward = read dout, gate, up + write dgate, dup   = 5MN*e
     full = forward + backward. adamw (N params, fp32 param/grad/m/v, mode 'full' only):
       read p, g, m, v + write p, m, v = 28N; averaging adds read + write of the average = 8N.
+    linear_ce (h: N x D, W: V x D, int64 targets; mode 'full' only): read h, W, targets + write
+      dh, dW = 2ND*e + 2VD*e + 8N. It is matmul-bound (6NDV FLOPs): compare its times, not its
+      bandwidth.
     """
     if op == "adamw":
         (n,) = shape
         return 28 * n + (8 * n if average else 0)
+    if op == "linear_ce":
+        n, d, v = shape
+        return 2 * n * d * dtype_bytes + 2 * v * d * dtype_bytes + 8 * n
     m, n = shape
     e = dtype_bytes
     if op == "rmsnorm":
@@ -92,6 +111,29 @@ def providers(op: str) -> list[str]:
     if op == "rmsnorm" and _has("apex"):
         out.append("apex")
     return out
+
+
+def _ce_fn(provider: str):
+    """mean CE of (h @ w.T) against t: ours chunked, torch materialising the logits, Liger's."""
+    import torch
+    import torch.nn.functional as F
+
+    def ref(h, w, t):
+        return F.cross_entropy(torch.mm(h, w.t()).float(), t)
+
+    if provider == "ours":
+        from kernels.cross_entropy import linear_cross_entropy
+
+        return linear_cross_entropy
+    if provider == "torch":
+        return ref
+    if provider == "torch_compile":
+        return torch.compile(ref)
+    if provider == "liger":
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t)
+    raise ValueError(f"unknown provider {provider!r}")
 
 
 def _fn(op: str, provider: str):
@@ -127,11 +169,18 @@ def _fn(op: str, provider: str):
     raise ValueError(f"unknown provider {provider!r}")
 
 
-def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float]:
-    """p20/p50/p80 ms of fn() with CUDA events; the L2 is flushed (256 MB write) before each rep."""
+def _flush_buffer():
     import torch
 
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    return torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+
+
+def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float]:
+    """Call time: p20/p50/p80 ms of one fn() between CUDA events, each started on an idle GPU (the
+    L2 flushed by a 256 MB write, then synchronised), so the host's work is part of it."""
+    import torch
+
+    flush = _flush_buffer()
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -139,6 +188,7 @@ def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float
     for _ in range(reps):
         flush.zero_()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
         a.record()
         fn()
         b.record()
@@ -147,6 +197,52 @@ def time_cuda(fn, reps: int = 50, warmup: int = 10) -> tuple[float, float, float
     from core import percentile
 
     return percentile(ms, 0.2), percentile(ms, 0.5), percentile(ms, 0.8)
+
+
+def _profiler_activities() -> list:
+    from torch.profiler import ProfilerActivity
+
+    return [ProfilerActivity.CUDA]
+
+
+def _kernel_ms(fn, reps: int) -> float:
+    """Summed duration (ms) of the device kernels of `reps` calls of fn, from the profiler."""
+    import torch
+    from torch.profiler import profile
+
+    torch.cuda.synchronize()
+    with profile(activities=_profiler_activities()) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    # self device time: each kernel counted once, under the op that launched it
+    us = sum(
+        getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+        for e in prof.key_averages()
+    )
+    return us / 1e3
+
+
+def gpu_time_ms(fn, reps: int = 10) -> float:
+    """GPU time of one fn() (ms): its kernels' durations, averaged over `reps` calls each after an
+    L2 flush, minus the flushes' own (profiled alone): host gaps between launches excluded."""
+    flush = _flush_buffer()
+    fn()  # warm (compiled, autotuned) already; one more call keeps the profile steady
+    both = _kernel_ms(lambda: (flush.zero_(), fn()), reps)
+    alone = _kernel_ms(flush.zero_, reps)
+    return max(0.0, (both - alone) / reps)
+
+
+def peak_mem_mb(fn) -> float:
+    """Memory one fn() allocates above what is allocated before it (MB)."""
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def copy_bandwidth_gbps() -> float:
@@ -160,7 +256,26 @@ def copy_bandwidth_gbps() -> float:
     return 2 * n / (p50 * 1e-3) / 1e9
 
 
-def _bench_elementwise(op, provider, mode, shape, dtype):
+def _times(fn, reps: int = 50, warmup: int = 10) -> dict:
+    """The timing columns of one callable: call-time quantiles, GPU time, peak memory."""
+    p20, p50, p80 = time_cuda(fn, reps=reps, warmup=warmup)
+    return dict(p20_ms=p20, p50_ms=p50, p80_ms=p80, call_ms=p50, gpu_ms=gpu_time_ms(fn),
+                peak_mem_mb=peak_mem_mb(fn))  # fmt: skip
+
+
+def _no_donated_buffers():
+    """torch.compile's AOT autograd donates the saved activations to the compiled backward, which
+    may then free or reuse them: a backward graph so compiled can run once. The "backward" mode
+    replays one backward graph (retain_graph) to time the backward alone, which donation forbids
+    ("compiled with non-empty donated buffers"), so these benchmarks compile without it. Donation
+    saves memory, not kernel time; rebuilding the graph per call instead would time the forward
+    too."""
+    import torch._functorch.config as fconfig
+
+    return fconfig.patch(donated_buffer=False)
+
+
+def _bench_elementwise(op, provider, mode, shape, dtype) -> tuple[dict, float]:
     import torch
 
     m, n = shape
@@ -173,23 +288,42 @@ def _bench_elementwise(op, provider, mode, shape, dtype):
     else:
         inputs = [torch.randn(m, n, device="cuda", dtype=dtype, generator=g) for _ in range(2)]
     leaves = [t.requires_grad_(mode != "forward") for t in inputs]
-    fn = _fn(op, provider)
-    ref = _fn(op, "torch")
-    out_ref = ref(*[t.detach().float() for t in leaves])
-    out = fn(*leaves)
-    err = (out.float() - out_ref).abs().max().item()
-    dy = torch.randn_like(out)
-    if mode == "forward":
-        with torch.no_grad():
-            t = time_cuda(lambda: fn(*leaves))
-    elif mode == "backward":
-        t = time_cuda(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
-    else:
-        t = time_cuda(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
+    with _no_donated_buffers():
+        fn = _fn(op, provider)
+        ref = _fn(op, "torch")
+        out_ref = ref(*[t.detach().float() for t in leaves])
+        out = fn(*leaves)
+        err = (out.float() - out_ref).abs().max().item()
+        dy = torch.randn_like(out)
+        if mode == "forward":
+            with torch.no_grad():
+                t = _times(lambda: fn(*leaves))
+        elif mode == "backward":
+            t = _times(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
+        else:
+            t = _times(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
     return t, err
 
 
-def _bench_adamw(provider, shape, average: bool):
+def _bench_ce(provider, shape, dtype) -> tuple[dict, float]:
+    """Forward + backward of the loss (mode 'full'): h (N, D) and W (V, D) in `dtype`."""
+    import torch
+    import torch.nn.functional as F
+
+    n, d, v = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(n, d, device="cuda", dtype=dtype, generator=g).requires_grad_(True)
+    w = (0.02 * torch.randn(v, d, device="cuda", dtype=dtype, generator=g)).requires_grad_(True)
+    t = torch.randint(0, v, (n,), device="cuda", generator=g)
+    with _no_donated_buffers():
+        fn = _ce_fn(provider)
+        with torch.no_grad():
+            want = F.cross_entropy(torch.mm(h.float(), w.float().t()), t).item()
+        err = abs(fn(h, w, t).item() - want)
+        return _times(lambda: torch.autograd.grad(fn(h, w, t), (h, w)), reps=20, warmup=3), err
+
+
+def _bench_adamw(provider, shape, average: bool) -> tuple[dict, float]:
     import torch
 
     (n,) = shape
@@ -202,7 +336,7 @@ def _bench_adamw(provider, shape, average: bool):
 
         # swa_interval=1: every timed step moves the window mean, in the same pass as the update
         opt = FusedAdamW([param], lr=1e-3, swa=average, swa_interval=1, swa_horizon=None)
-        return time_cuda(opt.step, reps=20, warmup=5), math.nan
+        return _times(opt.step, reps=20, warmup=5), math.nan
     if provider == "torch_fused":
         opt = torch.optim.AdamW([param], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     elif provider == "apex":
@@ -218,7 +352,7 @@ def _bench_adamw(provider, shape, average: bool):
             torch._foreach_lerp_([avg], [param.data], 0.5)
 
     # No error column for AdamW: its numerics are covered by the kernel tests against adamw_ref.
-    return time_cuda(step, reps=20, warmup=5), math.nan
+    return _times(step, reps=20, warmup=5), math.nan
 
 
 def _cases(ops: list[str], shapes: dict[str, list[str]]):
@@ -226,28 +360,34 @@ def _cases(ops: list[str], shapes: dict[str, list[str]]):
     for op in ops:
         for shape_text in shapes[op]:
             for provider in providers(op):
-                for mode in ("full",) if op == "adamw" else MODES:
+                for mode in ("full",) if op in ("adamw", "linear_ce") else MODES:
                     for average in (False, True) if op == "adamw" else (False,):
                         yield op, shape_text, provider, mode, average
 
 
 def _measure(op, shape, provider, mode, average, tdtype, nbytes: int, copy: float) -> dict:
     """Timing columns of one row; a failure becomes status 'oom'/'error' with a message."""
+    nan = math.nan
     try:
         if op == "adamw":
-            (p20, p50, p80), err = _bench_adamw(provider, shape, average)
+            t, err = _bench_adamw(provider, shape, average)
+        elif op == "linear_ce":
+            t, err = _bench_ce(provider, shape, tdtype)
         else:
-            (p20, p50, p80), err = _bench_elementwise(op, provider, mode, shape, tdtype)
+            t, err = _bench_elementwise(op, provider, mode, shape, tdtype)
     except Exception as e:  # noqa: BLE001  (one provider must not stop the run)
         status = "oom" if "out of memory" in str(e) else "error"
         message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-        nan = math.nan
-        return dict(p20_ms=nan, p50_ms=nan, p80_ms=nan, bytes=nbytes, gbps=nan,
-                    pct_copy_bw=nan, max_abs_err=nan, status=status, message=message)  # fmt: skip
-    gbps = nbytes / (p50 * 1e-3) / 1e9
-    pct = 100 * gbps / copy
-    return dict(p20_ms=p20, p50_ms=p50, p80_ms=p80, bytes=nbytes, gbps=gbps,
-                pct_copy_bw=pct, max_abs_err=err, status="ok", message="")  # fmt: skip
+        return dict(p20_ms=nan, p50_ms=nan, p80_ms=nan, gpu_ms=nan, call_ms=nan, bytes=nbytes,
+                    gbps=nan, pct_copy_bw=nan, peak_mem_mb=nan, max_abs_err=nan, status=status,
+                    message=message)  # fmt: skip
+    # bandwidth from the GPU time (the kernels' own), falling back to the call time if the
+    # profiler saw no kernel (then the row says so)
+    base = t["gpu_ms"] if t["gpu_ms"] > 0 else t["p50_ms"]
+    gbps = nbytes / (base * 1e-3) / 1e9
+    msg = "" if t["gpu_ms"] > 0 else "profiler saw no kernels: bandwidth from the call time"
+    return dict(**t, bytes=nbytes, gbps=gbps, pct_copy_bw=100 * gbps / copy, max_abs_err=err,
+                status="ok", message=msg)  # fmt: skip
 
 
 def run_kernels(
@@ -280,8 +420,8 @@ def run_kernels(
         row.update(_measure(op, shape, provider, mode, average, tdtype, nbytes, copy))
         rows.append({c: row.get(c) for c in COLUMNS})
         log(
-            f"{op:8s} {provider:14s} {mode:8s} {shape_text:>12s} "
-            f"{row['p50_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}"
+            f"{op:9s} {provider:14s} {mode:8s} {shape_text:>15s} gpu {row['gpu_ms']:.4f} ms "
+            f"call {row['call_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}"
         )
     return rows
 

@@ -1,4 +1,5 @@
-"""Kernel benchmark pieces that run without a GPU: bytes formulas, shapes, providers, no-GPU CLI."""
+"""Kernel benchmark pieces that run without a GPU: bytes formulas, shapes, providers, no-GPU CLI,
+and the CUDA timing path itself on the CPU under tests/cuda_standin.py."""
 
 from __future__ import annotations
 
@@ -25,12 +26,16 @@ def test_bytes_formulas():
     assert kb.bytes_moved("swiglu", "full", (4, 6), 4) == 8 * 24 * 4
     assert kb.bytes_moved("adamw", "full", (10,), 4) == 280
     assert kb.bytes_moved("adamw", "full", (10,), 4, average=True) == 360
+    # linear + CE: read h, W, targets; write dh, dW (the logits are not part of the minimum)
+    assert kb.bytes_moved("linear_ce", "full", (6, 4, 10), 2) == 2 * 24 * 2 + 2 * 40 * 2 + 48
 
 
 def test_shapes_and_providers():
     assert kb.parse_shape("rmsnorm", "1151x8192") == (1151, 8192)
     assert kb.parse_shape("adamw", "1000") == (1000,)
-    for op, bad in (("rmsnorm", "12"), ("adamw", "3x4"), ("swiglu", "ax3"), ("swiglu", "0x4")):
+    assert kb.parse_shape("linear_ce", "16384x768x50304") == (16384, 768, 50304)
+    for op, bad in (("rmsnorm", "12"), ("adamw", "3x4"), ("swiglu", "ax3"), ("swiglu", "0x4"),
+                    ("linear_ce", "4x5")):  # fmt: skip
         with pytest.raises(ValueError):
             kb.parse_shape(op, bad)
     assert kb.providers("rmsnorm")[:3] == ["ours", "torch", "torch_compile"]
@@ -64,7 +69,8 @@ def test_no_gpu_writes_the_static_report_for_the_asked_dtype(tmp_path):
     assert "issue_tbps" in r.stdout and "rmsnorm_bwd_dx" in r.stdout
     rows = [json.loads(x) for x in (out / "aot_report.json").read_text().splitlines()]
     assert rows and {r["dtype"] for r in rows} == {"fp32"}
-    assert {r["kernel"] for r in rows} == {"rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_bwd_dw"}
+    assert {r["kernel"] for r in rows} == {"rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_bwd_dw",
+                                           "add_rmsnorm_fwd", "add_rmsnorm_bwd_dx"}  # fmt: skip
     md = (out / "aot_report.md").read_text()
     assert "No CUDA" in md or "no CUDA" in md
     assert "| rmsnorm_fwd | fp32 |" in md
@@ -98,3 +104,59 @@ def test_gpu_path_honours_dtype_and_creates_out(tmp_path, monkeypatch):
     assert seen == {"ops": ["rmsnorm"], "dtype": "fp16", "shapes": {"rmsnorm": ["8x8"]}}
     assert (out / "kernels.csv").read_text().startswith("op,provider,mode,dtype")
     assert (out / "kernels.png").stat().st_size > 0
+
+
+def test_compiled_benchmarks_keep_their_backward_replayable():
+    # The "backward" mode replays one backward graph (retain_graph); torch's own config note says
+    # donated buffers must be off for that (torch/_functorch/config.py, ``donated_buffer``).
+    import torch._functorch.config as fconfig
+
+    before = fconfig.donated_buffer
+    with kb._no_donated_buffers():
+        assert fconfig.donated_buffer is False
+    assert fconfig.donated_buffer == before
+
+
+def test_cuda_timing_path_runs_on_the_cpu_standin(monkeypatch):
+    """run_kernels' CUDA branches (inputs on "cuda", events, synchronize, the profiler's kernel
+    sum, peak memory) executed on the CPU: cuda_standin for torch.cuda, plus the few factories
+    and calls it does not cover; the profiler records CPU activity (no kernels, so GPU time 0 and
+    the row says the bandwidth came from the call time)."""
+    from tests.cuda_standin import CudaStandIn, _cpu_device
+
+    standin = CudaStandIn(n=1).install(monkeypatch)
+    real_randn, real_gen = torch.randn, torch.Generator
+
+    def randn(*args, **kwargs):
+        args, kwargs = _cpu_device(args, kwargs)
+        return real_randn(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", randn)
+
+    class Generator(real_gen):  # device="cuda" generators are CPU ones here
+        def __new__(cls, device=None):
+            return real_gen()
+
+    monkeypatch.setattr(torch, "Generator", Generator)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(kb, "_flush_buffer", lambda: torch.empty(1024, dtype=torch.int8))
+    monkeypatch.setattr(kb, "copy_bandwidth_gbps", lambda: 3000.0)
+
+    from torch.profiler import ProfilerActivity
+
+    monkeypatch.setattr(kb, "_profiler_activities", lambda: [ProfilerActivity.CPU])
+    keep = {"adamw": ["ours", "torch_fused"]}
+    monkeypatch.setattr(kb, "providers", lambda op: keep.get(op, ["ours", "torch"]))
+    shapes = {"rmsnorm": ["7x24"], "swiglu": ["5x16"], "linear_ce": ["9x8x33"], "adamw": ["100"]}
+    rows = kb.run_kernels(list(shapes), "fp32", shapes, {"gpu_name": "standin"}, log=lambda m: 0)
+    assert len(rows) == 3 * 2 * 2 + 2 + 2 * 2  # elementwise x modes x providers, CE, AdamW+swa
+    bad = [(r["op"], r["provider"], r["mode"], r["message"]) for r in rows if r["status"] != "ok"]
+    assert not bad, bad
+    for r in rows:
+        assert r["call_ms"] == r["p50_ms"] > 0 and r["gpu_ms"] == 0.0
+        assert r["peak_mem_mb"] == 123.0  # the stand-in's max_memory_allocated, base 0
+        assert "call time" in r["message"]
+    ce = [r for r in rows if r["op"] == "linear_ce"]
+    assert {r["provider"] for r in ce} == {"ours", "torch"} and all(r["mode"] == "full" for r in ce)
+    assert max(r["max_abs_err"] for r in ce) < 1e-4  # ours (the CPU reference path) vs fp32
+    assert standin.peak_resets  # peak memory was reset before each measured call
