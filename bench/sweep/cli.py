@@ -32,6 +32,7 @@ _GRID_HELP = {
     "batch_size": "sequences per micro-batch per process",
     "acc_steps": "micro-batches per optimizer step",
     "lr": "peak learning rate",
+    "seed": "model init seed (TrainConfig's seed); see --seeds",
 }
 
 
@@ -68,6 +69,14 @@ def add_sweep(sub) -> None:
     for k in GRID_FLAGS:
         flag = "--" + k.replace("_", "-")
         s.add_argument(flag, dest="g_" + k, default=None, metavar="LIST", help=_grid_help(k))
+    s.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="K model seeds per config (the grid's seed dimension, = --seed 0,...,K-1): repeats "
+        "measure the machine's noise, seeds the loss's",
+    )
     s.add_argument(
         "--max-configs",
         type=int,
@@ -269,6 +278,12 @@ def grid_rows(a) -> list[dict]:
     }
     if a.max_configs < 1:
         raise UserError(f"--max-configs must be >= 1, got {a.max_configs}")
+    if a.seeds is not None:
+        if "seed" in lists:
+            raise UserError("give --seeds K or --seed LIST, not both")
+        if not 1 <= a.seeds <= 1000:
+            raise UserError(f"--seeds must be between 1 and 1000, got {a.seeds}")
+        lists["seed"] = [str(i) for i in range(a.seeds)]
     if a.grid:
         if lists:
             flags = ", ".join("--" + k.replace("_", "-") for k in lists)

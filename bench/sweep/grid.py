@@ -32,6 +32,7 @@ SETTING_DEFAULTS: dict[str, object] = {
     "compile": False,
     "device": "auto",
     "lr": tconfig.field_default("lr"),
+    "seed": tconfig.field_default("seed"),  # model init seed: `--seed 0,1,2` / `--seeds 3`
 }
 SETTINGS = tuple(SETTING_DEFAULTS)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -212,8 +213,11 @@ def _read_csv_grid(path: str) -> list[dict]:
 
 
 def config_id(row: dict) -> str:
-    """Stable 12-hex hash of the config and settings (the injection key is part of it)."""
-    payload = json.dumps({k: row.get(k) for k in known_keys()}, sort_keys=True, default=str)
+    """Stable 12-hex hash of the config and settings (the injection key is part of it). The
+    default seed is left out of the hash, so configs measured before seeds were a grid key keep
+    their ids (and their folders resume)."""
+    keys = [k for k in known_keys() if not (k == "seed" and row.get(k) == SETTING_DEFAULTS[k])]
+    payload = json.dumps({k: row.get(k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

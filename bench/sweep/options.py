@@ -33,7 +33,6 @@ TRAIN_FLAGS = (
     "wsd_final_lr_scale",
     "data",
     "threads",
-    "seed",
     "data_seed",
 )
 # Where a sweep's base run differs from train's defaults, and why: a constant LR with no warmup

@@ -165,3 +165,26 @@ def test_bad_grids_exit_2_with_one_line(tmp_path, capsys, argv, msg):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+
+
+def test_seeds_add_a_seed_dimension_that_changes_the_loss_not_the_config(tmp_path):
+    """--seeds K measures K initialisations of each config, so loss noise is measured; the
+    default seed keeps the id a config had before seeds existed (old folders still resume)."""
+    from bench.sweep import grid
+
+    one = grid.expand({"n_layer": ["1"], "n_head": ["2"]}, "tiny")[0]
+    assert "seed" in one and one["seed"] == 0
+    import hashlib
+    import json as js
+
+    old_keys = [k for k in grid.known_keys() if k != "seed"]  # the key set before seeds
+    old = js.dumps({k: one.get(k) for k in old_keys}, sort_keys=True, default=str)
+    assert grid.config_id(one) == hashlib.sha256(old.encode()).hexdigest()[:12]
+    out = tmp_path / "s"
+    argv = ["sweep", "--minutes", "0.01", "--preset", "tiny", "--n-layer", "1", "--n-embd", "32"]
+    argv += ["--n-head", "2", "--batch-size", "2", "--seeds", "2", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = results.load_rows(str(out))
+    assert sorted(r["seed"] for r in rows) == [0, 1] and len({r["config_id"] for r in rows}) == 2
+    assert rows[0]["loss_curve"] != rows[1]["loss_curve"]  # another initialisation
+    assert main([*argv, "--seed", "3", "--out", str(tmp_path / "t")]) == 2
