@@ -286,8 +286,6 @@ def folder_settings(out_dir: str) -> dict | None:
 
 def merged_settings(dirs: list[str]) -> dict:
     """The settings all of `dirs` were measured with; UserError naming the first that differs."""
-    from bench.sweep.options import _shown
-
     have: dict = {}
     first: dict = {}
     for d in dirs:
@@ -297,10 +295,9 @@ def merged_settings(dirs: list[str]) -> dict:
             continue
         for k, v in got.items():
             if k in have and have[k] != v:
-                flag, was = _shown(k, have[k])
                 raise UserError(
-                    f"{first[k]} was measured with {flag} {was}, {d} with {_shown(k, v)[1]}: "
-                    "merge only sweeps measured with the same settings"
+                    f"{first[k]} was measured with {k} {have[k]!r}, {d} with {v!r}: merge only "
+                    "sweeps measured with the same settings"
                 )
             have.setdefault(k, v)
             first.setdefault(k, d)

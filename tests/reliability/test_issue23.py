@@ -1,7 +1,7 @@
 """Reliability round 3 (issue 23): one owner per folder, preemption never loses a checkpoint, no
 write or read through a symlink, bad records skipped with one warning.
 
-One test (or more) per numbered item of the issue; the single-line bad inputs of items 1, 6, 8,
+One test (or more) per numbered item; the single-line bad inputs of items 1, 6, 8,
 11-15, 17, 20, 21 are rows of the table in tests/test_reliability.py. Most tests call the CLIs'
 `main` in this process (fast); item 1 runs two real processes.
 """
