@@ -45,7 +45,7 @@ BENCH_CASES = [
     ("csv-bare-row", "bench", [*SWEEP[:3], "--grid", "{csv_bare}", "--out", "{tmp}/o"], 2, "more values than header columns"),
     ("grid-missing", "bench", [*SWEEP[:3], "--grid", "{tmp}/none.json", "--out", "{tmp}/o"], 2, "grid file not found"),
     ("grid-not-json", "bench", [*SWEEP[:3], "--grid", "{bad_json}", "--out", "{tmp}/o"], 2, "cannot parse grid file"),
-    ("grid-and-flags", "bench", [*SWEEP, "--grid", "{bad_json}", "--out", "{tmp}/o"], 2, "either --grid FILE or grid flags"),
+    ("grid-and-flags", "bench", [*SWEEP, "--grid", "{bad_json}", "--out", "{tmp}/o"], 2, "--grid FILE sets the grid"),
     ("all-invalid", "bench", [*SWEEP, "--n-embd", "30", "--n-head", "4", "--out", "{tmp}/o"], 2, "every config is invalid"),
     ("value-type", "bench", [*SWEEP, "--n-layer", "four", "--out", "{tmp}/o"], 2, "n_layer: cannot read 'four' as int"),
     ("out-is-file", "bench", [*SWEEP, "--out", "{file}"], 2, "is a file, not a folder"),
@@ -108,7 +108,7 @@ TRAIN_CASES = [
     ("eval-batches-0", "train", [*T, "--eval-batches", "0", "--out", "{tmp}/o"], 2, "--eval-batches must be > 0"),
     ("train-data-missing", "train", [*T, "--data", "/nonexistent.bin", "--out", "{tmp}/o"], 2, "data file not found: /nonexistent.bin"),
     ("train-out-file", "train", [*T, "--out", "{file}"], 2, "it is a file"),
-    ("train-bad-flag", "train", [*T, "--bogus"], 2, "unrecognized arguments: --bogus (see 'train --help')"),
+    ("train-bad-flag", "train", [*T, "--bogus"], 2, "--bogus (see 'train --help')"),
     ("plot-no-step", "train", ["--plot", "{plot_run}"], 2, "record has no 'step'"),
     ("ckpt-config-empty", "train", ["--resume-from", "{ckpt_config_empty}", "--out", "{tmp}/r"], 2, "no training settings"),
     ("ckpt-iterations-str", "train", ["--resume-from", "{ckpt_iterations_str}", "--out", "{tmp}/r"], 2, "iterations must be int, got '20'"),
@@ -132,7 +132,7 @@ TRAIN_CASES = [
     ("seed-20-digits", "train", [*T, "--seed", "12345678901234567890", "--out", "{tmp}/o"], 2, "--seed must be in 0..4294967295"),
     ("data-seed-negative", "train", [*T, "--data-seed", "-1", "--out", "{tmp}/o"], 2, "--data-seed must be in 0..4294967295"),
     ("sample-seed-negative", "train", ["sample", "{ckpt}", "--seed", "-1"], 2, "--seed must be in 0..2**63-1"),
-    ("cooldown-zero-length", "train", [*T, "--cooldown-targets", "4", "--wsd-fract-decay", "0.1", "--out", "{tmp}/o"], 2, "has a cooldown of 0 steps"),
+    ("cooldown-zero-length", "train", [*T, "--cooldown-targets", "4", "--scheduler", "wsd", "--wsd-fract-decay", "0.1", "--out", "{tmp}/o"], 2, "has a cooldown of 0 steps"),
     ("vocab-1e12", "train", [*T, "--vocab-size", "1000000000000", "--out", "{tmp}/o"], 2, "vocab_size 1000000000000 is over 2,147,483,647"),
     ("n-embd-1e11", "train", [*T, "--n-embd", "100000000000", "--out", "{tmp}/o"], 2, "n_embd 100000000000 is over 2,147,483,647"),
     ("vocab-1e9-memory", "train", [*T, "--vocab-size", "1000000000", "--out", "{tmp}/o"], 2, "GiB for weights, gradients and AdamW moments alone, more than"),
@@ -382,7 +382,7 @@ def test_bad_input_is_one_clean_line(case, tmp_path, tmp_path_factory, capsys, m
     rc = _main(cli)(argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    lines = [x for x in err.strip().splitlines() if not x.startswith("warning: ")]
+    lines = [x for x in err.strip().splitlines() if not x.startswith(("warning: ", "note: "))]
     assert rc == code, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert _expand([fragment], tmp_path)[0] in lines[0], lines[0]
