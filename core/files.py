@@ -206,5 +206,12 @@ def read_jsonl(
     return out
 
 
+_WARNED: set[str] = set()
+
+
 def warn_line(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    """One `warning: ...` line on stderr; the same warning again in this process is not repeated
+    (a sweep rereads its rows after every config)."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
