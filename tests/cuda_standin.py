@@ -9,7 +9,8 @@ a `torch.device("cuda")` without an index). Under this stand-in those lines exec
   created with `enable_timing=True` and recorded; device indices must exist. Every call is logged
   in `calls` so a test can assert what ran.
 - Tensors and modules sent to a cuda device stay on the CPU (`.to`, factory `device=` arguments,
-  `pin_memory`), so the rest of the step runs for real: only placement is faked.
+  `pin_memory`, `torch.load(map_location=)`, `torch.Generator(device=)`), so the rest of the step
+  runs for real: only placement is faked.
 
 Tests only: the package never imports this.
 """
@@ -168,6 +169,19 @@ class CudaStandIn:
         monkeypatch.setattr(torch.Tensor, "to", tensor_to)
         monkeypatch.setattr(torch.nn.Module, "to", module_to)
         monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: t)
+        real_load, real_generator = torch.load, torch.Generator
+
+        def load(*args, **kwargs):
+            if _is_cuda(kwargs.get("map_location")):
+                kwargs["map_location"] = "cpu"
+            return real_load(*args, **kwargs)
+
+        class generator(real_generator):  # noqa: N801  (stands in for the class torch.Generator)
+            def __new__(cls, device="cpu"):
+                return real_generator(device="cpu" if _is_cuda(device) else device)
+
+        monkeypatch.setattr(torch, "load", load)
+        monkeypatch.setattr(torch, "Generator", generator)
         for fn in ("full", "tensor", "zeros", "ones", "empty", "arange", "randint", "as_tensor"):
             real = getattr(torch, fn)
 

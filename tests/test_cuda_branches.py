@@ -188,3 +188,18 @@ def test_gpus_give_each_worker_one_gpu_and_nproc_runs_torchrun(cuda, tmp_path, m
     cmd = sweep.worker_command(spec, "s.json", "r.json")
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"]
     assert cmd[-3:] == ["bench.worker.run", "s.json", "r.json"]
+
+
+@pytest.mark.parametrize("spelling", ["cuda", "cuda:1", "auto"])
+def test_sample_takes_every_cuda_spelling(cuda, tmp_path, spelling, capsys):
+    from train.cli import main as train_main
+    from train.sample import main as sample_main
+
+    run = tmp_path / "run"
+    argv = ["--preset", "tiny", "--iterations", "2", "--batch-size", "2", "--acc-steps", "1"]
+    assert train_main([*argv, "--eval-batches", "1", "--device", "cpu", "--out", str(run)]) == 0
+    capsys.readouterr()
+    got = sample_main([str(run), "--prompt", "def ", "--max-new-tokens", "4", "--device", spelling])
+    assert got == 0, capsys.readouterr().err
+    index = 1 if spelling == "cuda:1" else 0
+    assert cuda.calls[-1] == ("set_device", torch.device("cuda", index))

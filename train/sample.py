@@ -218,19 +218,11 @@ def sample(a) -> list[str]:
     import torch
 
     _check(a)
-    dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(dev)
-    except RuntimeError:
-        raise UserError(f"--device {a.device!r} is not a device; use auto, cpu or cuda") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {a.device!r}: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":  # before the checkpoint is read: its fault is not the file's
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {a.device}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            n = torch.cuda.device_count()
-            raise UserError(f"--device {a.device}: this machine has {n} CUDA device(s)")
+    from train.session import resolve_device
+
+    # every spelling as train reads it (cuda gets an index), before the checkpoint is read: a
+    # device fault is not the file's
+    device = resolve_device(a.device, 1, 0)
     model, payload = load_model(a.ckpt, device)
     codec = pick_codec(a, payload)
     if codec.vocab_size > model.cfg.vocab_size:
