@@ -115,8 +115,9 @@ def _loss_parser(sub) -> None:
     opt(g, "--drop-highest", 0, "K", "drop the K highest-loss runs before fitting")
     _flag(g, "--no-batch-term", "fit E + A/N^alpha + B/D^beta only, even when the batch varies")
     opt(g, "--budgets", "", "LIST", "FLOP budgets (comma list) for compute-optimal N and D")
-    opt(g, "--bootstrap", 0, "K", "K bootstrap refits for 95%% CIs (0: none)")
-    opt(g, "--max-starts", 100, "K", "BFGS from the K best of the 4500 grid starts (0: all)")
+    opt(g, "--bootstrap", 0, "K", "K bootstrap refits for 95%% CIs, 0..2000 (0: none)")
+    opt(g, "--max-starts", 100, "K", "BFGS from the K best of the 2880 grid starts (0: all)")
+    opt(g, "--cv-seeds", 3, "S", "seeds of the held-out MAE check (5-fold by run; 0: skip)")
 
 
 def _replicate_parser(sub) -> None:
@@ -127,7 +128,7 @@ def _replicate_parser(sub) -> None:
     )
     opt(r, "--csv", str(cli_fit.EPOCH_CSV), "CSV", "Epoch's svg_extracted_data.csv (shipped)")
     opt(r, "--out", None, "JSON", "write the replicated law here")
-    opt(r, "--max-starts", 10, "K", "BFGS from the K best of the 4500 grid starts (0: all)")
+    opt(r, "--max-starts", 10, "K", "BFGS from the K best of the 2880 grid starts (0: all)")
     r.set_defaults(func=cli_fit.cmd_replicate)
 
 
@@ -153,7 +154,9 @@ def _isoflop_parser(sub) -> None:
         "keep rows whose COL equals VALUE (repeatable)",
         action="append",
     )
-    opt(s, "--window", 8.0, "X", "parabola on runs within a factor X of the best N (0: all)")
+    opt(s, "--method", "akima", "HOW", "per-budget optimum: akima (Porian et al.) or parabola",
+        choices=("akima", "parabola"))  # fmt: skip
+    opt(s, "--window", 8.0, "X", "parabola: runs within a factor X of the best N (0: all)")
     opt(s, "--bootstrap", 200, "K", "bootstrap refits for the 95%% CIs (0: none)")
     opt(s, "--out", None, "JSON", "write the fit here")
     opt(s, "--plot", None, "PNG", "profiles and power laws")

@@ -261,13 +261,19 @@ def _table_runs(args, df: pd.DataFrame, what: str):
     return N, D, df[args.loss_col].to_numpy(float), None, None
 
 
+MAX_BOOTSTRAP = 2000  # each refit is a fit; 2000 percentile draws are plenty for a 95% CI
+MAX_STARTS = 2880  # the grid's size
+
+
 def _check_loss_args(args) -> list[float]:
-    if not 0 <= args.bootstrap <= 10_000:
-        raise UserError(f"--bootstrap must be in 0..10000, got {args.bootstrap}")
-    if args.max_starts < 0:
-        raise UserError(f"--max-starts must be >= 0, got {args.max_starts}")
-    if args.drop_highest < 0:
-        raise UserError(f"--drop-highest must be >= 0, got {args.drop_highest}")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UserError(f"--bootstrap must be in 0..{MAX_BOOTSTRAP}, got {args.bootstrap}")
+    if not 0 <= args.max_starts <= MAX_STARTS:
+        raise UserError(f"--max-starts must be in 0..{MAX_STARTS} (0: all), got {args.max_starts}")
+    if not 0 <= args.drop_highest <= 10_000:
+        raise UserError(f"--drop-highest must be in 0..10000, got {args.drop_highest}")
+    if not 0 <= args.cv_seeds <= 50:
+        raise UserError(f"--cv-seeds must be in 0..50 (0: no held-out check), got {args.cv_seeds}")
     return parse_floats("--budgets", args.budgets, hi=1e40)
 
 
@@ -287,15 +293,15 @@ def cmd_fit_loss(args) -> int:
         N, D, L, batch, max_starts=args.max_starts or None, batch_term=not args.no_batch_term
     )
     if args.bootstrap:
-        law["ci95"] = losslaw.bootstrap(
-            N,
-            D,
-            L,
-            args.bootstrap,
-            max_starts=min(args.max_starts or 10, 10),
-            batch=batch if law.get("b_crit") else None,
-        )
-        law["bootstrap_n"] = args.bootstrap
+        boot = losslaw.bootstrap(
+            N, D, L, args.bootstrap, batch=batch if law.get("b_crit") else None, law=law,
+            delta=law["huber_delta"],
+        )  # fmt: skip
+        law["bootstrap"] = boot
+        law["ci95"] = boot["ci95"]
+        law["identified"] = losslaw.identified(law, boot)
+    if args.cv_seeds:
+        law["held_out"] = lawfit.held_out(N, D, L, batch, law=law, seeds=args.cv_seeds)
     law["compute_optimal"] = [losslaw.compute_optimal(law, c) for c in budgets]
     law |= {
         "kind": "steptime loss law",
@@ -306,11 +312,12 @@ def cmd_fit_loss(args) -> int:
     law |= _stamp()
     for line in lawfit.law_lines(law):
         print(line)
-    if "ci95" in law:
-        print(
-            f"95% bootstrap CI ({args.bootstrap} refits): "
-            + " ".join(f"{k}=[{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in law["ci95"].items())
-        )
+    if "bootstrap" in law:
+        for line in lawfit.spread_lines(law, law["bootstrap"], law["identified"]):
+            print(line)
+    if "held_out" in law:
+        for line in lawfit.held_out_lines(law["held_out"]):
+            print(line)
     for r in law["compute_optimal"]:
         models.warn_law_range(law, {"N": r["N_opt"], "D": r["D_opt"]})
         print(
@@ -323,15 +330,17 @@ def cmd_fit_loss(args) -> int:
 
 
 def cmd_replicate(args) -> int:
-    if args.max_starts < 0:
-        raise UserError(f"--max-starts must be >= 0, got {args.max_starts}")
+    if not 0 <= args.max_starts <= MAX_STARTS:
+        raise UserError(f"--max-starts must be in 0..{MAX_STARTS} (0: all), got {args.max_starts}")
     df = read_table(args.csv)
     cols = ["Model Size", "Training FLOP", "loss"]
     require_columns(df, cols, args.csv)
     df = positive_numeric(df, cols, args.csv).sort_values("loss").iloc[:-5]
     N = df["Model Size"].to_numpy(float)
     D = df["Training FLOP"].to_numpy(float) / (6 * N)
-    law = lawfit.fit_law(N, D, df["loss"].to_numpy(float), max_starts=args.max_starts or None)
+    law = lawfit.fit_law(
+        N, D, df["loss"].to_numpy(float), max_starts=args.max_starts or None, delta=losslaw.DELTA
+    )
     law.pop("batch_term", None)
     law |= {
         "kind": "replication of a published fit (not a law for your models)",
@@ -409,7 +418,9 @@ def cmd_isoflop(args) -> int:
         if note:
             print(f"note: {note}")
     C = df[args.group_col].to_numpy(float)
-    res = isoflop.fit_isoflop(C, N, D, L, window=window, bootstrap=args.bootstrap)
+    res = isoflop.fit_isoflop(
+        C, N, D, L, window=window, bootstrap=args.bootstrap, method=args.method
+    )
     for line in isoflop.result_lines(res, args.group_col):
         print(line)
     if setting in PORIAN_PAPER_A and res["a"] is not None:

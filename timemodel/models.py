@@ -13,7 +13,7 @@ from core import UserError
 from model import costs
 from timemodel import roofline
 from timemodel.io import read_json
-from timemodel.losslaw import EXPONENT_MAX
+from timemodel.losslaw import READ_EXPONENT_MAX
 
 # Feature names of time models written before costs.step_features existed.
 LEGACY = {"flops_per_step": "flops", "memory_traffic": "bytes"}
@@ -85,7 +85,8 @@ def impl_of(tm: dict, dtype: str | None = None) -> dict:
 
 
 def check_law(law: dict, path: str) -> dict:
-    """A checked loss law: E, A, B > 0, exponents in [0, EXPONENT_MAX], b_crit > 0 or absent."""
+    """A checked loss law: E, A, B > 0, exponents in [0, READ_EXPONENT_MAX], b_crit > 0 or
+    absent."""
     missing = [k for k in ("E", "A", "B", "alpha", "beta") if k not in law]
     if missing:
         raise UserError(
@@ -95,7 +96,7 @@ def check_law(law: dict, path: str) -> dict:
     for k in ("E", "A", "B"):
         law[k] = _number(law[k], f"{path}: {k}", lo_open=True)
     for k in ("alpha", "beta"):
-        law[k] = _number(law[k], f"{path}: {k}", hi=EXPONENT_MAX)
+        law[k] = _number(law[k], f"{path}: {k}", hi=READ_EXPONENT_MAX)
     if law.get("b_crit") is not None:
         law["b_crit"] = _number(law["b_crit"], f"{path}: b_crit", lo_open=True)
     conv = law.setdefault("convention", "porian")

@@ -83,7 +83,7 @@ def isoflop_plot(path: str, res: dict, C, N, D, L, group_col: str) -> None:
     ax.set(xscale="log", yscale="log", xlabel="N (parameters)", ylabel="loss")
     _plain_y(ax)
     ax.legend(title=group_col, fontsize=6, ncol=2, title_fontsize=7)
-    ax.set_title("runs per group; ★ parabola vertex (N*)", fontsize=9)
+    ax.set_title(f"runs per group; ★ N* ({res.get('method', 'parabola')})", fontsize=9)
     if res.get("a") is not None:
         cs = np.array(sorted(kept))
         grid = np.geomspace(cs.min(), cs.max(), 50)

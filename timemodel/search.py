@@ -1,12 +1,13 @@
 """Architecture search for a wall-clock budget: score a grid of configs with numpy, rank by loss.
 
-For every candidate (n_layer, n_embd, n_head, ffn_hidden, batch_size) at a fixed vocab and sequence
-length: the step-time features from `model.costs.vectorized` (element-wise on arrays, the same
-numbers as `costs.step_features`), the step time from the fitted time model, tokens = budget /
-step time * batch * T, and loss = L(N, D[, batch]) from the loss law with N by the law's convention
-(`costs.law_params`). Everything is array arithmetic over the flattened grid, so ~1e6 candidates
-score in about a second. The grid size is computed from the --space text before anything is
-expanded, and refused above `max_candidates`.
+For every candidate (n_layer, n_embd, n_head, ffn_hidden, batch_size), everything else (vocab,
+sequence length, tied embeddings, family, accumulation, dtype, kernels) held at what the models
+were fitted on (`timemodel.fitted`): the step-time features from `model.costs.vectorized`
+(element-wise on arrays, the same numbers as `costs.step_features`), the step time from the
+fitted time model, tokens = budget / step time * batch * T, and loss = L(N, D[, batch]) from the
+loss law with N by the law's convention (`costs.law_params`). Everything is array arithmetic over
+the flattened grid, so ~1e6 candidates score in about a second. The grid size is computed from
+the --space text before anything is expanded, and refused above `max_candidates`.
 
 Batch. A law with a critical-batch term (`losslaw.effective_tokens`) charges large batches their
 lost token efficiency. A law fitted on a sweep where the batch varied but no penalty fitted caps the
@@ -35,16 +36,14 @@ from timemodel.losslaw import predict_loss
 AXES = ("n_layer", "n_embd", "head", "ffn", "batch_size")
 MAX_CANDIDATES = 10_000_000
 
-# "default": 64 * 64 * 4 * 6 * 10 = 983,040 grid points; vocab/T from the CLI.
+# "default": 64 * 64 * 4 * 6 * 10 = 983,040 grid points.
 SPACES = {
     "default": "n_layer=1:64,n_embd=64:4096:64,head_dim=16,32,64,128,ffn_mult=1,1.5,2,2.667,3,4,"
     "batch_size=1,2,4,8,16,32,64,128,256,512",
-    # Tiny CPU models (vocab 256, T 64) for the demo: 6 * 16 * 3 * 4 * 4 = 4,608 candidates.
+    # Tiny CPU models for the demo: 6 * 16 * 3 * 4 * 4 = 4,608 candidates.
     "small": "n_layer=1:6,n_embd=16:256:16,head_dim=8,16,32,ffn_mult=1,2,2.667,4,"
     "batch_size=4,8,16,32",
 }
-SMALL_DEFAULTS = {"vocab_size": 256, "sequence_length": 64}
-LARGE_DEFAULTS = {"vocab_size": 50304, "sequence_length": 512}
 
 _KEYS = {
     "n_layer": "n_layer",
@@ -227,7 +226,7 @@ def score(
         params, cand["n_layer"], cand["n_embd"], cand["batch_size"], sequence_length, vocab_size
     )
     budget = hours * 3600.0
-    batch_tokens = cand["batch_size"] * sequence_length
+    batch_tokens = cand["batch_size"] * sequence_length * (impl or {}).get("acc_steps", 1)
     ok = (step > 0) & (step <= budget)
     if max_memory_gb is not None:
         ok &= mem <= max_memory_gb * 1e9
@@ -305,10 +304,13 @@ def frontier(params: np.ndarray, loss: np.ndarray, bins: int = 60) -> tuple[np.n
     return centers[keep], best[keep]
 
 
-def run_search(space: dict, tm: dict, law: dict, *, top: int, dedupe_heads: bool = True, **kw):
-    """Candidates of `space`, scored (`score`'s keyword arguments in kw, impl from the time model)
-    and ranked: (candidates, scored, order, dropped). What `timemodel search` times."""
+def run_search(
+    space: dict, tm: dict, law: dict, *, top: int, dedupe_heads: bool = True, impl=None, **kw
+):
+    """Candidates of `space`, scored (`score`'s keyword arguments in kw; impl: the keyword
+    arguments of `costs.vectorized`, default the time model's dtype and kernels) and ranked:
+    (candidates, scored, order, dropped). What `timemodel search` times."""
     cand = candidates(space)
-    scored = score(cand, tm, law, impl=models.impl_of(tm), **kw)
+    scored = score(cand, tm, law, impl=impl or models.impl_of(tm), **kw)
     order, dropped = rank(scored, top, dedupe_heads=dedupe_heads)
     return cand, scored, order, dropped

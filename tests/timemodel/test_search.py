@@ -41,7 +41,8 @@ def _step(cfg, B, **kw):
 
 def _search_argv(tm: str, law: str, csv, top: int) -> list[str]:
     """`timemodel search` over SPACE for 0.05 h (vocab 256, T 32), the top rows into csv."""
-    flags = f"--hours 0.05 --vocab-size 256 --sequence-length 32 --top {top}".split()
+    flags = f"--hours 0.05 --vocab-size 256 --sequence-length 32 --tie-embeddings 0 --top {top}"
+    flags = flags.split()
     return ["search", "--time-model", tm, "--loss-law", law, "--space", SPACE, *flags, *DEV] + [
         "--out",
         str(csv),
