@@ -186,7 +186,7 @@ def jsonl_records(
             rec = decode_json(line)
             reason = check(rec) if check is not None else None
         except ValueError as e:
-            reason = str(e) or "not JSON"
+            reason = f"is not JSON ({str(e).split(': line ')[0] or 'unreadable'})"
         if reason:
             skipped += 1
             first = first or f"line {n}: {reason}"

@@ -104,7 +104,7 @@ def test_a_run_without_averages_draws_only_raw_val(tmp_path):
     "line, match",
     [
         ('{"kind": "train", "loss": 3.0}', r"line 2: record has no 'step'"),
-        ("not json", r"line 2: Expecting value"),
+        ("not json", r"line 2: is not JSON \(Expecting value"),
         ('{"kind": "eval", "step": "ten"}', r"line 2: step must be an integer"),
         ("[1, 2]", r"line 2: record has no 'step'"),
     ],
