@@ -40,7 +40,10 @@ _TEMP = re.compile(r"\.tmp\.[0-9]+$")
 
 
 def is_run_dir(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f)) for f in ("config.json", METRICS))
+    """Whether `path` holds (part of) a run: its settings, metrics or checkpoints. Checkpoints
+    alone count too: a new run beside them would later resume from the other run's."""
+    names = ("config.json", METRICS, "latest", "ckpts")
+    return any(os.path.lexists(os.path.join(path, f)) for f in names)
 
 
 def claim(out: str, parent: str | None = None) -> None:
@@ -150,14 +153,15 @@ def prepare_new(out: str, *, overwrite: bool) -> None:
                 f"{out} already holds a run; pass --overwrite to replace it, "
                 f"--resume-from {out} to continue it, or another --out"
             )
-        try:
-            for name in RUN_FILES:
-                if os.path.isfile(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
-            for name in os.listdir(out):
+        try:  # folders first, config.json and metrics.jsonl last: killed midway, OUT still
+            # reads as a run (refused, or cleared again), never as a fresh folder with old files
+            for name in sorted(os.listdir(out)):
                 full = os.path.join(out, name)
                 if os.path.isdir(full) and (name in RUN_DIRS or name.startswith("cooldown_")):
                     shutil.rmtree(full)
+            for name in sorted(RUN_FILES, key=lambda n: n in ("config.json", METRICS)):
+                if os.path.isfile(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
         except OSError as e:
             raise UserError(f"cannot clear {out}: {e.strerror or e}") from None
     make_dir(out)

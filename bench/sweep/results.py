@@ -265,10 +265,15 @@ def check_sweep_folder(out_dir: str) -> None:
         raise UserError(f"--out {out_dir} holds a {kind}: a sweep there would mix into it")
     if kind is None:
         owner.check_not_nested(out_dir, "--out")
-    if os.path.isdir(out_dir):
-        refuse_symlinks(out_dir, SWEEP_ENTRIES)
+    if not os.path.isdir(out_dir):
+        return
+    refs = [n for n in os.listdir(out_dir) if n.startswith("reference")]  # drift references
+    refuse_symlinks(out_dir, (*SWEEP_ENTRIES, *refs))
+    for folder in [out_dir, *(os.path.join(out_dir, n) for n in refs)]:
+        if folder != out_dir and os.path.isdir(folder):
+            refuse_symlinks(folder, SWEEP_ENTRIES + ("drift.json",))
         for sub in (ROWS_DIR, ".work", ".jobs", os.path.join(".jobs", "heartbeat")):
-            d = os.path.join(out_dir, sub)
+            d = os.path.join(folder, sub)
             if os.path.isdir(d):
                 refuse_symlinks(d, os.listdir(d))
 
