@@ -86,6 +86,8 @@ BENCH_CASES = [
     ("view-nesting-bomb", "bench", ["show", "{bomb_view}"], 2, "nested too deeply"),
     ("sweep-json-bomb", "bench", [*SWEEP, "--out", "{bomb_sweep}"], 2, "sweep.json is unreadable"),
     ("rows-symlink", "bench", ["show", "{rows_link}"], 2, "it is a symlink"),
+    ("repeat-1e9", "bench", [*SWEEP, "--repeat", "1000000000", "--out", "{tmp}/o"], 2, "--repeat must be <= 1,000"),
+    ("nproc-1e5", "bench", [*SWEEP, "--nproc-per-config", "100000", "--out", "{tmp}/o"], 2, "--nproc-per-config must be <= 1,024"),
 ]  # fmt: skip
 
 T = [
@@ -124,6 +126,7 @@ TRAIN_CASES = [
     ("prepare-out-owned", "train", ["prepare", "{text}", "--out", "{held}"], 2, "is in use by pid"),
     ("prepare-out-in-run", "train", ["prepare", "{text}", "--out", "{run}/data"], 2, "lies inside the train run"),
     ("prepare-out-empty", "train", ["prepare", "{text}", "--out", ""], 2, "--out must name a folder"),
+    ("prepare-workers-1e5", "train", ["prepare", "{text}", "--out", "{tmp}/d", "--workers", "100000"], 2, "--workers must be in 1..256"),
     # 12 nesting bombs; 13 seeds; 14 degenerate schedules; 15 sizes; 17 token ids; 21 nonsense
     ("prepare-jsonl-bomb", "train", ["prepare", "{bomb_jsonl}", "--out", "{tmp}/d"], 2, "not a JSON object"),
     ("meta-nesting-bomb", "train", [*T, "--data", "{bomb_dataset}", "--out", "{tmp}/o"], 2, "nested too deeply"),

@@ -35,6 +35,7 @@ BATCH_CHARS = 1 << 20  # text per task sent to a worker
 PIECE_CHARS = 2048  # text files are encoded in pieces of about this many characters
 BATCH_DOCS = 4096
 FORMAT_VERSION = 1
+MAX_WORKERS = 256  # tokenizer processes: more only starts processes that wait for input
 # train.data.META_NAME; not imported from there because the spawned workers import this module and
 # train.data imports torch (seconds per worker).
 META_NAME = "meta.json"
@@ -366,8 +367,8 @@ def prepare(args) -> dict:
     """Tokenize `args.inputs` into `args.out`; returns the meta.json written."""
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be in 1..{MAX_WORKERS}, got {args.workers}")
     files = expand_inputs(args.inputs)
     codec = load_codec(parse_spec(args.tokenizer))
     eot = pick_eot(codec, args.eot)

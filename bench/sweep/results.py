@@ -254,6 +254,26 @@ def done_ids(rows: list[dict]) -> set[str]:
     return {r["config_id"] for r in rows if r.get("status") in FINAL_STATUSES}
 
 
+# The most a count flag of `bench sweep` may ask for: beyond these the plan alone (specs held in
+# memory, processes started) fails or hangs, and no measurement needs them.
+COUNT_CAPS = {
+    "--repeat": ("repeat", 1000),
+    "--max-repeat": ("max_repeat", 1000),
+    "--nproc-per-config": ("nproc_per_config", 1024),
+    "--reference-every": ("reference_every", 1_000_000),
+    "--untimed-steps": ("untimed_steps", 1_000_000),
+    "--val-tokens": ("val_tokens", 10**10),
+}
+
+
+def check_count_caps(opts) -> None:
+    """UserError when a count flag of a sweep (SweepOptions `opts`) is over its cap."""
+    for flag, (name, cap) in COUNT_CAPS.items():
+        v = getattr(opts, name, None)
+        if isinstance(v, int) and v > cap:
+            raise UserError(f"{flag} must be <= {cap:,}, got {v:,}")
+
+
 SWEEP_ENTRIES = (ROWS_DIR, ".work", ".jobs", "sweep.json", ".lock", *FILES)
 
 
