@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from core import UserError
-from core.files import atomic_write, decode_json
+from core.files import atomic_write, decode_json, warn_line
 
 MAX_LEGEND_GROUPS = 10  # more distinct values (or lines) than this get a colour scale
 # Columns that tell configs apart in the loss_vs_time legend (only the ones that vary are shown).
@@ -336,6 +336,31 @@ def plot_frame(
     return written
 
 
+def numeric_columns(df, where: str):
+    """`df` with every column that holds numbers made numeric: text in it (a hand-edited or
+    damaged row) becomes missing, with one warning line, instead of failing a comparison."""
+    import pandas as pd
+
+    mixed = []
+    for c in df.columns:
+        if df[c].dtype != object or c == "loss_curve":
+            continue
+        vals = df[c].dropna()
+        nums = vals.map(_finite_or_nan)
+        if nums.any() and not nums.all():
+            mixed.append(c)
+        if nums.any():
+            df[c] = pd.to_numeric(df[c].where(df[c].map(_finite_or_nan)), errors="coerce")
+    if mixed:
+        warn_line(f"{where}: text in numeric column(s) {', '.join(mixed)} drawn as missing")
+    return df
+
+
+def _finite_or_nan(x) -> bool:
+    """A number (finite or NaN) that is not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def plot_dir(
     out_dir: str,
     png_dir: str | None = None,
@@ -346,7 +371,7 @@ def plot_dir(
     """Write the PNGs of a sweep folder (into DIR by default); returns their paths."""
     from bench.sweep.show import load_frame
 
-    df = load_frame(out_dir)
+    df = numeric_columns(load_frame(out_dir), out_dir)
     if "status" not in df.columns or not (df["status"] == "ok").any():
         raise UserError(f"no ok rows in {out_dir} to plot")
     return plot_frame(df, png_dir or out_dir, color_by=color_by, loss_color_by=loss_color_by)

@@ -65,11 +65,15 @@ def row_problem(r) -> str | None:
         or rep != int(rep) or rep < 0
     ):  # fmt: skip
         return f"repeat {rep!r} is not a count"
-    w = r.get("written_at")
-    if w is not None and (
-        isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)
-    ):
-        return f"written_at {w!r} is not a time"
+    for k in ("written_at", "measured_at"):
+        w = r.get(k)
+        if w is not None and (
+            isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)
+        ):
+            return f"{k} {w!r} is not a time"
+    for k in ("kind", "ref_group", "message"):
+        if r.get(k) is not None and not isinstance(r[k], str):
+            return f"{k} is not a string"
     if r.get("status") is not None and not isinstance(r.get("status"), str):
         return "status is not a string"
     return None

@@ -507,6 +507,22 @@ def test_16_bad_rows_are_skipped_with_one_warning(tmp_path, capsys):
     assert rc == 0 and [x.split()[0] for x in shown.splitlines()[1:]] == ["b", "a"]
 
 
+def test_16_text_in_numeric_columns_is_drawn_as_missing(tmp_path, capsys):
+    out = tmp_path / "s"
+    (out / "rows").mkdir(parents=True)
+    rows = [
+        {"config_id": "a", "status": "ok", "step_ms_median": "abc", "params": "x",
+         "tokens_per_s": "t", "val_loss": "q", "batch_size": 4, "written_at": 1.0},
+        {"config_id": "b", "status": "ok", "step_ms_median": 2.0, "params": 100,
+         "tokens_per_s": 5.0, "val_loss": 3.0, "batch_size": "z", "written_at": 2.0},
+        {"config_id": "c", "status": "ok", "measured_at": "noon", "written_at": 3.0},
+    ]  # fmt: skip
+    (out / "rows" / "h-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, _, err = _bench(["plot", out], capsys)
+    assert rc == 0, err
+    assert "drawn as missing" in err and "measured_at 'noon' is not a time" in err
+
+
 def test_16_bad_job_records_and_heartbeats_are_skipped(tmp_path, capsys):
     out = tmp_path / "s"
     results.append_row(str(out), {"config_id": "a", "status": "ok"})
