@@ -113,7 +113,9 @@ def test_train_runs_its_cuda_branches(cuda, tmp_path, spelling):
 
 # ----------------------------------------------------------------------------------- worker
 def _spec(device: str, **row):
-    r = grid.expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["2"]}, "tiny")[0]
+    r = grid.expand(
+        {"n_layer": ["1"], "n_head": ["2"], "batch_size": ["2"], "acc_steps": ["1"]}, "tiny"
+    )[0]
     r.update(device=device, **row)
     opts = SweepOptions(out_dir=".", minutes_per_config=0.005, untimed_steps=1, val_tokens=256)
     return {

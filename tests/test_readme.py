@@ -1,5 +1,8 @@
 """Every shell block of README.md runs, in order, from an empty folder, and exits 0.
 
+Slow tier (`make test-all`, CI): the blocks start dozens of processes. They form one chain on
+purpose, and xdist keeps this file on one worker, in order (`--dist loadfile`):
+
 Blocks run with `bash -euo pipefail` in one temporary folder (later blocks use what earlier ones
 wrote, as a reader following the README would), with this checkout's venv first on PATH and
 `STEPTIME_SMOKE=1`, which shrinks the H100 commands to CPU-smoke size (train/smoke.py). The first
@@ -53,6 +56,7 @@ def test_readme_has_the_two_setup_commands_first():
 
 
 @pytest.mark.parametrize("i", range(1, len(readme_blocks())), ids=lambda i: f"block{i}")
+@pytest.mark.slow
 def test_readme_block_runs(i: int, workdir: Path) -> None:
     block = readme_blocks()[i]
     env = dict(os.environ, STEPTIME_SMOKE="1", PYTHONUNBUFFERED="1")

@@ -23,18 +23,10 @@ from core.files import decode_json
 from model.config import ModelConfig, field_names, get_preset
 from train import config as tconfig
 
-# Run settings that are not ModelConfig fields; their types and docs come from TrainConfig. The
-# defaults are the sweep's own: a small micro-batch, one micro-step, whatever device is here.
-SETTING_DEFAULTS: dict[str, object] = {
-    "batch_size": 16,
-    "acc_steps": 1,
-    "dtype": tconfig.field_default("dtype"),
-    "compile": False,
-    "device": "auto",
-    "lr": tconfig.field_default("lr"),
-    "seed": tconfig.field_default("seed"),  # model init seed: `--seed 0,1,2` / `--seeds 3`
-}
-SETTINGS = tuple(SETTING_DEFAULTS)
+# Run settings that are not ModelConfig fields (seed: `--seed 0,1,2` / `--seeds 3`). Their types,
+# docs and defaults are TrainConfig's: a config the grid leaves unset runs as `train` would run it.
+SETTINGS = ("batch_size", "acc_steps", "dtype", "compile", "device", "lr", "seed")
+SETTING_DEFAULTS: dict[str, object] = {k: tconfig.field_default(k) for k in SETTINGS}
 DTYPES = ("float32", "bfloat16", "float16")
 # The sweep resolves "auto" per machine (triton on CUDA, torch on CPU) and records what ran.
 KERNEL_CHOICES = ("auto", "torch", "triton")

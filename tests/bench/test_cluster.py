@@ -57,6 +57,7 @@ def _wait_for(pred, timeout_s: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_submitit_local_gives_the_rows_of_local(tmp_path):
     grid = ["--n-layer", "1,2", "--n-embd", "32,64"]
     # The jobs run while the local sweep measures the same grid; the second call waits for them.
@@ -82,6 +83,7 @@ def test_submitit_local_gives_the_rows_of_local(tmp_path):
     assert json.loads((tmp_path / "local" / "sweep.json").read_text())["settings"]["pin"] is True
 
 
+@pytest.mark.slow
 def test_killing_the_submitter_loses_nothing(tmp_path, capsys):
     out = tmp_path / "s"
     grid = ["--n-layer", "1", "--n-embd", "32,64", *SUBMITIT_LOCAL]
@@ -180,6 +182,7 @@ def fake_slurm(tmp_path, monkeypatch):
     return bin_dir
 
 
+@pytest.mark.slow
 def test_slurm_array_failed_config_is_shown_and_retried(tmp_path, fake_slurm, capsys):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps([{"n_layer": 1, **TINY}, {"n_layer": 1, "inject": "error", **TINY}]))
@@ -249,6 +252,7 @@ def test_slurm_errors_are_one_line(tmp_path, fake_slurm, monkeypatch, capsys):
     assert not any((tmp_path / d).exists() for d in "lab")  # refused before touching --out
 
 
+@pytest.mark.slow
 def test_two_process_gloo_config_counts_both_ranks(tmp_path):
     out = tmp_path / "ddp"
     assert _sweep(out, "--n-layer", "1", "--nproc-per-config", "2") == 0

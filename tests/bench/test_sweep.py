@@ -111,6 +111,7 @@ def test_failures_are_rows_retried_by_policy_and_all_failed_exits_1(tmp_path, ca
     assert {x.get("inject"): x for x in _rows(out)}[None]["written_at"] > first[None]["written_at"]
 
 
+@pytest.mark.slow
 def test_two_process_config_runs_under_torchrun(tmp_path, monkeypatch):
     """--nproc-per-config 2: gloo DDP; the row has world_size 2 and tokens/s of both ranks."""
     from bench.sweep.grid import config_id, expand

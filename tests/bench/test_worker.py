@@ -20,7 +20,9 @@ from train.session import Session
 def _spec(**measure):
     from bench.sweep.options import base_train_config
 
-    row = expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["2"]}, "tiny")[0]
+    row = expand(
+        {"n_layer": ["1"], "n_head": ["2"], "batch_size": ["2"], "acc_steps": ["1"]}, "tiny"
+    )[0]
     m = {"budget_s": 1.0, "untimed_steps": 1, "timing": "windows", "val_tokens": 1024, "pin": False}
     return {
         "config_id": "x",

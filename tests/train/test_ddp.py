@@ -34,6 +34,7 @@ def _losses(d):
     ]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_single(tmp_path):
     single, ddp = str(tmp_path / "single"), str(tmp_path / "ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
