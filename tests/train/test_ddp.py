@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ARGS = [
     "--preset",
     "tiny",
