@@ -40,6 +40,7 @@ TRAIN_FLAGS = (
 ROW_KEYS = ("n_layer", "n_embd", "n_head", "ffn_hidden", "batch_size")  # what a search row varies
 WSD_ONLY = ("wsd_fract_decay", "decay_type", "wsd_final_lr_scale")
 EXTRAS = ("multiple_of", "norm_eps", "rope_theta", "init_std", "dropout")
+FLAGGED_EXTRAS = tuple((f, "--" + f.replace("_", "-")) for f in EXTRAS)
 
 
 def model_config(row: dict, ctx: Context) -> ModelConfig:
@@ -68,11 +69,10 @@ def model_config(row: dict, ctx: Context) -> ModelConfig:
 
 
 def _model_flags(cfg: ModelConfig, arch_flag: str) -> list[str]:
-    out = [
-        f"--n-layer {cfg.n_layer}",
-        f"--n-embd {cfg.n_embd}",
-        f"--n-head {cfg.n_head}",
-    ]
+    """Every field of cfg that the base of both commands (ModelConfig's defaults; train's base
+    without --preset differs only in its size and tie_embeddings, which are always given) does
+    not already hold."""
+    out = [f"--n-layer {cfg.n_layer}", f"--n-embd {cfg.n_embd}", f"--n-head {cfg.n_head}"]
     if cfg.n_kv_head is not None:
         out.append(f"--n-kv-head {cfg.n_kv_head}")
     out += [
@@ -80,14 +80,12 @@ def _model_flags(cfg: ModelConfig, arch_flag: str) -> list[str]:
         f"--vocab-size {cfg.vocab_size}",
         f"--sequence-length {cfg.sequence_length}",
         f"--tie-embeddings {str(cfg.tie_embeddings).lower()}",
-        f"{arch_flag} {cfg.arch}",
-        f"--bias {str(cfg.bias).lower()}",
-        f"--multiple-of {cfg.multiple_of}",
-        f"--norm-eps {cfg.norm_eps:g}",
-        f"--rope-theta {cfg.rope_theta:g}",
-        f"--init-std {cfg.init_std:g}",
-        f"--dropout {cfg.dropout:g}",
     ]
+    base = ModelConfig()
+    for field, flag in (("arch", arch_flag), ("bias", "--bias"), *FLAGGED_EXTRAS):
+        v = getattr(cfg, field)
+        if v != getattr(base, field):
+            out.append(f"{flag} {str(v).lower() if isinstance(v, bool) else v}")
     return out
 
 
