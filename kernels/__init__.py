@@ -23,11 +23,18 @@ __all__ = [
 ]
 
 
-def register_ops() -> None:
+def register_ops(only_if_usable: bool = False) -> None:
     """Register the ``steptime::`` ops for torch.compile (imports triton; done once). The first
     Triton call of an op registers its own; a kernels="triton" model calls this when built, so
-    that compiling it never meets an unregistered op."""
+    that compiling it never meets an unregistered op. ``only_if_usable``: do nothing unless
+    Triton can run here (a CUDA device, or TRITON_INTERPRET=1)."""
     import importlib
 
+    import torch
+
+    from ._utils import interpreting
+
+    if only_if_usable and not (torch.cuda.is_available() or interpreting()):
+        return
     for name in ("rmsnorm", "swiglu", "add_rmsnorm", "cross_entropy"):
         importlib.import_module(f"{__name__}.{name}")._ops()

@@ -19,9 +19,6 @@ import triton
 import triton.language as tl
 
 _MAX_BLOCK_V = 4096
-# Largest chunk of logits (bytes): 2 chunks at 16384 tokens x 50304 x bf16. Fewer chunks mean
-# fewer fp32 passes over dW when the matmuls run in 16 bits (see `linear_cross_entropy_fwd`).
-CHUNK_BYTES = 1 << 30
 
 
 @triton.jit
@@ -59,11 +56,6 @@ def _eager(kernel):
 
 def block_v(v: int) -> int:
     return min(_MAX_BLOCK_V, triton.next_power_of_2(v))
-
-
-def default_chunks(n: int, v: int, itemsize: int) -> int:
-    """Chunks of rows so that one chunk's logits take at most CHUNK_BYTES."""
-    return max(1, min(n, triton.cdiv(n * v * itemsize, CHUNK_BYTES)))
 
 
 def linear_cross_entropy_fwd(

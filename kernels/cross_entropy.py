@@ -24,6 +24,16 @@ from .reference import linear_cross_entropy_ref
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ITEMSIZE = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+# Largest chunk of logits (bytes): 2 chunks at 16384 tokens x 50304 x bf16. Fewer chunks mean
+# fewer fp32 passes over dW when the matmuls run in 16 bits (see
+# `kernels._cross_entropy_kernels.linear_cross_entropy_fwd`); model/_opcount.py's `flce_chunks`
+# counts the same chunks.
+CHUNK_BYTES = 1 << 30
+
+
+def default_chunks(n: int, v: int, itemsize: int) -> int:
+    """Chunks of rows so that one chunk's logits take at most CHUNK_BYTES."""
+    return max(1, min(n, -(-(n * v * itemsize) // CHUNK_BYTES)))
 
 
 _K = None
@@ -138,7 +148,7 @@ def linear_cross_entropy(
         return linear_cross_entropy_ref(h, weight, targets, compute_dtype=cdt)
     _ops()
     N, V = h.shape[0], weight.shape[0]
-    n = n_chunks or _k().default_chunks(N, V, _ITEMSIZE[cdt])
+    n = n_chunks or default_chunks(N, V, _ITEMSIZE[cdt])
     n = max(1, min(int(n), max(N, 1)))
     # The matmuls below run in compute_dtype by themselves: autocast must not recast them.
     with torch.autocast(h.device.type, enabled=False):

@@ -52,10 +52,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.backend = backend
-        if backend == "triton":  # before any torch.compile can trace a call to them
+        if backend == "triton":
             from kernels import register_ops
 
-            register_ops()
+            # Before torch.compile can trace a call to the ops; only where Triton can run (a
+            # triton-backend model on a CPU-only machine runs the references, without triton).
+            register_ops(only_if_usable=True)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

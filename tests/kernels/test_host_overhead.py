@@ -15,6 +15,7 @@ only tensor work is the outputs' allocation. Two checks:
 
 from __future__ import annotations
 
+import gc
 import importlib
 import time
 from collections import Counter
@@ -67,16 +68,22 @@ class _Floor(torch.autograd.Function):
         return torch.empty_like(x), torch.empty_like(w)
 
 
-def _per_call_us(fns: dict, calls: int = 100, rounds: int = 15) -> dict:
+def _per_call_us(fns: dict, calls: int = 100, rounds: int = 20) -> dict:
     """Min over interleaved rounds of the mean time per call, in us (min: the least-disturbed
-    round of a shared machine)."""
+    round of a shared machine), with the garbage collector off as timeit has it: a full suite
+    holds enough objects that a collection inside a round costs more than the wrapper."""
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+    finally:
+        gc.enable()
     return best
 
 

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from core import UserError
+from model import _opcount as _ops
 from model import costs
 from model.config import PRESETS, ModelConfig
 from model.transformer import Transformer
@@ -295,3 +296,43 @@ def test_costs_and_config_import_without_torch():
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fused_add_norm_and_linear_cross_entropy_counts():
+    """The fused ops' bytes by hand at one config (fp32 and bf16 autocast); model/_opcount.py's
+    ledger of them is checked op by op against the dispatcher in test_opcount.py."""
+    cfg = ModelConfig(vocab_size=100, n_layer=2, n_embd=16, n_head=2, ffn_hidden=32,
+                      sequence_length=8, kernels="triton")  # fmt: skip
+    B, L, d, V = 3, 2, 16, 100
+    N = B * 8
+    for dtype, a in (("float32", 4), ("bfloat16", 2)):
+        t = costs.op_table(cfg, B, dtype=dtype, optimizer="none", grads="none")
+        ac = int(a == 2)
+        progs = N  # the dw partial rows at this size: one per row
+        # 2L + 1 norms forward: the first plain (x, w in; y, rstd out), 2L with the residual
+        # (x in the compute dtype, residual, w in; s, y, rstd out)
+        fwd = 4 * (2 * N * d + d + N) + 2 * L * (4 * (3 * N * d + d + N) + a * N * d)
+        assert t["triton::_rmsnorm_fwd_kernel"] == (2 * L + 1, fwd)
+        # backward: dy, x|s, w, rstd in, dx out, dw partials; + ds in for all but the final norm,
+        # + the bf16 branch grad out under autocast
+        dx = (2 * L + 1) * 4 * (3 * N * d + d + N + progs * d) + (2 * L - 1) * 4 * N * d
+        dx += 2 * L * ac * a * N * d
+        assert t["triton::_rmsnorm_bwd_dx_kernel"] == (2 * L + 1, dx)
+        # the cross-entropy kernel: the chunk's logits (read, then overwritten with their grad),
+        # 4 B loss + 8 B target per row; one chunk here
+        assert t["triton::_ce_fwd_bwd_kernel"] == (1, a * N * V + 12 * N)
+        assert "aten::_log_softmax" not in t and "aten::nll_loss_forward" not in t
+    # FLOPs: the chunked head does the same three matmuls as logits + cross-entropy
+    assert costs.train_flops(cfg, B) == costs.train_flops(cfg.replace(kernels="torch"), B)
+
+
+def test_fused_path_drops_the_logits_traffic_at_124m():
+    cfg = PRESETS["124M"]
+    ours = costs.memory_traffic(cfg, 32, dtype="bfloat16", kernels="triton")
+    torch_path = costs.memory_traffic(cfg, 32, dtype="bfloat16", kernels="torch")
+    N, V = 32 * cfg.sequence_length, cfg.vocab_size
+    # torch: bf16 logits written, cast to fp32, log-softmax, NLL, and their backward: > 20 B per
+    # logit; ours: the bf16 chunk logits written, read twice, grad written, read by two mms
+    assert torch_path["embedding_head"] - ours["embedding_head"] > 8 * N * V
+    assert ours["other"] < torch_path["other"]  # residual adds folded into the norms
+    assert _ops.flce_chunks(N, V, 2) == (2, N // 2)  # two 1 GiB chunks of bf16 logits

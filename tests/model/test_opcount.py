@@ -163,7 +163,7 @@ _TRITON_SCRIPT = textwrap.dedent(
         assert any(k.startswith("triton::") for k in r["counts"]) == (cfg.arch == "llama")
     # The fused cross-entropy in several chunks of rows (uneven: 24 rows in chunks of 5), with
     # fp32 and with bf16 matmuls: its chunk loop's ops, as model/_opcount.py's fused_head counts.
-    import kernels._cross_entropy_kernels as kce
+    import kernels.cross_entropy as kce
     from model import _opcount
     small = 5 * 64 * 4  # bytes of 5 fp32 rows of logits
     for bf16 in (False, True):
