@@ -171,3 +171,20 @@ def test_effective_kernels_and_dtype(tmp_path, monkeypatch):
     assert eff["kernels"] == "torch" and eff["dtype"] == "float32"  # asked: auto, bfloat16
     summary = json.load(open(out / "summary.json"))
     assert summary["kernels"] == "torch" and summary["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("mode", ["default", "max-autotune-no-cudagraphs", "reduce-overhead"])
+def test_compile_mode_reaches_torch_compile_and_is_recorded(tmp_path, monkeypatch, mode):
+    """--compile-mode is passed to torch.compile (None for default) and the run records it."""
+    import torch
+
+    from train.cli import main
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: seen.append(mode) or m)
+    out = tmp_path / "r"
+    argv = ["--preset", "tiny", "--iterations", "2", "--batch-size", "2", "--acc-steps", "1"]
+    argv += ["--eval-batches", "1", "--compile", "--compile-mode", mode, "--out", str(out)]
+    assert main(argv) == 0
+    assert seen == [None if mode == "default" else mode]
+    assert json.load(open(out / "config.json"))["effective"]["compile_mode"] == mode
