@@ -65,19 +65,21 @@ def linear_cross_entropy_fwd(
     compute_dtype: torch.dtype,
     n_chunks: int,
     launch=_eager,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Mean cross-entropy of (h W^T) against targets, and its gradients for h and W.
 
     h (N, d) and w (V, d) are cast to ``compute_dtype`` for the matmuls (autocast's casts); the
     per-row losses and lse are fp32. dW is accumulated over the chunks in fp32 when the matmuls
     run in 16 bits (each chunk's product added to an fp32 buffer: one rounding per chunk, not a
-    16-bit running sum), else with addmm_. Returns (loss (), dh in h.dtype, dw in w.dtype).
+    16-bit running sum), else with addmm_. Returns (loss (), dh in h.dtype, dw in w.dtype);
+    with ``grads`` False (evaluation) the loss only: the two gradient matmuls are skipped.
     """
     N, V = h.shape[0], w.shape[0]
     hc_all = h if h.dtype == compute_dtype else h.to(compute_dtype)
     wc = w if w.dtype == compute_dtype else w.to(compute_dtype)
     losses = torch.empty((N,), dtype=torch.float32, device=h.device)
-    dh = torch.empty(h.shape, dtype=compute_dtype, device=h.device)
+    dh = torch.empty(h.shape, dtype=compute_dtype, device=h.device) if grads else None
     dw = None
     rows = triton.cdiv(N, n_chunks)
     bv = block_v(V)
@@ -89,6 +91,8 @@ def linear_cross_entropy_fwd(
             z, losses[i0:i1], targets[i0:i1], V, V, 1.0 / N, BLOCK_V=bv,
             num_warps=8 if bv >= 2048 else 4,
         )  # fmt: skip
+        if not grads:
+            continue
         torch.mm(z, wc, out=dh[i0:i1])
         if dw is None:
             dw = torch.mm(z.t(), hc)
@@ -99,6 +103,8 @@ def linear_cross_entropy_fwd(
         else:
             dw.add_(torch.mm(z.t(), hc))
     loss = losses.sum()  # rows are stored already divided by N
+    if not grads:
+        return loss, None, None
     if dh.dtype != h.dtype:
         dh = dh.to(h.dtype)
     if dw.dtype != w.dtype:

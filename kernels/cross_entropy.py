@@ -75,8 +75,13 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, w, targets, compute_dtype, n_chunks):
-        loss, dh, dw = _k().linear_cross_entropy_fwd(h, w, targets, compute_dtype, n_chunks)
-        ctx.save_for_backward(dh, dw)
+        # Evaluation (no grad wanted, e.g. under torch.no_grad): the loss alone, no grad matmuls.
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss, dh, dw = _k().linear_cross_entropy_fwd(
+            h, w, targets, compute_dtype, n_chunks, grads=grads
+        )
+        if grads:
+            ctx.save_for_backward(dh, dw)
         return loss
 
     @staticmethod

@@ -74,6 +74,17 @@ def test_kernel_writes_loss_and_softmax_grad_in_place(close):
     close(zk, want, 1e-6, "grad")
 
 
+def test_no_grad_computes_the_loss_only(monkeypatch, close):
+    h, w, t = _inputs(21, 8, 50)
+    mms = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: mms.append(1) or real_mm(*a, **k))
+    with torch.no_grad():
+        loss = linear_cross_entropy(h.float(), w.float(), t, n_chunks=3)
+    assert len(mms) == 3  # the logits of each chunk, no gradient matmuls
+    close(loss, linear_cross_entropy_ref(h, w, t), 2e-6, "loss")
+
+
 def test_chunks_cover_every_row_once_and_are_reproducible():
     h, w, t = _inputs(23, 8, 50)
     a = _grads(lambda x, y, c: linear_cross_entropy(x, y, c, n_chunks=5), h.float(), w.float(), t)
