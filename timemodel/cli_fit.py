@@ -51,8 +51,15 @@ PORIAN_PAPER_A = {PORIAN_SETTING: 0.497, "owt2/tuned/short/const/standard/val": 
 EPOCH_PUBLISHED = {"E": 1.817, "A": 477.8, "B": 2143.9, "alpha": 0.3473, "beta": 0.3672}
 
 FIT_HELP = ttable.__doc__ + (
-    "\nThe feature set is chosen by k-fold held-out MAPE among the Time Matters comparison sets\n"
-    "and ours (see timemodel/stepmodel.py); the fit minimises relative error, coefficients >= 0."
+    "\nTwo families are fitted. Linear: the feature set chosen by k-fold held-out MAPE among the\n"
+    "Time Matters comparison sets and ours (timemodel/stepmodel.py), relative error, coefficients\n"
+    ">= 0, each rate printed beside the device's peak. Physical: a roofline per op class with\n"
+    "efficiencies in (0, 1] of the peaks (timemodel/roofline.py; peaks from the device table or\n"
+    "--peak-flops/--peak-bandwidth). --select cv saves the family with the lower CV error,\n"
+    "--select extrapolate the one with the lower error on the extrapolation splits. The headline\n"
+    "is nested CV over --outer-seeds outer splits (selection inside every fold), with the mean\n"
+    "and FLOPs-only baselines and the bootstrap noise floor of the fitted aggregate\n"
+    "(timemodel/honest.py)."
 )
 FIT_LOSS_HELP = lawfit.__doc__
 REPLICATE_HELP = (

@@ -87,7 +87,8 @@ def config_warnings(tm, law, *, device_name, feats: dict, N, D, batch_tokens, no
     warn_device(tm, device_name)
     models.warn_time_range(tm, feats)
     if law is not None:
-        models.warn_law_range(law, {"N": N, "D": D, "batch_tokens": batch_tokens})
+        vals = {"N": N, "D": D, "batch_tokens": batch_tokens}
+        models.warn_law_range(law, {k: v for k, v in vals.items() if v is not None})
         batch_warning(law)
     for n in notes:
         models.warn_once(n)
@@ -176,7 +177,7 @@ def uncertainty(tm, law, scored, idx, hours: float) -> tuple:
     """(full, time-only, law-only or None, what was propagated) for candidates `idx`."""
     sigma, t_from = unc.time_error(tm)
     draws, l_from = unc.law_draws(law)
-    cols = {k: scored[k][idx] for k in ("step_s", "batch_tokens", "law_params")}
+    cols = {k: np.asarray(scored[k])[idx] for k in ("step_s", "batch_tokens", "law_params")}
     kw = {"hours": hours}
     full = unc.propagate(cols, law, sigma_t=sigma, law_params=draws, **kw)
     time_only = unc.propagate(cols, law, sigma_t=sigma, law_params=None, **kw)
@@ -210,6 +211,11 @@ def cmd_search(args) -> int:
         },
     )
     m = ctx.model
+    if m["dp"] != 1:
+        raise UserError(
+            f"the models were fitted on data-parallel runs (dp {m['dp']}); search scores one "
+            "device: fit on single-device runs"
+        )
     if m["n_kv_head"] is not None:
         raise UserError(
             f"the models were fitted with n_kv_head {m['n_kv_head']} (grouped-query attention); "
@@ -267,6 +273,8 @@ def cmd_search(args) -> int:
     for r, (tr, sw) in enumerate(cmds, 1):
         print(f"{r:4d} {tr}")
         print(f"     {sw}")
+    for n in ctx.command_notes:
+        print(f"note: {n}")
     _warnings(args, tm, law, ctx, space, scored, order)
     if args.out:
         _write_csv(args.out, scored, order, full, cmds)

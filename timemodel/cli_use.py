@@ -7,7 +7,7 @@ import math
 from core import UserError
 from model import costs
 from model.config import ModelConfig, get_preset
-from timemodel import cli_search, models
+from timemodel import cli_search, fitted, models
 from timemodel.cli_args import opt
 from timemodel.fit import predict_seconds
 from timemodel.io import finite, hours_arg
@@ -67,6 +67,23 @@ def count(name: str, v: int) -> int:
     return v
 
 
+def _context(tm: dict, law: dict | None, cfg: ModelConfig, args) -> fitted.Context:
+    """What the models were fitted on, against this config: its notes are the warnings search
+    gives for the same config (every field the search holds fixed is given here)."""
+    given = {
+        "vocab_size": cfg.vocab_size,
+        "sequence_length": cfg.sequence_length,
+        "tie_embeddings": cfg.tie_embeddings,
+        "arch": cfg.arch,
+        "bias": cfg.bias,
+        "n_kv_head": cfg.n_kv_head,
+        "acc_steps": args.acc_steps,
+        "dp": args.dp,
+        "activation_checkpointing": bool(args.activation_checkpointing),
+    }
+    return fitted.resolve(tm, law, given)
+
+
 def cmd_predict(args) -> int:
     tm = models.read_time_model(args.time_model)
     law = models.read_law(args.loss_law) if args.loss_law else None
@@ -86,8 +103,7 @@ def cmd_predict(args) -> int:
         kernels=impl.get("kernels", cfg.kernels),
         activation_checkpointing=args.activation_checkpointing,
     )
-    cli_search.warn_device(tm, args.device_name)
-    models.warn_time_range(tm, feats)
+    ctx = _context(tm, law, cfg, args)
     step = float(predict_seconds(tm, feats))
     if not (step >= 1e-9 and math.isfinite(step)):
         raise UserError(f"{args.time_model}: predicts a step time of {step:.3g} s; refit it")
@@ -98,27 +114,40 @@ def cmd_predict(args) -> int:
         f"T={cfg.sequence_length} batch={B} acc_steps={acc} dp={dp}"
     )
     print("features: " + "  ".join(f"{k} {feats[k]:.4g}" for k in tm["features"]))
+    device = tm.get("device_name")
     print(
-        f"step time {step * 1e3:.3f} ms  tokens/s {per_step / step:.4g}  "
-        f"(model fitted on {tm.get('device_name')})"
+        f"step time {step * 1e3:.3f} ms  tokens/s {per_step / step:.4g}"
+        + (f"  (model fitted on {device})" if device and device not in ("None", "nan") else "")
+    )
+    N = costs.law_params(cfg, law["convention"]) if law else costs.num_params(cfg)
+    steps = math.floor(hours * 3600 / step) if hours is not None else None
+    tokens = steps * per_step if steps is not None else None
+    cli_search.config_warnings(
+        tm,
+        law,
+        device_name=args.device_name,
+        feats=feats,
+        N=N,
+        D=tokens if tokens else None,
+        batch_tokens=per_step,
+        notes=ctx.notes,
     )
     if hours is None:
         if law:
             print("(give --hours for a predicted loss: it needs the token count)")
         return 0
-    steps = math.floor(hours * 3600 / step)
-    tokens = steps * per_step
-    N = costs.law_params(cfg, law["convention"]) if law else costs.num_params(cfg)
     print(f"in {hours:g} h: {steps} steps, {tokens:.4g} tokens ({tokens / N:.3g} tokens/param)")
     if law:
         if steps == 0:
             raise UserError(f"not one step fits in {hours:g} h")
-        models.warn_law_range(law, {"N": N, "D": tokens, "batch_tokens": per_step})
         loss = predict_loss(law, N, tokens, per_step)
         print(
             f"predicted final loss {loss:.4f}  (L(N={N:.4g}, D={tokens:.4g}), "
             f"{law['convention']} N)"
         )
+        one = {"step_s": [step], "batch_tokens": [per_step], "law_params": [N]}
+        full, _, _, what = cli_search.uncertainty(tm, law, one, [0], hours)
+        print(f"95% interval [{full.lo[0]:.4f}, {full.hi[0]:.4f}]: {what}")
     return 0
 
 

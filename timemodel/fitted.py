@@ -110,10 +110,12 @@ def _source_rows(model: dict, notes: list[str], what: str) -> list[dict]:
 
 class Context:
     """The resolved settings: `model` (MODEL_FIELDS), `train` (MODEL_EXTRAS and TRAIN_FIELDS),
-    `impl` (the time model's dtype/kernels/attention for the features), and `notes`."""
+    `impl` (the time model's dtype/kernels/attention for the features), `notes` (warnings about
+    the scored configs) and `command_notes` (about the printed commands only)."""
 
     def __init__(self, model: dict, train: dict, impl: dict, notes: list[str], seen: dict):
         self.model, self.train, self.impl, self.notes, self.seen = model, train, impl, notes, seen
+        self.command_notes: list[str] = []
 
 
 def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
@@ -153,12 +155,8 @@ def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
                 f"neither the time model nor the loss law records the {f} they were fitted on "
                 f"(no sources or reference configs); give {flag}"
             )
-    if model["dp"] != 1:
-        raise UserError(
-            f"the models were fitted on data-parallel runs (dp {model['dp']}); search scores "
-            "one device: fit on single-device runs"
-        )
-    train = {}
+    train: dict = {}
+    command_notes: list[str] = []
     for f in MODEL_EXTRAS + TRAIN_FIELDS:
         vals = seen.get(f)
         if not vals:
@@ -166,16 +164,24 @@ def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
         value, _ = vals.most_common(1)[0]
         train[f] = value
         if len(vals) > 1 and f not in ("dtype", "kernels", "device"):
-            notes.append(
+            command_notes.append(
                 f"the fitted runs used several {f} values ({', '.join(map(str, vals))}); the "
                 f"commands use the most common, {value}"
             )
+    if "scheduler" not in train:  # train's own default (cosine) cannot take --minutes
+        train |= {"scheduler": "constant", "warmup_steps": train.get("warmup_steps", 0)}
+        command_notes.append(
+            "the fitted runs' schedule is not recorded (no source sweep): the commands use a "
+            "bench sweep's default, a constant LR without warmup"
+        )
     impl = {"dtype": str(tm.get("dtype") or train.get("dtype") or "float32").replace("torch.", "")}
     for k in ("kernels", "attention"):
         v = tm.get(k) or (train.get(k) if k != "kernels" else None)
         if v in ("torch", "triton", "sdpa", "flash"):
             impl[k] = v
-    return Context(model, train, impl, notes, seen)
+    ctx = Context(model, train, impl, notes, seen)
+    ctx.command_notes = command_notes
+    return ctx
 
 
 def describe(ctx: Context) -> str:

@@ -155,6 +155,15 @@ def test_fit_saves_the_physical_model_predict_uses_it_and_a_bad_file_is_refused(
            "--sequence-length", "128", "--batch-size", "4"]  # fmt: skip
     assert main(["predict", str(out), *cfg]) == 0
     assert "step time" in capsys.readouterr().out
+    law = {"E": 1.5, "A": 30.0, "B": 60.0, "alpha": 0.4, "beta": 0.35, "convention": "porian"}
+    (tmp_path / "law.json").write_text(json.dumps(law))
+    argv = ["search", "--time-model", str(out), "--loss-law", str(tmp_path / "law.json"),
+            "--hours", "0.01", "--space", "small", "--sequence-length", "64", "--vocab-size",
+            "512", "--out", str(tmp_path / "s.csv")]  # fmt: skip
+    assert main(argv) == 0  # the search scores its whole grid with the roofline
+    found = pd.read_csv(tmp_path / "s.csv")
+    assert len(found) and (found["step_s"] > 0).all()
+    capsys.readouterr()
     tm["terms"][0]["seconds_per_unit"] /= 100  # 100x over the peak: not a model of any device
     out.write_text(json.dumps(tm))
     assert main(["predict", str(out), *cfg]) == 2
