@@ -2,10 +2,11 @@
 
 Every file of a train run, a prepared dataset and a sweep folder (dot files included) is in turn
 replaced by random garbage, cut short, turned into a nesting bomb or into a symlink to a file or
-folder outside; then every command that reads or writes that kind of folder runs on it. Each must
-return 0 or 2 (1 where "every config failed" is a valid answer), never raise (a traceback), print
-exactly one `error:` line when it fails, and write nothing outside the folders it was given: the
-symlink targets are compared byte for byte before and after.
+folder outside (a sub-folder: into a symlink, or a file); then every command that reads or writes
+that kind of folder runs on it. Each must return 0 or 2 (1 where "every config failed" is a valid
+answer), never raise (a traceback), print exactly one `error:` line when it fails, and write
+nothing outside the folders it was given: the symlink targets are compared byte for byte before
+and after, and nothing new appears beside the folder.
 
 `test_garbage_fast` runs a few seeded cases per folder kind in the fast tier; the slow variant
 runs many more. Sweeps run with the worker replaced by a stub that writes an ok row, so no
@@ -29,6 +30,7 @@ T += ["--warmup-steps", "0", "--eval-batches", "1", "--no-progress", "--schedule
 SWEEP = ["sweep", "--minutes", "0.01", "--preset", "tiny", "--n-head", "2", "--batch-size", "4"]
 SWEEP += ["--n-layer", "1,2", "--no-progress"]
 MUTATIONS = ("garbage", "truncate", "bomb", "link_file", "link_dir", "empty")
+DIR_MUTATIONS = ("link_dir", "link_dir", "garbage", "link_file")  # a folder: a link, or a file
 
 
 # ------------------------------------------------------------------------------ the folders
@@ -108,6 +110,17 @@ def _commands(kind: str, folder: Path, scratch: Path, pristine: dict) -> list[tu
             ("train", ["sample", f, "--max-new-tokens", "2", "--device", "cpu"]),
             ("train", ["--resume-from", f, "--iterations", "6"]),
             ("train", [*more, "--auto-resume", "--out", f]),
+            (
+                "train",
+                [
+                    "--cooldown-from",
+                    f"{f}/ckpts/2",
+                    "--iterations",
+                    "4",
+                    "--wsd-fract-decay",
+                    "0.5",
+                ],
+            ),
         ]
     if kind == "data":
         return [
@@ -123,6 +136,7 @@ def _commands(kind: str, folder: Path, scratch: Path, pristine: dict) -> list[tu
         ("bench", ["status", f]),
         ("bench", ["merge", f, "--out", str(scratch / "m")]),
         ("bench", [*SWEEP, "--out", f]),
+        ("bench", ["plot", f]),
     ]
 
 
@@ -159,8 +173,8 @@ def _mutate(path: Path, how: str, rng: random.Random, outside: Path) -> None:
 
 
 def _files(folder: Path) -> list[Path]:
-    """Every file of `folder` (dot files included), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    """Every file and sub-folder of `folder` (dot files included), sorted."""
+    return sorted(p for p in folder.rglob("*") if not p.is_symlink())
 
 
 def _trap(outside: Path) -> dict:
@@ -206,7 +220,8 @@ def _run_case(kind, pristine, tmp: Path, rng: random.Random, capsys, monkeypatch
     before = _trap(outside)
     files = _files(folder)
     picked = rng.sample(files, k=min(len(files), rng.choice([1, 1, 2, 3])))
-    hows = [rng.choice(MUTATIONS) for _ in picked]
+    picked = [p for p in picked if not any(q in p.parents for q in picked)]  # none inside another
+    hows = [rng.choice(DIR_MUTATIONS if p.is_dir() else MUTATIONS) for p in picked]
     for path, how in zip(picked, hows):
         _mutate(path, how, rng, outside)
     what = ", ".join(f"{p.relative_to(folder)}={h}" for p, h in zip(picked, hows))
