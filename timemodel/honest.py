@@ -54,6 +54,7 @@ class Context:
         self.sets, self.pool, self.peaks = sets, pool, peaks
         self.objective, self.folds, self.seed = objective, folds, seed
         self.cache: dict = {}
+        self.above_peak: dict = {}  # training rows -> the linear fit has a rate above a peak
 
     def memo(self, key: str, tr: np.ndarray, make):
         """One fit per (procedure, training rows): families share the roofline and linear fits."""
@@ -83,7 +84,24 @@ def _linear_selected(ctx: Context, tr: np.ndarray, given: list[str] | None):
         picked, sc = tfit.select(F, ctx.sets, y, folds, ctx.objective, ctx.pool, ctx.groups[tr])
         names, inner = sc[picked]["features"], sc[picked]["mape"]
     c0, c = tfit.fit_nnls(tfit.matrix(F, names), y, ctx.objective)
+    ctx.above_peak[tr.tobytes()] = _above_peak(dict(zip(names, c)), ctx.peaks)
     return (lambda G: tfit.predict(c0, c, tfit.matrix(G, names))), picked, inner
+
+
+def _above_peak(coefs: dict, peaks: dict | None) -> bool:
+    """A linear coefficient implies a rate above the device's peak (see stepmodel.linear_checks:
+    FLOP-type features against peak FLOP/s, byte-type against the bandwidth)."""
+    if not peaks:
+        return False
+    for f, v in coefs.items():
+        if v <= 0:
+            continue
+        if f in ("flops", "matmul_flops", "other_flops", "attention_scores"):
+            if 1.0 / v > peaks["flops"]:
+                return True
+        elif f.startswith("bytes") and 1.0 / v > peaks["bandwidth"]:
+            return True
+    return False
 
 
 def fixed_linear(ctx: Context, tr: np.ndarray, names: list[str]):
@@ -117,11 +135,12 @@ def _physical_inner(ctx: Context, tr: np.ndarray) -> float:
 
 def chosen(ctx: Context, tr: np.ndarray, given: list[str] | None = None):
     """The whole `fit` procedure: the linear family's pick and the roofline, the one with the
-    lower inner CV MAPE kept (the roofline only when peaks are known)."""
+    lower inner CV MAPE kept (the roofline only when peaks are known; the linear fit never when
+    one of its rates is above a peak)."""
     lin, picked, lin_cv = linear_selected(ctx, tr, given)
     if ctx.peaks is None:
         return lin, f"linear: {picked}"
-    if physical_inner(ctx, tr) <= lin_cv:
+    if ctx.above_peak.get(tr.tobytes()) or physical_inner(ctx, tr) <= lin_cv:
         return physical(ctx, tr), "physical"
     return lin, f"linear: {picked}"
 

@@ -191,6 +191,13 @@ def _choose_family(res: dict, select: str) -> None:
     pick = "physical" if phy <= lin else "linear"
     res["family"] = pick
     res["family_choice"] = f"{pick} by {how}: physical {phy:.2f}% vs linear {lin:.2f}%"
+    over = [c["feature"] for c in res.get("linear_checks", []) if c["above_peak"]]
+    if over and pick == "linear":  # a rate no device has is an error, not a fit
+        pick = res["family"] = "physical"
+        res["family_choice"] = (
+            f"physical: the linear family ({lin:.2f}% by {how}, physical {phy:.2f}%) has rates "
+            f"above the device's peak ({', '.join(over)}), so it is not saved"
+        )
     if pick == "physical":
         res["form"] = "roofline"
         res["terms"], res["peaks"] = res["physical"]["terms"], res["physical"]["peaks"]

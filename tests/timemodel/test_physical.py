@@ -112,6 +112,12 @@ def test_rates_faster_than_the_peak_stay_at_the_peak_and_are_flagged():
     # the linear family reports a coefficient above the peak as an error
     checks = stepmodel.linear_checks({"bytes": 1.0 / (3 * PEAKS["bandwidth"])}, PEAKS)
     assert checks[0]["above_peak"]
+    # ... and is never the saved model, even when its CV error is lower
+    res = {"physical": fitted, "linear_checks": checks, "feature_set": "s", "folds": 5,
+           "cv_repeats": 1, "cv": {"s": {"mape_mean": 1.0}}}  # fmt: skip
+    res["physical"]["cv"] = {"mape_mean": 2.0}
+    stepmodel._choose_family(res, "cv")
+    assert res["family"] == "physical" and "above the device's peak" in res["family_choice"]
 
 
 def _full_model(F: dict) -> dict:
