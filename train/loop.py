@@ -213,6 +213,7 @@ class Trainer:
         values = torch.stack([losses, norms]).tolist()  # the one host read of the interval
         now = time.perf_counter()
         dt = (now - self.t_read) / len(self.pending)
+        since = self.t_read - self.t_start  # wall-clock seconds of this process at the first one
         self.t_read = now
         for (step, _, _), loss in zip(self.pending, values[0]):
             if not math.isfinite(loss):
@@ -220,9 +221,10 @@ class Trainer:
         if self.master:
             tok_s = self.tokens_per_step / dt if dt > 0 else math.nan
             mfu = costs.mfu(tok_s, self.model_cfg, self.device_name, dtype=self.dtype)
-            for (step, lr, _), loss, gn in zip(self.pending, values[0], values[1]):
+            for i, ((step, lr, _), loss, gn) in enumerate(zip(self.pending, *values)):
                 rec = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": gn}
                 rec.update(step_ms=dt * 1e3, tokens_per_s=tok_s, mfu=mfu)
+                rec["time_s"] = round(since + (i + 1) * dt, 4)  # for loss against wall clock
                 self.metrics.write(rec)
             if log:
                 mfu_s = "n/a" if mfu is None else f"{100 * mfu:.0f}%"
@@ -262,7 +264,7 @@ class Trainer:
 
     def _evaluate(self, done: int) -> None:
         batches, autocast = self.eval_set, self.session.autocast
-        rec = {"kind": "eval", "step": done}
+        rec = {"kind": "eval", "step": done, "time_s": round(time.perf_counter() - self.t_start, 4)}
         rec["val_loss"] = self.session.evaluate(batches)
         for name, weights in self.windows.averages(self.cfg.averaging.wa_sweep_horizon).items():
             old = swap_in(self.raw, weights)

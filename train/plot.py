@@ -115,6 +115,36 @@ def _val_series(evals: dict[int, dict]) -> list[tuple[str, str, str, list, list]
     return out
 
 
+def wall_clock(train: dict[int, dict], offset: float = 0.0) -> dict[int, float]:
+    """Seconds of wall clock at each train step: the run's `time_s` (since its process started,
+    evaluations and checkpoints included), else the sum of step times; plus `offset`."""
+    out, total = {}, 0.0
+    for s in sorted(train):
+        r = train[s]
+        if _num(r.get("step_ms")):
+            total += r["step_ms"] / 1e3
+        out[s] = offset + (r["time_s"] if _num(r.get("time_s")) else total)
+    return out
+
+
+def _draw_time(ax, color, train, evals, span, clocks: dict[int, float]) -> None:
+    """Loss against wall-clock minutes. A branch starts where its parent's clock stood at its
+    first step (`clocks` holds the steps drawn so far)."""
+    first = min(train) if train else None
+    offset = clocks.get(first - 1, 0.0) if first is not None else 0.0
+    t = wall_clock(train, offset)
+    pts = [(t[s], train[s]["loss"]) for s in sorted(train) if _num(train[s].get("loss"))]
+    if pts:
+        ax.plot([p[0] / 60 for p in pts], running_mean([p[1] for p in pts], span), color=color)
+    ev = [(s, r) for s, r in sorted(evals.items()) if _num(r.get("val_loss"))]
+    xs = [offset + r["time_s"] if _num(r.get("time_s")) else t.get(s) for s, r in ev]
+    pts = [(x, r["val_loss"]) for x, (_, r) in zip(xs, ev) if x is not None]
+    if pts:
+        ax.plot([p[0] / 60 for p in pts], [p[1] for p in pts], color=color, marker="o", ms=3.5)
+    for s, x in t.items():
+        clocks.setdefault(s, x)
+
+
 def _colors(n: int) -> list:
     """Black for the main run, then tab10 colours in branch order (numbered in the legends)."""
     return ["black"] + [f"C{i % 10}" for i in range(n - 1)]
@@ -190,10 +220,13 @@ def build_figure(run_dir: str, *, log_loss: bool = False):
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        2, 1, figsize=(10.5, 7), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]}
-    )
-    ax_loss, ax_lr = axes
+    fig = plt.figure(figsize=(10.5, 9.5))
+    grid = fig.add_gridspec(3, 1, height_ratios=[2.2, 1, 1.6])
+    ax_loss = fig.add_subplot(grid[0])
+    ax_lr = fig.add_subplot(grid[1], sharex=ax_loss)
+    ax_time = fig.add_subplot(grid[2])
+    axes = (ax_loss, ax_lr)
+    clocks: dict[int, float] = {}
     colors = _colors(len(runs))
     ranges: list = []
     styles_seen: dict = {}
@@ -201,6 +234,7 @@ def build_figure(run_dir: str, *, log_loss: bool = False):
     span = max(1, last // 50)  # running mean over ~2% of the run, the same for every branch
     for (_, label, train, evals), color in zip(runs, colors):
         _draw_run(axes, color, label, train, evals, span, ranges)
+        _draw_time(ax_time, color, train, evals, span, clocks)
         for lab, mk, ls, _, _ in _val_series(evals):
             styles_seen.setdefault(lab, (lab, mk, ls))
     _legends(ax_loss, runs, colors, styles_seen.values())
@@ -218,6 +252,13 @@ def build_figure(run_dir: str, *, log_loss: bool = False):
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
+    ax_time.set_xlabel("wall clock (minutes since the run started; a branch from its parent's)")
+    ax_time.set_ylabel("loss (running mean; o val)")
+    ax_time.grid(alpha=0.3)
+    if rng is not None and (not log_loss or rng[0] > 0):
+        ax_time.set_ylim(*rng)
+    if log_loss:
+        _log_axis(ax_time)
     if ax_lr.lines:
         ax_lr.legend(
             fontsize=7, title="run", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)

@@ -50,7 +50,7 @@ def _legend_texts(legend):
 
 def test_averaged_val_curves_and_branches_in_order(run_dir):
     fig = build_figure(str(run_dir))
-    ax_loss, ax_lr = fig.axes
+    ax_loss, ax_lr, _ = fig.axes
     legends = [c for c in ax_loss.get_children() if type(c).__name__ == "Legend"]
     curves, runs = legends
     assert {"val", "val SWA", "val EMA", "train (raw)", "train (running mean)"} <= set(
