@@ -130,9 +130,18 @@ def _ce_fn(provider: str):
     if provider == "torch_compile":
         return torch.compile(ref)
     if provider == "liger":
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        # the loss module's forward(lin_weight, input, target) is the same across Liger versions
+        from liger_kernel.transformers.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyLoss,
+        )
 
-        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t)
+        loss = LigerFusedLinearCrossEntropyLoss()
+
+        def liger(h, w, t):
+            out = loss(w, h, t)
+            return out[0] if isinstance(out, tuple) else out  # (loss, z_loss) in some versions
+
+        return liger
     raise ValueError(f"unknown provider {provider!r}")
 
 
