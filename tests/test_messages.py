@@ -77,3 +77,22 @@ def test_a_big_model_on_a_cpu_is_called_out(tmp_path, monkeypatch, capsys):
     assert "1 of 1 configs have over 50M parameters" in _err(capsys)
     _note_big_cpu_configs(grid.expand({"n_layer": ["2"]}, "tiny"))
     assert _err(capsys) == ""
+
+
+def test_a_too_small_split_is_named_with_what_to_change(tmp_path, capsys):
+    from train.prepare import main as prepare_main
+
+    text = tmp_path / "c.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 400)
+    assert prepare_main([str(text), "--out", str(tmp_path / "d"), "--val-fraction", "0.01"]) == 0
+    capsys.readouterr()
+    argv = [*TINY, "--iterations", "2", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")]
+    assert train_main(argv) == 2
+    err = _err(capsys)
+    assert "the val split has" in err and "--val-fraction" in err and "-1 sequences" not in err
+
+
+def test_sampled_text_cannot_drive_the_terminal():
+    from train.sample import printable
+
+    assert printable("a\x1b[31mred\x07\n\tb é") == "a\\x1b[31mred\\x07\n\tb é"

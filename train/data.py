@@ -233,6 +233,7 @@ class Sampler:
         seed: int = 1337,
         rank: int = 0,
         world_size: int = 1,
+        split: str = "train",
     ) -> None:
         self.tokens = tokens
         self.batch_size = batch_size
@@ -245,9 +246,11 @@ class Sampler:
         self.n_chunks = (len(tokens) - self.chunk) // self.chunk
         self.per_step = batch_size * world_size
         if self.n_chunks < self.per_step:
+            hint = " or a larger --val-fraction in `train prepare`" if split == "val" else ""
             raise UserError(
-                f"{len(tokens)} tokens give {self.n_chunks} sequences of {sequence_length}, "
-                f"fewer than one global batch ({self.per_step})"
+                f"the {split} split has {len(tokens)} tokens: {max(0, self.n_chunks)} sequences "
+                f"of {sequence_length}, fewer than one global batch ({self.per_step}); use more "
+                f"text{hint}, a smaller --batch-size or a shorter --sequence-length"
             )
         self.steps_per_epoch = self.n_chunks // self.per_step
         self.step = 0

@@ -274,7 +274,9 @@ class Session:
 
         seq = self.model_cfg.sequence_length
         rank, world = (self.rank, self.world) if shard else (0, 1)
-        vs = Sampler(self.val_tokens, batch_size, seq, seed=seed, rank=rank, world_size=world)
+        vs = Sampler(
+            self.val_tokens, batch_size, seq, seed=seed, rank=rank, world_size=world, split="val"
+        )
         n = min(n_batches, vs.steps_per_epoch)
         return [vs.next_batch(self.device) for _ in range(n)]
 
