@@ -92,9 +92,14 @@ def log_ticks(axis, lo: float, hi: float, fmt) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+MIN_FIT_POINTS = 4  # distinct x values: two coefficients and two points left to judge them by
+
+
 def fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
-    """Least squares y = a + b*x with a, b >= 0 (a fixed cost plus a cost per unit): (a, b, R²)."""
-    if len(x) < 2 or np.ptp(x) == 0:
+    """Least squares y = a + b*x with a, b >= 0 (a fixed cost plus a cost per unit): (a, b, R²).
+    None with fewer than MIN_FIT_POINTS distinct x: a line through two points says nothing (and
+    the constrained refit can miss both)."""
+    if len(np.unique(x)) < MIN_FIT_POINTS:
         return None
     design = np.stack([np.ones_like(x), x], axis=1)
     (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)

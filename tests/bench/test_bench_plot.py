@@ -90,6 +90,9 @@ def test_fit_line_recovers_a_plus_bx():
     a, b, _ = fit_line(x, -1.0 + 2.0 * x)  # a negative intercept is refit through the origin
     assert a == 0.0 and b > 0
     assert fit_line(np.array([1.0, 1.0]), np.array([2.0, 3.0])) is None
+    # two points (or three): no line is drawn; it said R² 0.84, n 2 and missed both points
+    assert fit_line(np.array([1.0, 2.0]), np.array([5.0, 1.0])) is None
+    assert fit_line(np.array([1.0, 2.0, 3.0, 3.0]), np.array([5.0, 1.0, 2.0, 2.0])) is None
 
 
 def test_step_time_scatter_coloured_by_batch_with_a_fit_each():
