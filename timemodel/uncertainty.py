@@ -169,15 +169,19 @@ def propagate(
 
 
 def seed_noise(law: dict) -> dict | None:
-    """Loss noise between model seeds, from the law's source runs that repeat a config with
-    several seeds: pooled within-config SD of val_loss {"sd", "configs", "runs"} (None when no
-    config has two seeds)."""
+    """`seed_noise_of` the law's source runs (None when they cannot be read)."""
     srcs = law.get("sources") or []
     try:
-        df = ok_rows(read_tables(list(srcs))) if srcs else None
+        return seed_noise_of(ok_rows(read_tables(list(srcs)))) if srcs else None
     except UserError:
         return None
-    if df is None or "seed" not in df.columns or "val_loss" not in df.columns:
+
+
+def seed_noise_of(df: pd.DataFrame) -> dict | None:
+    """Loss noise between model seeds, from runs that repeat a config with several seeds: the
+    pooled within-config SD of val_loss {"sd", "configs", "runs"} (None when no config has two
+    seeds). A config is SEED_KEY's columns (its budget among them), without the seed."""
+    if "seed" not in df.columns or "val_loss" not in df.columns:
         return None
     key = [c for c in SEED_KEY if c in df.columns]
     loss = pd.to_numeric(df["val_loss"], errors="coerce")

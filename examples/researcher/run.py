@@ -82,6 +82,7 @@ def grid_row(n_layer: int, n_embd: int, batch_size: int) -> dict:
         "n_head": n_embd // HEAD_DIM,
         "ffn_hidden": FFN_MULT * n_embd,
         "batch_size": batch_size,
+        "acc_steps": 1,
         "lr": LR,
     }
 
