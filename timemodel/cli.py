@@ -73,6 +73,14 @@ def _fit_parser(sub) -> None:
     )
     opt(f, "--outer-seeds", 5, "S", "outer splits of the nested CV headline (1..50)")
     opt(f, "--device", None, "NAME", "device for the peak table (default: the table's device_name)")
+    opt(
+        f,
+        "--device-name",
+        None,
+        "NAME",
+        "the device the table was measured on, saved in the model (default: the table's "
+        "device_name or gpu_name column); predict and search warn on another device",
+    )
     opt(f, "--peak-flops", None, "FLOP/S", "peak FLOP/s of the device (overrides the table)")
     opt(f, "--peak-bandwidth", None, "B/S", "peak memory (copy) bandwidth in B/s")
     opt(f, "--link-bandwidth", None, "B/S", "all-reduce link bandwidth per direction in B/s")

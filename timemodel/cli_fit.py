@@ -106,7 +106,7 @@ def _peaks(args, table: pd.DataFrame) -> dict | None:
     for flag, v in (("--peak-flops", args.peak_flops), ("--peak-bandwidth", args.peak_bandwidth),
                     ("--link-bandwidth", args.link_bandwidth)):  # fmt: skip
         vals[flag] = None if v is None else finite(flag, v, hi=1e18)
-    device = args.device or _first(table, "device_name") or _first(table, "gpu_name")
+    device = args.device or _device_name(args, table)
     peaks = roofline.peaks_for(
         device,
         _first(table, "dtype"),
@@ -120,6 +120,16 @@ def _peaks(args, table: pd.DataFrame) -> dict | None:
             "(roofline) model needs --peak-flops and --peak-bandwidth"
         )
     return peaks
+
+
+def _device_name(args, table: pd.DataFrame) -> str | None:
+    """--device-name, else the table's device_name (a sweep's) or gpu_name column; None when
+    nothing names it (predict and search then neither print nor compare a device)."""
+    if args.device_name is not None:
+        if not args.device_name.strip():
+            raise UserError("--device-name must not be empty")
+        return args.device_name.strip()
+    return _first(table, "device_name") or _first(table, "gpu_name")
 
 
 def cmd_fit(args) -> int:
@@ -167,7 +177,7 @@ def cmd_fit(args) -> int:
         "aggregate": args.aggregate,
         "n_measurements": n_measured,
         "kind": "steptime time model",
-        "device_name": _first(table, "device_name"),
+        "device_name": _device_name(args, table),
         "dtype": _first(table, "dtype"),
         "kernels": _first(table, "kernels"),
         "attention": _first(table, "attention"),
