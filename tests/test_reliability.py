@@ -86,6 +86,8 @@ BENCH_CASES = [
     ("view-nesting-bomb", "bench", ["show", "{bomb_view}"], 2, "nested too deeply"),
     ("sweep-json-bomb", "bench", [*SWEEP, "--out", "{bomb_sweep}"], 2, "sweep.json is unreadable"),
     ("rows-symlink", "bench", ["show", "{rows_link}"], 2, "it is a symlink"),
+    ("rows-dir-symlink", "bench", ["show", "{rows_dir_link}"], 2, "rows is a symlink"),
+    ("jobs-dir-symlink", "bench", ["status", "{jobs_dir_link}"], 2, ".jobs is a symlink"),
     ("repeat-1e9", "bench", [*SWEEP, "--repeat", "1000000000", "--out", "{tmp}/o"], 2, "--repeat must be <= 1,000"),
     ("nproc-1e5", "bench", [*SWEEP, "--nproc-per-config", "100000", "--out", "{tmp}/o"], 2, "--nproc-per-config must be <= 1,024"),
 ]  # fmt: skip
@@ -314,6 +316,14 @@ def _make(tmp: Path, name: str) -> str:
         (p / "rows").mkdir(parents=True)
         (tmp / "outside.jsonl").write_text('{"config_id": "x", "status": "ok"}\n')
         (p / "rows" / "h-1.jsonl").symlink_to(tmp / "outside.jsonl")
+    elif name in ("rows_dir_link", "jobs_dir_link"):  # another sweep's records, linked in
+        other = tmp / "other"
+        results.append_row(str(other), {"config_id": "x", "status": "ok"})
+        (other / ".jobs").mkdir()
+        p.mkdir()
+        (p / "results.jsonl").write_text('{"config_id": "y", "status": "ok"}\n')
+        sub = "rows" if name == "rows_dir_link" else ".jobs"
+        (p / sub).symlink_to(other / sub)
     elif name == "metrics_link":  # a dangling link: appending would create a file elsewhere
         p.mkdir()
         (p / "metrics.jsonl").symlink_to(tmp / "elsewhere.jsonl")

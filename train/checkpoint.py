@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core import UserError, atomic_write
+from core.files import check_inside
 from train.config import TrainConfig
 
 CKPT_NAME = "ckpt.pt"
@@ -173,8 +174,10 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     given, path = path, resolve(path)
     d = os.path.dirname(os.path.abspath(path))
     managed = os.path.basename(d) == "latest" or os.path.basename(os.path.dirname(d)) == "ckpts"
-    if (path != given and os.path.islink(path)) or (managed and os.path.islink(d)):
+    if (path != given or managed) and os.path.islink(path):
         raise UserError(f"refusing to read {path}: a run's checkpoint entry is a symlink")
+    if managed:  # RUN/latest/ckpt.pt, RUN/ckpts/N/ckpt.pt: no link between RUN and the file
+        check_inside(path, run_dir_of(path))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, AssertionError) as e:

@@ -137,8 +137,9 @@ def load_rows(out_dir: str) -> list[dict]:
     Rows are in order of first appearance; empty if DIR holds no results.
     """
     found: list[dict] = []
+    refuse_symlinks(out_dir, (ROWS_DIR,))  # rows from elsewhere are no rows of this folder
     view = os.path.join(out_dir, "results.jsonl")
-    if os.path.isfile(view):
+    if os.path.lexists(view):
         found += _read_jsonl(view, view=True)
     for path in sorted(glob.glob(os.path.join(out_dir, ROWS_DIR, "*.jsonl"))):
         found += _read_jsonl(path)

@@ -108,6 +108,10 @@ def key_of(d: dict) -> str:
 
 
 def jobs_dir(out_dir: str) -> str:
+    """OUT/.jobs; UserError when it (or its heartbeat folder) is a symlink: records and
+    heartbeats from elsewhere are not this folder's."""
+    refuse_symlinks(out_dir, (JOBS_DIR,))
+    refuse_symlinks(os.path.join(out_dir, JOBS_DIR), ("heartbeat",))
     return os.path.join(out_dir, JOBS_DIR)
 
 
@@ -325,7 +329,8 @@ def worker_log(out_dir: str, key: str) -> str | None:
     except UserError:
         return None  # a key from a damaged row names no file
     path = os.path.join(out_dir, ".work", f"{key}.log")
-    return path if os.path.isfile(path) and not os.path.islink(path) else None
+    linked = os.path.islink(path) or os.path.islink(os.path.dirname(path))
+    return path if os.path.isfile(path) and not linked else None
 
 
 def format_status(out_dir: str, states: list[ConfigState], tail_lines: int = 5) -> str:
