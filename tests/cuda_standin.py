@@ -158,9 +158,12 @@ class CudaStandIn:
         real_tensor_to, real_module_to = torch.Tensor.to, torch.nn.Module.to
 
         def tensor_to(t, *args, **kwargs):
+            moved = any(_is_cuda(a) for a in args) or _is_cuda(kwargs.get("device"))
             args, kwargs = _cpu_device(args, kwargs)
             kwargs.pop("non_blocking", None)
-            return real_tensor_to(t, *args, **kwargs)
+            out = real_tensor_to(t, *args, **kwargs)
+            # a device copy is a copy: a strided view arrives dense (preserve_format's rule)
+            return out.clone(memory_format=torch.preserve_format) if moved and out is t else out
 
         def module_to(m, *args, **kwargs):
             args, kwargs = _cpu_device(args, kwargs)

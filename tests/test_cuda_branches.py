@@ -22,13 +22,20 @@ from bench.sweep import grid
 from bench.sweep.options import SweepOptions, base_train_config, check_gpus, measure_config
 from core import UserError
 from tests.cuda_standin import NAME, CudaStandIn, StrictEvent
+from train.autokernels import measure_op as REAL_MEASURE
 from train.session import resolve_device
 
 
 @pytest.fixture
-def cuda(monkeypatch):
+def cuda(monkeypatch, tmp_path):
+    from train import autokernels
+
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    # --kernels auto measures on CUDA; on the stand-in both paths are the CPU reference, so the
+    # measurement is given (ours 2x, as on a GPU) except where a test looks at it
+    monkeypatch.setattr(autokernels, "measure_op", lambda *a: (1.0, 2.0))
     return CudaStandIn(n=2).install(monkeypatch)
 
 
@@ -205,3 +212,42 @@ def test_sample_takes_every_cuda_spelling(cuda, tmp_path, spelling, capsys):
     assert got == 0, capsys.readouterr().err
     index = 1 if spelling == "cuda:1" else 0
     assert cuda.calls[-1] == ("set_device", torch.device("cuda", index))
+
+
+def test_kernels_auto_on_cuda_is_measured_cached_and_recorded(cuda, tmp_path, monkeypatch):
+    """--kernels auto on CUDA times ours against torch at the run's shapes (CUDA events), picks
+    the faster backend by the step's calls, caches the timings and records them."""
+    from train import autokernels
+    from train.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    seen = []
+    real = REAL_MEASURE
+
+    def fake(op, shape, dtype, device):
+        seen.append((op, shape))
+        real(op, shape, dtype, device)  # the real timing code runs (on the stand-in)
+        return (1.0, 3.0) if op == "rmsnorm" else (2.0, 1.0)  # ours faster at the norms
+
+    monkeypatch.setattr(autokernels, "measure_op", fake)
+    argv = ["--preset", "tiny", "--iterations", "2", "--batch-size", "2", "--acc-steps", "1"]
+    argv += ["--eval-batches", "1", "--device", "cuda", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert seen == [("rmsnorm", (128, 64)), ("swiglu", (128, 192))]  # 2 x 64 rows
+    eff = json.loads((tmp_path / "a" / "config.json").read_text())["effective"]
+    auto = eff["kernels_auto"]
+    # 5 norms x (1 vs 3 ms) + 2 MLPs x (2 vs 1 ms): ours 9 ms, torch 17 ms
+    assert eff["kernels"] == "triton" and auto["speedup"] == pytest.approx(17 / 9)
+    assert auto["ops"]["swiglu"]["speedup"] == 0.5 and auto["cached"] is False
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # same shapes: from the cache
+    assert len(seen) == 2
+    eff = json.loads((tmp_path / "b" / "config.json").read_text())["effective"]
+    assert eff["kernels_auto"]["cached"] is True
+    monkeypatch.setattr(autokernels, "measure_op", lambda *a: (3.0, 1.0))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 0
+    eff = json.loads((tmp_path / "c" / "config.json").read_text())["effective"]
+    assert eff["kernels"] == "torch"  # ours slower here: the torch path runs
+    assert main([*argv, "--kernels", "triton", "--out", str(tmp_path / "d")]) == 0
+    eff = json.loads((tmp_path / "d" / "config.json").read_text())["effective"]
+    assert eff["kernels_auto"] is None and eff["kernels"] == "triton"  # asked for: not measured

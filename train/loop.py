@@ -336,6 +336,7 @@ class Trainer:
             "world_size": self.world,
             "threads": self.session.threads,
             "compile_mode": self.cfg.runtime.compile_mode if self.cfg.runtime.compile else None,
+            "kernels_auto": self.session.kernels_auto,
         }
 
     # ----------------------------------------------------------------------------------- finish

@@ -163,6 +163,7 @@ class Session:
     scaler: Any
     sampler: Any
     val_tokens: Any  # the held-out token array
+    kernels_auto: dict | None = None  # --kernels auto on CUDA: what was measured (autokernels)
 
     @classmethod
     def build(cls, cfg: TrainConfig) -> Session:
@@ -178,6 +179,8 @@ class Session:
         dtype = effective_dtype(cfg.runtime.dtype, device)
         train_tok, val_tok, vocab = load_data(cfg)
         model_cfg = model_config(cfg, vocab, kernels, from_data=vocab_from_data(cfg))
+        kernels, auto = measured_kernels(cfg, model_cfg, kernels, dtype, device, world)
+        model_cfg = model_cfg.replace(kernels=kernels)
         cfg = resolve_warmup(cfg, model_cfg, world)
         seed_everything(cfg.runtime.seed)
         check_fits(model_cfg, device)  # a nonsense size is one line, not an allocator error
@@ -213,6 +216,7 @@ class Session:
             scaler=scaler,
             sampler=sampler,
             val_tokens=val_tok,
+            kernels_auto=auto,
         )
 
     # ------------------------------------------------------------------------------- derived
@@ -285,6 +289,24 @@ class Session:
         from train.step import evaluate
 
         return evaluate(self.raw, batches, self.autocast, optimizer=self.opt)
+
+
+def measured_kernels(cfg: TrainConfig, model_cfg: ModelConfig, kernels: str, dtype: str,
+                     device: torch.device, world: int) -> tuple[str, dict | None]:  # fmt: skip
+    """--kernels auto on CUDA: the backend a measurement at this run's shapes picks
+    (`train.autokernels`), rank 0's on every process; anything else: `kernels` as resolved."""
+    if cfg.runtime.kernels != "auto" or device.type != "cuda" or model_cfg.arch != "llama":
+        return kernels, None
+    from train import autokernels
+
+    rows = cfg.data.batch_size * model_cfg.sequence_length
+    choice, record = autokernels.choose(model_cfg, rows, DTYPES[dtype], device)
+    if world > 1:
+        t = torch.tensor([choice == "triton"], dtype=torch.int32, device=device)
+        dist.broadcast(t, 0)
+        choice = "triton" if int(t.item()) else "torch"
+        record["kernels"] = choice
+    return choice, record
 
 
 def _loss_scaler(dtype: str, opt, device: torch.device):

@@ -49,6 +49,8 @@ MEASURED = (
     "loss_curve",
 )
 ENV = ("gpu_name", "driver", "cuda", "torch", "triton", "git_sha", "host", "device_name")
+# Text columns of what ran: --kernels auto's measurement on CUDA (JSON; empty elsewhere).
+TEXT = ("kernels_auto",)
 EFFECTIVE = ("device", "kernels", "dtype")
 
 
@@ -111,7 +113,7 @@ def finish_row(spec: dict, measured: dict) -> dict:
         out["static_error"] = f"{type(e).__name__}: {e}"[:200]
     for c in MEASURED + COLUMNS:
         out[c] = measured.get(c, math.nan)
-    for c in ENV:
+    for c in ENV + TEXT:
         out[c] = measured.get(c, "")
     out["status"] = measured.get("status", "error")
     out["message"] = measured.get("message", "")

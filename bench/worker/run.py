@@ -162,6 +162,7 @@ def columns(ses, tokens_per_s: float) -> dict:
         "dp": ses.world,
         "global_batch": ses.cfg.global_batch(ses.world),
         "threads": ses.threads,
+        "kernels_auto": json.dumps(ses.kernels_auto) if ses.kernels_auto else "",
         "cpu_affinity": _affinity(),
         "cpu_malloc": cpumem.mode(),
         "mfu": math.nan if mfu is None else mfu,
