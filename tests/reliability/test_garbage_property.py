@@ -261,6 +261,6 @@ def test_garbage_fast(kind, seed, pristine, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("seed", range(3, 43))
+@pytest.mark.parametrize("seed", range(3, 63))
 def test_garbage_slow(kind, seed, pristine, tmp_path, capsys, monkeypatch):
     _run_case(kind, pristine, tmp_path, random.Random(f"{kind}-{seed}"), capsys, monkeypatch)
