@@ -477,6 +477,7 @@ def _kill_after_next_row(p: subprocess.Popen, out: Path, rng: random.Random) -> 
     p.send_signal(signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_sweep_killed_at_random_moments_keeps_every_config_once(tmp_path):
     out = tmp_path / "out"
     cmd = _sweep_cmd(out, "--n-layer", "1,2,3")
@@ -503,6 +504,7 @@ def test_sweep_killed_at_random_moments_keeps_every_config_once(tmp_path):
     _assert_no_orphans(out)
 
 
+@pytest.mark.slow
 def test_two_shards_share_one_folder(tmp_path):
     out = tmp_path / "out"
     grid = ["--n-layer", "1,2", "--n-embd", "32,64"]
@@ -590,6 +592,7 @@ def _kill_while_checkpointing(p: subprocess.Popen, latest: Path, rng: random.Ran
     return False
 
 
+@pytest.mark.slow
 def test_train_killed_while_checkpointing_resumes_with_every_step_once(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", *T[:4], "--iterations", "20", *T[6:]]
