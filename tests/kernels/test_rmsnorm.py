@@ -206,3 +206,27 @@ def test_dispatch_uses_reference_without_interpreter():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "n,sms,block_c,programs",
+    [(4096, 132, 16, 256), (16384, 132, 32, 512), (768, 132, 16, 48), (300, 4, 32, 10)],
+)
+def test_dw_reduce_grid_covers_every_sm_twice(n, sms, block_c, programs):
+    # The dw reduce splits N into column blocks of 16..128 (64 B to 512 B of each partial row) so
+    # that there are >= 2 programs per SM where N allows: 128-column blocks gave 32 programs at
+    # N = 4096, a quarter of an H100 reading the partials (22 us measured on an H200).
+    assert krk.dw_block_c(n, sms) == block_c
+    assert -(-n // block_c) == programs
+    assert programs >= 2 * sms or block_c == 16
+
+
+def test_forward_takes_several_rows_per_program_when_rows_are_short():
+    x = torch.randn(64, 300)
+    w = torch.ones(300)
+    p = krk.make_plan(64, 300, x, w)
+    assert (p.block_n, p.block_m, p.fwd_grid) == (512, 8, (8,))  # 8 rows of 512 per program
+    p = krk.make_plan(3, 4096, x, w)
+    assert (p.block_m, p.fwd_grid) == (1, (3,))  # a 4096 row is a program's worth alone
+    p = krk.make_plan(3, 300, x, w)
+    assert (p.block_m, p.fwd_grid) == (4, (1,))  # never more rows than there are
