@@ -160,3 +160,12 @@ def test_cuda_timing_path_runs_on_the_cpu_standin(monkeypatch):
     assert {r["provider"] for r in ce} == {"ours", "torch"} and all(r["mode"] == "full" for r in ce)
     assert max(r["max_abs_err"] for r in ce) < 1e-4  # ours (the CPU reference path) vs fp32
     assert standin.peak_resets  # peak memory was reset before each measured call
+
+
+def test_every_op_names_kernels_in_the_aot_report():
+    # `bench kernels --op X` without a GPU filters the AOT report by name: each op must match
+    from kernels import aot
+
+    names = {spec["kernel"] for spec in aot.collect_specs()}
+    for op in kb.OPS:
+        assert any(kb.AOT_NAMES.get(op, op) in n for n in names), op
