@@ -313,6 +313,8 @@ def rmsnorm_bwd_traffic(rows: list[dict], m: int = 4096) -> list[dict]:
 def format_report(rows: list[dict]) -> str:
     """The compile table, its issue-bound verdict beside the HBM ceiling, and the RMSNorm backward
     traffic before/after the resident-wave grid."""
+    if not rows:
+        return "no kernel in the report"
     lines = [format_table(rows), ""]
     lines.append(
         f"HBM ceiling: {HBM_SPEC_TBPS} TB/s spec, ~{HBM_ACHIEVABLE_TBPS} TB/s achievable. "
