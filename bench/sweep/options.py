@@ -128,6 +128,7 @@ def check_options(opts: SweepOptions) -> None:
         raise UserError(f"--reference-every must be >= 0, got {opts.reference_every}")
     if opts.drift_correct and not opts.reference_every:
         raise UserError("--drift-correct needs --reference-every N (a reference to correct by)")
+    results.check_count_caps(opts)  # no count so large the sweep cannot plan or start it
     if base.data.data is not None:
         check_data(base.data.data)
     if opts.cpu_cores:
