@@ -196,20 +196,11 @@ def uncertainty(tm, law, scored, idx, hours: float) -> tuple:
     return full, time_only, law_only, what
 
 
-def cmd_search(args) -> int:
-    hours, maxc = _check(args)
-    tm = models.read_time_model(args.time_model)
-    law = models.read_law(args.loss_law)
-    space = tsearch.parse_space(args.space, max_candidates=maxc)
-    ctx = fitted.resolve(
-        tm,
-        law,
-        {
-            "vocab_size": args.vocab_size,
-            "sequence_length": args.sequence_length,
-            "tie_embeddings": None if args.tie_embeddings is None else _bool(args.tie_embeddings),
-        },
-    )
+def search_context(tm: dict, law: dict, args) -> fitted.Context:
+    """What every candidate shares: what the models were fitted on, or the flags."""
+    tie = None if args.tie_embeddings is None else _bool(args.tie_embeddings)
+    given = {"vocab_size": args.vocab_size, "sequence_length": args.sequence_length}
+    ctx = fitted.resolve(tm, law, given | {"tie_embeddings": tie})
     m = ctx.model
     if m["dp"] != 1:
         raise UserError(
@@ -221,21 +212,52 @@ def cmd_search(args) -> int:
             f"the models were fitted with n_kv_head {m['n_kv_head']} (grouped-query attention); "
             "search scores multi-head attention: fit on runs without --n-kv-head"
         )
+    return ctx
+
+
+def search_kwargs(ctx: fitted.Context) -> dict:
+    """`tsearch.run_search` keyword arguments of a context (impl, vocab, T, tie)."""
+    m = ctx.model
     impl = ctx.impl | {"acc_steps": int(m["acc_steps"]), "arch": m["arch"], "bias": int(m["bias"])}
+    return {
+        "impl": impl,
+        "vocab_size": int(m["vocab_size"]),
+        "sequence_length": int(m["sequence_length"]),
+        "tie": bool(m["tie_embeddings"]),
+    }
+
+
+def _commands(scored, order, ctx, hours: float) -> list[tuple[str, str]]:
+    """(train, bench sweep) command of every printed row, printed with the notes about them."""
+    minutes = hours * 60.0
+    rows = [{k: scored[k][i] for k in commands.ROW_KEYS} for i in order]
+    cmds = [
+        (
+            commands.train_command(r, ctx, minutes, out=commands.run_name(r)),
+            commands.sweep_command(r, ctx, minutes, out=commands.run_name(r) + "_sweep"),
+        )
+        for r in rows
+    ]
+    print("commands that train each row as scored (train; bench sweep):")
+    for r, (tr, sw) in enumerate(cmds, 1):
+        print(f"{r:4d} {tr}")
+        print(f"     {sw}")
+    for n in ctx.command_notes:
+        print(f"note: {n}")
+    return cmds
+
+
+def cmd_search(args) -> int:
+    hours, maxc = _check(args)
+    tm = models.read_time_model(args.time_model)
+    law = models.read_law(args.loss_law)
+    space = tsearch.parse_space(args.space, max_candidates=maxc)
+    ctx = search_context(tm, law, args)
     t0 = time.perf_counter()
     cand, scored, order, dropped = tsearch.run_search(
-        space,
-        tm,
-        law,
-        top=args.top,
-        dedupe_heads=not args.keep_heads,
-        impl=impl,
-        hours=hours,
-        vocab_size=int(m["vocab_size"]),
-        sequence_length=int(m["sequence_length"]),
-        tie=bool(m["tie_embeddings"]),
-        max_memory_gb=args.max_memory_gb,
-    )
+        space, tm, law, top=args.top, dedupe_heads=not args.keep_heads, hours=hours,
+        max_memory_gb=args.max_memory_gb, **search_kwargs(ctx),
+    )  # fmt: skip
     dt = time.perf_counter() - t0
     n_valid, n_kept = len(cand["n_layer"]), len(scored["loss"])
     if n_kept == 0:
@@ -256,25 +278,10 @@ def cmd_search(args) -> int:
     full, time_only, law_only, what = uncertainty(tm, law, scored, idx, hours)
     _print(scored, order, dropped, not args.keep_heads, full)
     print(what)
-    for line in unc.verdict_lines(
-        full, time_only, law_only, shown=len(order), tm=tm, noise=unc.seed_noise(law)
-    ):
+    noise = unc.seed_noise(law)
+    for line in unc.verdict_lines(full, time_only, law_only, shown=len(order), tm=tm, noise=noise):
         print(line)
-    minutes = hours * 60.0
-    rows = [{k: scored[k][i] for k in commands.ROW_KEYS} for i in order]
-    cmds = [
-        (
-            commands.train_command(r, ctx, minutes, out=commands.run_name(r)),
-            commands.sweep_command(r, ctx, minutes, out=commands.run_name(r) + "_sweep"),
-        )
-        for r in rows
-    ]
-    print("commands that train each row as scored (train; bench sweep):")
-    for r, (tr, sw) in enumerate(cmds, 1):
-        print(f"{r:4d} {tr}")
-        print(f"     {sw}")
-    for n in ctx.command_notes:
-        print(f"note: {n}")
+    cmds = _commands(scored, order, ctx, hours)
     _warnings(args, tm, law, ctx, space, scored, order)
     if args.out:
         _write_csv(args.out, scored, order, full, cmds)

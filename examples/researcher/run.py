@@ -43,6 +43,7 @@ from core import UserError, atomic_write, run_cli  # noqa: E402
 from timemodel import commands, fitted, models  # noqa: E402
 from timemodel import search as tsearch  # noqa: E402
 from timemodel import uncertainty as unc  # noqa: E402
+from timemodel.cli_search import search_kwargs  # noqa: E402
 
 T, VOCAB, HEAD_DIM, FFN_MULT, LR = 64, 256, 16, 3, 3e-3
 SCHEDULE = "--scheduler wsd --wsd-fract-decay 0.2 --decay-type sqrt --warmup-steps 10"
@@ -165,13 +166,9 @@ def train_run(cmd: str, seed: int, out: Path) -> float:
 
 def candidates(tm: dict, law: dict, ctx, hours: float) -> dict:
     """Every candidate of SPACE as the search scores it (the same function, the same context)."""
-    m = ctx.model
-    impl = ctx.impl | {"acc_steps": int(m["acc_steps"]), "arch": m["arch"], "bias": int(m["bias"])}
     _, scored, _, _ = tsearch.run_search(
-        tsearch.parse_space(SPACE), tm, law, top=1, impl=impl, hours=hours,
-        vocab_size=int(m["vocab_size"]), sequence_length=int(m["sequence_length"]),
-        tie=bool(m["tie_embeddings"]),
-    )  # fmt: skip
+        tsearch.parse_space(SPACE), tm, law, top=1, hours=hours, **search_kwargs(ctx)
+    )
     return scored
 
 
