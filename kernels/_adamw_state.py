@@ -84,21 +84,6 @@ class Flat:
         return views is not None and all(p.grad is v for p, v in zip(params, views))
 
 
-def translate_legacy(group: dict[str, Any]) -> None:
-    """Map the old one-average keys (average, average_interval, average_horizon) in place."""
-    if "average" not in group:
-        return
-    kind = group.pop("average")
-    interval = group.pop("average_interval", 5)
-    horizon = group.pop("average_horizon", 500)
-    if kind not in (None, *AVERAGE_KINDS):
-        raise ValueError(f"average must be one of None, 'swa', 'ema', got {kind!r}")
-    if kind == "swa":
-        group.update(swa=True, swa_interval=interval, swa_horizon=horizon)
-    elif kind == "ema":
-        group.update(ema=True, ema_interval=interval)
-
-
 def _positive_int(g: dict[str, Any], key: str, none_ok: bool = False) -> None:
     v = g[key]
     if none_ok and v is None:
@@ -125,7 +110,9 @@ def check_hparams(g: dict[str, Any]) -> None:
         raise ValueError(
             f"swa_interval ({g['swa_interval']}) must divide swa_horizon ({g['swa_horizon']})"
         )
-    if not 0.0 <= g["ema_decay"] < 1.0:
+    if g["ema"] and g["ema_decay"] is None:
+        raise ValueError("ema=True needs ema_decay (the trainer's is --ema-decay)")
+    if g["ema_decay"] is not None and not 0.0 <= g["ema_decay"] < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {g['ema_decay']}")
     start = g["ema_start"]
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
@@ -178,16 +165,10 @@ def check_loadable(state_dict: dict[str, Any]) -> None:
 
 
 def normalize_loaded(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A checked, shallow-copied state dict with the old one-average format translated."""
+    """A checked, shallow-copied state dict."""
     check_loadable(state_dict)
     groups = [dict(g) for g in state_dict["param_groups"]]
     state = {k: dict(v) for k, v in state_dict.get("state", {}).items()}
-    for g in groups:
-        kind = g.get("average")
-        translate_legacy(g)
-        for idx in g["params"] if kind else ():
-            if "avg" in state.get(idx, {}):
-                state[idx][kind] = state[idx].pop("avg")
     return {**state_dict, "param_groups": groups, "state": state}
 
 

@@ -53,14 +53,12 @@ from ._adamw_state import (
     normalize_loaded,
     pick_kind,
     swa_weights,
-    translate_legacy,
 )
 from ._utils import use_triton
 from .reference import adamw_ref, adamw_scalars, grad_norm_ref
 from .scaler import DynamicLossScaler
 
 __all__ = ["DynamicLossScaler", "FusedAdamW"]
-_UNSET: Any = object()
 
 
 def _kernels():
@@ -102,13 +100,10 @@ class FusedAdamW(torch.optim.Optimizer):
         swa_interval: int = 5,
         swa_horizon: int | None = 500,
         ema: bool = False,
-        ema_decay: float = 0.999,
+        ema_decay: float | None = None,  # required with ema=True (one default: the trainer's)
         ema_interval: int = 10,
         ema_start: int = 0,
         max_grad_norm: float | None = None,
-        average: str | None = None,
-        average_interval: int | None = None,
-        average_horizon: int | None = _UNSET,
     ) -> None:
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
@@ -127,18 +122,11 @@ class FusedAdamW(torch.optim.Optimizer):
             ema=ema, ema_decay=ema_decay, ema_interval=ema_interval, ema_start=ema_start,
             step=0, skipped_steps=0,
         )  # fmt: skip
-        if average is not None:  # the old spelling: one average, its interval (5) and horizon
-            horizon = swa_horizon if average_horizon is _UNSET else average_horizon
-            legacy = dict(average=average, average_interval=average_interval or 5)
-            legacy["average_horizon"] = horizon
-            translate_legacy(legacy)
-            defaults.update(legacy)
         check_hparams(defaults)
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------------------------- set-up
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        translate_legacy(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         params = group["params"]

@@ -51,7 +51,7 @@ def build_optimizer(
     swa_interval: int = 5,
     swa_horizon: int = 500,
     ema: bool = False,
-    ema_decay: float = 0.95,
+    ema_decay: float | None = None,  # required with ema (the one default is --ema-decay's)
     ema_interval: int = 10,
     ema_start: int = 0,
     max_grad_norm: float | None = None,

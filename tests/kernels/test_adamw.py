@@ -189,14 +189,12 @@ def _explicit_average(
 def test_average_equals_definition(kind, interval, horizon):
     init = _params()
     ours = [torch.nn.Parameter(p.clone()) for p in init]
-    opt = FusedAdamW(
-        _groups(ours),
-        lr=1e-2,
-        average=kind,
-        average_interval=interval,
-        average_horizon=horizon,
-        ema_decay=0.7,
+    avg = (
+        dict(swa=True, swa_interval=interval, swa_horizon=horizon)
+        if kind == "swa"
+        else dict(ema=True, ema_interval=interval)
     )
+    opt = FusedAdamW(_groups(ours), lr=1e-2, ema_decay=0.7, **avg)
     snaps: list[list[torch.Tensor]] = [[] for _ in ours]
     for i in range(13):
         for p, g in zip(ours, _grads(i)):
@@ -215,7 +213,7 @@ def test_average_equals_definition(kind, interval, horizon):
 
 def test_use_averaged_weights_swaps_and_restores_even_on_error():
     ours = [torch.nn.Parameter(p.clone()) for p in _params()]
-    opt = FusedAdamW(ours, lr=1e-2, average="swa", average_interval=1, average_horizon=4)
+    opt = FusedAdamW(ours, lr=1e-2, swa=True, swa_interval=1, swa_horizon=4)
     for i in range(3):
         for p, g in zip(ours, _grads(i)):
             p.grad = g
@@ -234,9 +232,8 @@ def test_use_averaged_weights_swaps_and_restores_even_on_error():
 def test_state_dict_round_trip_mid_window_is_bitwise(kind):
     def make():
         ps = [torch.nn.Parameter(p.clone()) for p in _params()]
-        return ps, FusedAdamW(
-            _groups(ps), lr=1e-2, average=kind, average_interval=2, average_horizon=6, ema_decay=0.9
-        )
+        avg = dict(swa_interval=2, swa_horizon=6) if kind == "swa" else dict(ema_interval=2)
+        return ps, FusedAdamW(_groups(ps), lr=1e-2, ema_decay=0.9, **{kind: True}, **avg)
 
     def run(ps, opt, steps):
         for i in steps:
@@ -275,7 +272,7 @@ def test_one_launch_per_group_per_step(monkeypatch):
 
     monkeypatch.setattr(kadamw, "_launch_adamw", counting)
     ours = [torch.nn.Parameter(p.clone()) for p in _params()]
-    opt = FusedAdamW(_groups(ours), lr=1e-2, average="swa", average_interval=2, average_horizon=4)
+    opt = FusedAdamW(_groups(ours), lr=1e-2, swa=True, swa_interval=2, swa_horizon=4)
     for i in range(3):
         for p, g in zip(ours, _grads(i)):
             p.grad = g
@@ -311,9 +308,9 @@ def test_params_stay_the_same_objects_and_zero_grad_keeps_views():
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"betas": (0.9, 1.0)}, "betas"),
         ({"betas": (-0.1, 0.9)}, "betas"),
-        ({"average": "swa", "average_interval": 3, "average_horizon": 10}, "divide"),
-        ({"average": "polyak"}, "average"),
-        ({"average": "ema", "ema_decay": 1.0}, "ema_decay"),
+        ({"swa": True, "swa_interval": 3, "swa_horizon": 10}, "divide"),
+        ({"ema": True}, "ema=True needs ema_decay"),  # one default: the trainer's --ema-decay
+        ({"ema": True, "ema_decay": 1.0}, "ema_decay"),
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
     ],
 )

@@ -285,24 +285,6 @@ def test_rms_norm_bad_eps(eps):
         rms_norm(torch.randn(2, 4), torch.ones(4), eps=eps)
 
 
-def test_old_one_average_state_dict_loads():
-    ps = _params()
-    opt = FusedAdamW(ps, average="ema", average_interval=1, ema_decay=0.5)
-    for p, g in zip(ps, _grads(0)):
-        p.grad = g
-    opt.step()
-    sd = opt.state_dict()
-    for g in sd["param_groups"]:  # rewrite into the format the previous release saved
-        g["average"], g["average_interval"], g["average_horizon"] = "ema", 1, 500
-        for k in ("swa", "swa_interval", "swa_horizon", "ema", "ema_interval", "ema_start"):
-            del g[k]
-    for st in sd["state"].values():
-        st["avg"] = st.pop("ema")
-    fresh = FusedAdamW(_params(), ema=True, ema_interval=1, ema_decay=0.5)
-    fresh.load_state_dict(sd)
-    assert torch.equal(fresh.averaged(fresh.param_groups[0]["params"][0]), opt.averaged(ps[0]))
-
-
 def test_importing_kernels_does_not_import_triton():
     code = (
         "import sys, torch, kernels, kernels.reference\n"

@@ -239,7 +239,7 @@ def test_outputs_logs_and_averages(tmp_path, capsys):
         "val_loss_swa_k1",
         "val_loss_swa_k2",
         "val_loss_swa_k3",
-    } == set(evals[1]) - {"kind", "step"}
+    } == set(evals[1]) - {"kind", "step", "time_s"}
     assert evals[1]["val_loss_swa"] == evals[1]["val_loss_swa_k1"]
     assert sorted(os.listdir(os.path.join(out, "avgs"))) == ["12.pt", "16.pt", "4.pt", "8.pt"]
     summary = json.load(open(os.path.join(out, "summary.json")))
