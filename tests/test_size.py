@@ -23,10 +23,6 @@ FILE_LINES = 600
 FILES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 
-class SizeWarning(UserWarning):
-    """A long file or function: a place to look, not an error."""
-
-
 def _reason(text: str) -> str | None:
     """The `# size:` reason of a file, "" when the comment is empty, None when there is none."""
     for line in text.splitlines()[:15]:
@@ -54,7 +50,8 @@ def test_sizes_are_reported_and_exemptions_give_a_reason(path: Path) -> None:
     text = path.read_text()
     assert _reason(text) != "", f"{path.name}: a '# size:' comment must say why the file is long"
     for msg in long_parts(text, path.name):
-        warnings.warn(msg, SizeWarning, stacklevel=1)
+        # a builtin category: xdist ships warnings between processes by their class's module
+        warnings.warn(f"size: {msg}", UserWarning, stacklevel=1)
 
 
 def test_the_report_names_what_is_long() -> None:
