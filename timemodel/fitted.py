@@ -19,12 +19,11 @@ the learning rate) goes into the printed commands at its most common value, and 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 
 from core import UserError
-from timemodel.io import ok_rows, read_tables
+from timemodel.io import dataset_path, ok_rows, read_tables
 
 # Model settings the search holds fixed: the flag that sets each one (None: no flag, the data's
 # value or a refusal), and the value used when neither the data nor the user says (None: refuse).
@@ -97,9 +96,10 @@ def _source_rows(model: dict, notes: list[str], what: str) -> list[dict]:
     srcs = [s for s in model.get("sources") or [] if isinstance(s, str)]
     if not srcs:
         return []
-    missing = [s for s in srcs if not Path(s).exists()]
+    missing = [s for s in srcs if not dataset_path(s).exists()]
     if missing:
-        notes.append(f"{what}'s source {missing[0]} is gone; its settings come from the model file")
+        notes.append(f"{what}'s source {missing[0]} is gone: the training settings of the runs it "
+                     "was fitted on are unknown")  # fmt: skip
         return []
     try:
         return ok_rows(read_tables(srcs)).to_dict("records")
@@ -125,9 +125,10 @@ def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
     setting that is neither given nor recorded once by the fitted data."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     notes: list[str] = []
-    rows = _source_rows(tm, notes, "time model")
+    command_notes: list[str] = []  # unreadable sources only cost the commands their settings
+    rows = _source_rows(tm, command_notes, "time model")
     if law is not None:
-        rows += _source_rows(law, notes, "loss law")
+        rows += _source_rows(law, command_notes, "loss law")
     rows += [dict(r) for r in tm.get("reference_configs") or [] if isinstance(r, dict)]
     seen = values_of(rows, list(MODEL_FIELDS) + list(MODEL_EXTRAS) + list(TRAIN_FIELDS))
     model = {}
@@ -156,7 +157,6 @@ def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
                 f"(no sources or reference configs); give {flag}"
             )
     train: dict = {}
-    command_notes: list[str] = []
     for f in MODEL_EXTRAS + TRAIN_FIELDS:
         vals = seen.get(f)
         if not vals:

@@ -236,8 +236,10 @@ def verdict_lines(
         )
     else:
         beyond = int(np.sum(tied >= shown))
+        every = bool(full.tied.all()) and len(tied) > shown
+        more = " (every candidate propagated; more may be)" if every else ""
         out.append(
-            f"TIED: the top {len(tied)} candidates"
+            f"TIED: the top {len(tied)}{more} candidates"
             + (f" ({beyond} of them below the printed rows)" if beyond else "")
             + f" are within the noise of #1 (predicted gaps up to "
             f"{float(np.max(full.point[tied] - full.point[0])):.4f} nats, 95% interval of the "
