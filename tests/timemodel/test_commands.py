@@ -169,3 +169,24 @@ def test_several_fitted_values_must_be_chosen():
     assert fitted.resolve(tm, None, {"sequence_length": 64}).model["sequence_length"] == 64
     with pytest.raises(UserError, match="several acc_steps values"):
         fitted.resolve(TM | {"reference_configs": [REF, REF | {"acc_steps": 1}]}, None)
+
+
+def test_training_settings_come_from_the_source_sweep(tmp_path):
+    """The commands train with the fitted runs' schedule and LR (read from the sweep the models
+    name in `sources`); a varying LR goes in at its most common value, with a note."""
+    sched = {"scheduler": "wsd", "warmup_steps": 7, "decay_type": "linear", "wsd_fract_decay": 0.3}
+    rows = [REF | sched | {"lr": lr, "status": "ok"} for lr in (1e-3, 3e-3, 3e-3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "sweep.csv", index=False)
+    ctx = fitted.resolve(TM | {"sources": [str(tmp_path / "sweep.csv")]}, None)
+    assert ctx.model["sequence_length"] == 32 and ctx.model["tie_embeddings"] is True
+    assert ctx.train["lr"] == 0.003 and ctx.train["warmup_steps"] == 7
+    assert any("several lr values" in n for n in ctx.command_notes)
+    row = {"n_layer": 1, "n_embd": 32, "n_head": 2, "ffn_hidden": 96, "batch_size": 4}
+    cfg, _ = _train_config(commands.train_command(row, ctx, 0.5, out="o"))
+    flat = cfg.to_flat()
+    assert (flat["lr"], flat["warmup_steps"], flat["decay_type"], flat["wsd_fract_decay"]) == (
+        0.003, 7, "linear", 0.3)  # fmt: skip
+    gone = fitted.resolve(TM | {"sources": [str(tmp_path / "nope")], "reference_configs": [REF]},
+                          None)  # fmt: skip
+    assert gone.train["scheduler"] == "constant" and any("gone" in n for n in gone.command_notes)
+    assert gone.notes == []

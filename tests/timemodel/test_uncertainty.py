@@ -55,6 +55,26 @@ def test_law_draws_are_paired_across_candidates():
     assert p.point[1] > p.point[0] and not p.tied[1] and p.p_beats_first[1] == 0.0
 
 
+def test_intervals_cover_the_true_loss_when_the_step_error_is_as_measured():
+    """Calibration: true step times off the model by log-normal errors; the held-out MAPE of
+    those errors gives sigma; 95% intervals then hold the true loss of ~95% of the configs (the
+    law exact here, so the step-time part is what is tested)."""
+    rng = np.random.default_rng(3)
+    n = 600
+    pred = rng.uniform(0.005, 0.05, n)
+    true = pred * np.exp(rng.normal(0.0, 0.3, n))
+    mape = float(np.mean(np.abs(pred - true) / true) * 100)
+    sigma, _ = unc.time_error({"held_out": {"mape": mape}})
+    assert sigma == pytest.approx(0.3, rel=0.1)
+    cols = {"step_s": pred, "batch_tokens": np.full(n, 512.0), "law_params": np.full(n, 1e5)}
+    p = _prop(sigma=sigma, cols=cols)
+    truth = _prop(cols=cols | {"step_s": true}).point
+    cover = float(np.mean((p.lo <= truth) & (truth <= p.hi)))
+    assert 0.92 <= cover <= 0.98, cover
+    # Without the step-time error the intervals are points and hold almost none of them.
+    assert np.mean(np.isclose(_prop(cols=cols).point, truth)) < 0.05
+
+
 def test_close_candidates_are_tied_and_far_ones_are_not():
     cols = {"step_s": [0.01, 0.0101, 0.05], "batch_tokens": [512] * 3, "law_params": [1e5] * 3}
     p = _prop(sigma=0.2, cols=cols)
@@ -120,7 +140,10 @@ def test_law_draws_recomputed_from_the_sources(tmp_path, capsys):
     law.get("bootstrap", {}).pop("draws", None)
     draws, why = unc.law_draws(law)
     assert draws is not None and len(draws["E"]) >= 2 and "bootstrap refits" in why
-    assert np.all(draws["alpha"] > 0)
+    # The same refits as fit-loss's bootstrap (same resamples, same starts): its CIs come back.
+    for k, (lo, hi) in law["ci95"].items():
+        got = np.percentile(draws[k], [2.5, 97.5])
+        assert got == pytest.approx([lo, hi], rel=1e-9), k
     two = [{k: law[k] * f for k in ("E", "A", "B", "alpha", "beta")} for f in (0.9, 1.1)]
     stored, how = unc.law_draws(law | {"bootstrap": {"draws": two}})
     assert "stored" in how and stored["E"].tolist() == [law["E"] * 0.9, law["E"] * 1.1]
