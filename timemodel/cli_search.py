@@ -129,7 +129,8 @@ def _print(scored, order, dropped, head_note: bool, prop) -> None:
             f"{s['ffn_hidden']:6.0f} {s['batch_size']:5.0f} {s['params']:10.4g} "
             f"{s['tokens']:10.4g} {s['tokens'] / s['law_params']:7.3g} {s['step_s'] * 1e3:9.3f} "
             f"{s['memory_bytes'] / 1e9:7.3g} {s['loss']:7.4f} "
-            f"[{prop.lo[r]:.4f}, {prop.hi[r]:.4f}] {prop.p_beats_first[r] if r else 0.5:6.2f}"
+            f"[{prop.lo[r]:.4f}, {prop.hi[r]:.4f}] "
+            + (f"{prop.p_beats_first[r]:6.2f}" if r else f"{'-':>6}")
         )
     print("(= : tied with #1, the 95% interval of its gap to #1 over the draws contains 0)")
     if head_note and dropped:
