@@ -182,10 +182,11 @@ def fit_chinchilla(
         again = [best.x] + [starts[i] for i in order[:BOOT_STARTS]]
         best = _solve(again, (logN, logD, logL, logb, d0)) or best
     a, b, e, alpha, beta = best.x[:5]
+    lo = -690.0  # exp(-690) ~ 1e-300: a coefficient that ran to 0 stays a positive number
     out = {
-        "A": float(np.exp(a)),
-        "B": float(np.exp(b)),
-        "E": float(np.exp(e)),
+        "A": float(np.exp(max(a, lo))),
+        "B": float(np.exp(max(b, lo))),
+        "E": float(np.exp(max(e, lo))),
         "alpha": float(alpha),
         "beta": float(beta),
         "objective": float(best.fun) * d0,

@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 from core import UserError, atomic_write, run_cli  # noqa: E402
 from model import costs  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
-from timemodel import models  # noqa: E402
+from timemodel import fitted, models  # noqa: E402
 from timemodel import search as tsearch  # noqa: E402
+from timemodel.cli_search import search_kwargs  # noqa: E402
 
 T, VOCAB, HEAD_DIM, FFN_MULT, LR = 64, 256, 16, 3, 3e-3
 SPACE = "n_layer=1:6,n_embd=32:256:32,head_dim=16,ffn_mult=3,batch_size=2,4,8,16,32"
@@ -135,7 +136,10 @@ def split(df: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def predict(rows: pd.DataFrame, tm: dict, law: dict, minutes) -> pd.DataFrame:
     """Predicted step time, tokens and final loss of each row's config for its budget, with the
-    same arithmetic as `timemodel search` (`timemodel.search.score`)."""
+    same arithmetic and the same settings as `timemodel search` (`timemodel.search.score` with
+    `cli_search.search_kwargs`: the vocab, T, acc_steps and kernels the models were fitted on)."""
+    ctx = fitted.resolve(tm, law, {"vocab_size": VOCAB, "sequence_length": T})
+    kw = search_kwargs(ctx)
     cand = {
         k: rows[k].to_numpy(dtype=float)
         for k in ("n_layer", "n_embd", "n_head", "ffn_hidden", "batch_size")
@@ -145,9 +149,7 @@ def predict(rows: pd.DataFrame, tm: dict, law: dict, minutes) -> pd.DataFrame:
     for i in range(len(rows)):
         one = {k: v[i : i + 1] for k, v in cand.items()}
         h = float(hours if hours.ndim == 0 else hours[i])
-        s = tsearch.score(
-            one, tm, law, hours=h, vocab_size=VOCAB, sequence_length=T, impl=models.impl_of(tm)
-        )
+        s = tsearch.score(one, tm, law, hours=h, **kw)
         if len(s["loss"]) == 0:
             raise UserError(f"config {one} was dropped by the search's filters")
         out.append({"pred_step_ms": s["step_s"][0] * 1e3, "pred_tokens": s["tokens"][0]})
@@ -237,9 +239,8 @@ def search_picks(run: Runner, tables: list[str], plan: dict) -> tuple[pd.DataFra
         f"--out {out / 'search_nobatch.csv'}",
     )
     space = tsearch.parse_space(SPACE)
-    _, scored, _, _ = tsearch.run_search(
-        space, tm, law, top=1, hours=hours, vocab_size=VOCAB, sequence_length=T
-    )
+    kw = search_kwargs(fitted.resolve(tm, law, {"vocab_size": VOCAB, "sequence_length": T}))
+    _, scored, _, _ = tsearch.run_search(space, tm, law, top=1, hours=hours, **kw)
     allc = pd.DataFrame({k: scored[k] for k in ("n_layer", "n_embd", "n_head", "ffn_hidden")})
     allc["batch_size"] = scored["batch_size"]
     key = ["n_layer", "n_embd", "ffn_hidden", "batch_size"]
