@@ -162,13 +162,22 @@ def columns(ses, tokens_per_s: float) -> dict:
         "dp": ses.world,
         "global_batch": ses.cfg.global_batch(ses.world),
         "threads": ses.threads,
-        "kernels_auto": json.dumps(ses.kernels_auto) if ses.kernels_auto else "",
+        "kernels_auto": (
+            json.dumps(ses.kernels_auto) if ses.kernels_auto else f"not measured ({_why_not(ses)})"
+        ),
         "cpu_affinity": _affinity(),
         "cpu_malloc": cpumem.mode(),
         "mfu": math.nan if mfu is None else mfu,
         "peak_mem_mb": _peak_mem_mb(ses),
         **env_info("cuda" if ses.cuda else "cpu"),
     }
+
+
+def _why_not(ses) -> str:
+    """Why --kernels auto did not measure: what decided the backend instead."""
+    if ses.cfg.runtime.kernels != "auto":
+        return f"--kernels {ses.cfg.runtime.kernels}"
+    return "not on CUDA" if not ses.cuda else f"{ses.model_cfg.arch} has no Triton kernels"
 
 
 def _affinity() -> str:

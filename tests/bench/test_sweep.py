@@ -28,7 +28,17 @@ ROOT = Path(__file__).resolve().parents[2]
 UNSET = set(TELEMETRY) | {"gpu_name", "driver", "cuda", "mfu", "message", "ref_group"}
 UNSET |= {"wsd_fract_decay", "decay_type", "wsd_final_lr_scale", "threads_requested"}
 UNSET |= {"cooldown_start_step", "cooldown_start_s", "n_kv_head", "static_error"}
-TINY = ["--preset", "tiny", "--n-head", "2", "--batch-size", "4", "--no-progress"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--n-head",
+    "2",
+    "--batch-size",
+    "4",
+    "--no-progress",
+    "--acc-steps",
+    "1",
+]
 
 
 def _env() -> dict:

@@ -132,7 +132,7 @@ def test_tokenizer_choice(tmp_path, run):
         (["--top-k", "-2"], "--top-k must be >= 0"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
         (["--num-samples", "0"], "--num-samples must be >= 1"),
-        (["--device", "foo"], "--device 'foo' is not a device"),
+        (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N, got 'foo'"),
         (["--data", "/nonexistent/data"], "--data /nonexistent/data not found"),
         (["--prompt", ""], "--prompt encodes to no tokens"),
         (["--tokenizer", "{tok}"], "tokenizer has 300 tokens but the model only 256"),
