@@ -52,6 +52,7 @@ def test_cli_bad_shape_exits_2(capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU path times kernels instead")
+@pytest.mark.slow
 def test_no_gpu_writes_the_static_report_for_the_asked_dtype(tmp_path):
     # --dtype is honoured and --out (nested, missing) is created without a GPU.
     out = tmp_path / "a" / "b"

@@ -100,6 +100,7 @@ def test_wsd_in_time_records_its_schedule(tmp_path, monkeypatch):
     assert x["tokens_seen"] == total * 4 * 64 and math.isfinite(x["val_loss"])
 
 
+@pytest.mark.slow
 def test_failures_are_rows_retried_by_policy_and_all_failed_exits_1(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     base = {"n_layer": 1, "n_embd": 32, "n_head": 2, "batch_size": 4}
