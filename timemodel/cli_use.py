@@ -81,7 +81,7 @@ def _context(tm: dict, law: dict | None, cfg: ModelConfig, args) -> fitted.Conte
         "dp": args.dp,
         "activation_checkpointing": bool(args.activation_checkpointing),
     }
-    return fitted.resolve(tm, law, given)
+    return fitted.resolve(tm, law, config=given)
 
 
 def cmd_predict(args) -> int:

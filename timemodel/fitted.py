@@ -118,12 +118,19 @@ class Context:
         self.command_notes: list[str] = []
 
 
-def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
-    """The Context of a search (or a predict) with time model `tm` and loss law `law`.
+def resolve(
+    tm: dict, law: dict | None, given: dict | None = None, *, config: dict | None = None
+) -> Context:
+    """The Context of a search with time model `tm` and loss law `law`.
 
     given: {field: value} the user set (None values ignored). Raises UserError for a model
-    setting that is neither given nor recorded once by the fitted data."""
-    given = {k: v for k, v in (given or {}).items() if v is not None}
+    setting that is neither given nor recorded once by the fitted data. config: every model
+    field of one config (predict's), None values included: nothing is refused, the notes say
+    where it leaves what the models saw."""
+    if config is not None:
+        given = dict(config)
+    else:
+        given = {k: v for k, v in (given or {}).items() if v is not None}
     notes: list[str] = []
     command_notes: list[str] = []  # unreadable sources only cost the commands their settings
     rows = _source_rows(tm, command_notes, "time model")
@@ -139,7 +146,7 @@ def resolve(tm: dict, law: dict | None, given: dict | None = None) -> Context:
             if vals and given[f] not in vals:
                 shown = ", ".join(map(str, sorted(vals, key=str)))
                 notes.append(
-                    f"{flag} {given[f]} is not what the models were fitted on ({shown}): "
+                    f"{flag or f} {given[f]} is not what the models were fitted on ({shown}): "
                     "the predictions are extrapolations"
                 )
             continue

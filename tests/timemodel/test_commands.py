@@ -190,3 +190,16 @@ def test_training_settings_come_from_the_source_sweep(tmp_path):
                           None)  # fmt: skip
     assert gone.train["scheduler"] == "constant" and any("gone" in n for n in gone.command_notes)
     assert gone.notes == []
+
+
+def test_predict_names_what_the_models_did_not_see(tmp_path, capsys):
+    """predict takes any config: settings the fitted runs never had are warnings, not refusals
+    (several fitted values included)."""
+    tm = TM | {"reference_configs": [REF, REF | {"n_kv_head": 2}, REF | {"n_kv_head": 1}]}
+    tm_path, _ = _write(tmp_path, tm=tm)
+    argv = ["predict", tm_path, "--n-layer", "2", "--n-embd", "64", "--n-head", "4",
+            "--vocab-size", "256", "--sequence-length", "32", "--batch-size", "8"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "acc_steps 1 is not what the models were fitted on (2)" in err
+    assert "--tie-embeddings False is not what the models were fitted on (True)" in err
