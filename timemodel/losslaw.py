@@ -290,14 +290,16 @@ def predict_loss(law: dict, N, D, batch_tokens=None):
 def bootstrap(
     N, D, L, n_boot: int, seed: int = 0, batch=None, law: dict | None = None, delta=DELTA
 ) -> dict:
-    """Percentile 95% CIs, SDs and the share of draws at an exponent bound, from refits on
-    resampled runs (each from `law`'s optimum and the best BOOT_STARTS grid starts). A refit that
-    fails is dropped and counted in "failed"."""
+    """Percentile 95% CIs, SDs, the share of draws at an exponent bound, and the draws themselves
+    (joint parameter sets, for propagating the law's uncertainty), from refits on resampled runs
+    (each from `law`'s optimum and the best BOOT_STARTS grid starts). A refit that fails is
+    dropped and counted in "failed"."""
     rng = np.random.default_rng(seed)
     keys = ("A", "B", "E", "alpha", "beta") + (("b_crit",) if batch is not None else ())
     vals = {k: [] for k in keys}
     failed = 0
     extra = [law["theta"]] if law and "theta" in law else None
+    draws = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(N), len(N))
         b = None if batch is None else np.asarray(batch)[idx]
@@ -309,7 +311,9 @@ def bootstrap(
             continue
         for k in keys:
             vals[k].append(f[k])
-    out = {"n": int(n_boot), "failed": int(failed), "ci95": {}, "sd": {}, "at_bound": {}}
+        draws.append({k: float(f[k]) for k in keys})
+    out = {"n": int(n_boot), "failed": int(failed), "ci95": {}, "sd": {}, "at_bound": {},
+           "draws": draws}  # fmt: skip
     if len(vals["alpha"]) < 2:
         return out
     for k, v in vals.items():

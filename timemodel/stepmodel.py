@@ -266,16 +266,18 @@ def table_lines(res: dict) -> list[str]:
         lines.append("forward path (feature added: held-out MAPE%): " + " -> ".join(steps))
     rep = res.get("repeatability")
     if rep:
-        lines.append(
+        line = (
             f"repeatability MAPE {rep['mape']:.2f}% (worst {rep['max_ape']:.1f}%, "
-            f"{rep['configs']} configs measured more than once) vs held-out MAPE "
-            f"{res['held_out']['mape']:.2f}% of the chosen model"
-            + (
-                f" (fitted and scored on each config's {res['aggregate']} over its repeats)"
-                if res.get("aggregate") not in (None, "rows")
-                else ""
-            )
+            f"{rep['configs']} configs measured more than once) of single measurements"
         )
+        if res.get("aggregate") in (None, "rows"):
+            line += f" vs held-out MAPE {res['held_out']['mape']:.2f}% on the same rows"
+        else:
+            line += (
+                f"; the fit is scored on each config's {res['aggregate']} over its repeats, "
+                "whose noise floor is in the headline below"
+            )
+        lines.append(line)
     phys = res.get("physical")
     if phys:
         c = phys["cv"]
