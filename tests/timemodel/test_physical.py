@@ -250,3 +250,50 @@ def test_calibrate_to_a_machine_20_percent_faster(tmp_path, capsys):
     before, after = mape(tm), mape(json.loads(tm2.read_text()))
     assert before > 2 * cv  # the new machine breaks the fitted model...
     assert after <= 1.2 * cv, (before, after, cv)  # ...and calibration repairs it
+
+
+def test_gpu_table_uses_the_devices_peaks_and_extrapolates_to_larger_models(tmp_path, capsys):
+    """A Megatron-like A100 table (GPT, bf16, data-parallel, micro-batching, recompute) timed by
+    a known roofline at the A100's peaks: the fit finds the peaks from device_name, keeps every
+    rate under them, and predicts the larger half of the models from the smaller half."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for _ in range(70):
+        d = int(rng.choice([512, 768, 1024, 1536, 2048]))
+        rows.append({
+            "n_layer": int(rng.choice([4, 8, 12, 16, 24])), "n_embd": d, "n_head": d // 64,
+            "vocab_size": 50304, "sequence_length": int(rng.choice([512, 1024, 2048])),
+            "batch_size": int(rng.choice([1, 2, 4])), "acc_steps": int(rng.choice([1, 4])),
+            "dp": int(rng.choice([1, 2, 4, 8])), "arch": "gpt2", "bias": 1, "dtype": "bfloat16",
+            "activation_checkpointing": int(rng.choice([0, 1])),
+            "device_name": "NVIDIA A100-SXM4-80GB",
+        })  # fmt: skip
+    df = pd.DataFrame(rows)
+    df["t"] = 1.0
+    table, _ = load_step_table(df, time_col="t", time_unit="s", what="gpu")
+    F = stepmodel.feature_arrays(table)
+    peaks = roofline.peaks_for("NVIDIA A100-SXM4-80GB", "bfloat16")
+    assert (peaks["flops"], peaks["bandwidth"], peaks["link"]) == (312e12, 2.039e12, 300e9)
+    eff = {"flops": 0.55, "scores": 0.2, "bytes": 0.7, "link": 0.6}
+    terms = []
+    for t in roofline.terms(F, peaks):
+        s = (
+            1.0 / (eff[t["kind"]] * t["peak"])
+            if t["peak"]
+            else (8e-6 if t["kind"] == "launch" else 5e-3)
+        )
+        terms.append({"name": t["name"], "kind": t["kind"], "cls": t["cls"], "peak": t["peak"],
+                      "features": t["feats"], "seconds_per_unit": s})  # fmt: skip
+    true = {"form": "roofline", "terms": terms, "peaks": peaks}
+    df["t"] = roofline.predict(true, F) * np.exp(0.02 * rng.standard_normal(len(df)))
+    path, out = tmp_path / "a100.csv", tmp_path / "tm.json"
+    df.to_csv(path, index=False)
+    argv = ["fit", str(path), "--out", str(out), "--time-col", "t", "--time-unit", "s",
+            "--extrapolate", "--outer-seeds", "1", "--cv-repeats", "1"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    tm = json.loads(out.read_text())
+    assert "peaks from GPU table (A100)" in text and "allreduce" in text
+    assert all(e <= 1.0 for e in _eff(tm["physical"]).values())
+    split = tm["extrapolation"]["params: smaller half -> larger half"][honest.PHYSICAL]
+    assert split["mape"] <= 10.0, split
