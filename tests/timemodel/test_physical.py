@@ -297,3 +297,13 @@ def test_gpu_table_uses_the_devices_peaks_and_extrapolates_to_larger_models(tmp_
     assert all(e <= 1.0 for e in _eff(tm["physical"]).values())
     split = tm["extrapolation"]["params: smaller half -> larger half"][honest.PHYSICAL]
     assert split["mape"] <= 10.0, split
+
+
+def test_calibrate_errors_are_one_line(tmp_path, capsys):
+    tm = {"intercept": 1e-3, "coefficients": {"flops": 1e-11}}
+    path = tmp_path / "tm.json"
+    path.write_text(json.dumps(tm))
+    assert main(["calibrate", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("error: give --table")
+    assert main(["calibrate", str(path), "--plan", str(tmp_path / "g.json")]) == 2
+    assert "no reference configs stored" in capsys.readouterr().err
