@@ -137,13 +137,15 @@ def test_law_draws_recomputed_from_the_sources(tmp_path, capsys):
     assert main(argv + ["--out", str(law_path)]) == 0
     capsys.readouterr()
     law = json.loads(law_path.read_text())
-    law.get("bootstrap", {}).pop("draws", None)
+    stored = law.get("bootstrap", {}).pop("draws", None)
     draws, why = unc.law_draws(law)
     assert draws is not None and len(draws["E"]) >= 2 and "bootstrap refits" in why
     # The same refits as fit-loss's bootstrap (same resamples, same starts): its CIs come back.
     for k, (lo, hi) in law["ci95"].items():
         got = np.percentile(draws[k], [2.5, 97.5])
         assert got == pytest.approx([lo, hi], rel=1e-9), k
+    if stored:  # fit-loss saved them: the recomputed refits are the same parameter sets
+        assert draws["alpha"].tolist() == pytest.approx([d["alpha"] for d in stored], rel=1e-9)
     two = [{k: law[k] * f for k in ("E", "A", "B", "alpha", "beta")} for f in (0.9, 1.1)]
     stored, how = unc.law_draws(law | {"bootstrap": {"draws": two}})
     assert "stored" in how and stored["E"].tolist() == [law["E"] * 0.9, law["E"] * 1.1]
