@@ -283,12 +283,16 @@ def grid_rows(a) -> list[dict]:
             raise UserError("give --seeds K or --seed LIST, not both")
         if not 1 <= a.seeds <= 1000:
             raise UserError(f"--seeds must be between 1 and 1000, got {a.seeds}")
-        lists["seed"] = [str(i) for i in range(a.seeds)]
+        if not a.grid:
+            lists["seed"] = [str(i) for i in range(a.seeds)]
     if a.grid:
         if lists:
             flags = ", ".join("--" + k.replace("_", "-") for k in lists)
             raise UserError(f"--grid FILE sets the grid; drop the grid flag(s) {flags}, or --grid")
         rows = gridmod.read_grid_file(a.grid, a.preset, a.max_configs)
+        if a.seeds is not None:  # every row of the file at seeds 0..K-1
+            gridmod.check_size(len(rows) * a.seeds, a.max_configs, f"--grid {a.grid} x --seeds")
+            rows = [dict(r, seed=i) for r in rows for i in range(a.seeds)]
     else:
         rows = gridmod.expand(smoke.scale_grid(lists), smoke.scale_preset(a.preset), a.max_configs)
     if not rows:

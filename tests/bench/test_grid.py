@@ -136,3 +136,17 @@ def test_a_width_sweep_over_a_preset_derives_each_width_s_mlp_as_train_does():
         assert grid.model_config(r).hidden == trained.hidden
     kept = grid.expand({"n_embd": ["128"], "n_head": ["2"], "ffn_hidden": ["192"]}, "tiny")
     assert kept[0]["ffn_hidden"] == 192  # given explicitly: kept
+
+
+def test_seeds_expand_a_grid_file_too(tmp_path):
+    import argparse
+
+    from bench.sweep.cli import grid_rows
+
+    g = tmp_path / "g.json"
+    g.write_text('[{"n_layer": 1, "n_head": 2}, {"n_layer": 2, "n_head": 2}]')
+    a = argparse.Namespace(grid=str(g), preset="tiny", max_configs=100, seeds=3)
+    for k in grid.known_keys():
+        setattr(a, "g_" + k, None)
+    rows = grid_rows(a)
+    assert [(r["n_layer"], r["seed"]) for r in rows] == [(n, s) for n in (1, 2) for s in range(3)]
