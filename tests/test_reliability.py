@@ -138,6 +138,8 @@ TRAIN_CASES = [
     ("data-seed-negative", "train", [*T, "--data-seed", "-1", "--out", "{tmp}/o"], 2, "--data-seed must be in 0..4294967295"),
     ("sample-seed-negative", "train", ["sample", "{ckpt}", "--seed", "-1"], 2, "--seed must be in 0..2**63-1"),
     ("cooldown-zero-length", "train", [*T, "--cooldown-targets", "4", "--scheduler", "wsd", "--wsd-fract-decay", "0.1", "--out", "{tmp}/o"], 2, "has a cooldown of 0 steps"),
+    ("acc-steps-1e30", "train", [*T[:8], "--acc-steps", "1" + "0" * 30, *T[10:], "--out", "{tmp}/o"], 2, "sequences a step: no machine holds that batch"),
+    ("iterations-1e20", "train", [*T[:6], "--iterations", "1" + "0" * 20, *T[8:], "--out", "{tmp}/o"], 2, "--iterations must be <= 2**53"),
     ("vocab-1e12", "train", [*T, "--vocab-size", "1000000000000", "--out", "{tmp}/o"], 2, "vocab_size 1000000000000 is over 2,147,483,647"),
     ("n-embd-1e11", "train", [*T, "--n-embd", "100000000000", "--out", "{tmp}/o"], 2, "n_embd 100000000000 is over 2,147,483,647"),
     ("vocab-1e9-memory", "train", [*T, "--vocab-size", "1000000000", "--out", "{tmp}/o"], 2, "GiB for weights, gradients and AdamW moments alone, more than"),

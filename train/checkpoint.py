@@ -222,6 +222,15 @@ def _validate(p: dict) -> None:
         opt.get("param_groups"), list
     ):
         raise UserError("'optimizer' is not an optimizer state dict")
+    for g in opt["param_groups"]:
+        ids = g.get("params") if isinstance(g, dict) else None
+        if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+            raise UserError("its optimizer parameter groups are malformed")
+        for key in ("step", "skipped_steps"):  # the counters a resumed run keeps
+            v = g.get(key, 0)
+            v = v.item() if torch.is_tensor(v) and v.dim() == 0 else v
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 2**53:
+                raise UserError(f"its optimizer {key} must be a count >= 0, got {v!r}")
     if not _rng_ok(p["rng"]):
         raise UserError("its 'rng' state is malformed")
     windows = (p.get("averager") or {}).get("windows", [])

@@ -60,6 +60,15 @@ def validate(cfg: Any) -> None:
             raise UserError(f"{name} must be in [0, 1), got {v}")
     for name in ("batch_size", "acc_steps", "eval_batches"):
         _positive(name, getattr(d, name))
+    # A step holds batch_size * acc_steps sequences in memory at once (its micro-batches).
+    if d.batch_size * d.acc_steps > MAX_SEQUENCES_PER_STEP:
+        raise UserError(
+            f"--batch-size {d.batch_size} x --acc-steps {d.acc_steps} is over "
+            f"{MAX_SEQUENCES_PER_STEP:,} sequences a step: no machine holds that batch"
+        )
+    for name, v in (("iterations", s.iterations), ("warmup_steps", s.warmup_steps)):
+        if v > MAX_STEPS:  # steps stay exact in the float schedule math
+            raise UserError(f"--{name.replace('_', '-')} must be <= 2**53, got {v}")
     if d.data_dtype not in ("uint16", "uint32"):
         raise UserError(f"data dtype must be uint16 or uint32, got {d.data_dtype!r}")
     for name in ("eval_interval", "log_interval", "permanent_ckpt_interval"):
@@ -102,6 +111,8 @@ def validate(cfg: Any) -> None:
 
 
 MAX_SEED = 2**32 - 1
+MAX_SEQUENCES_PER_STEP = 2**20  # GPT-3's 3.2M-token batch is ~1.6k sequences of 2048
+MAX_STEPS = 2**53
 
 
 def _check_types(cfg: Any) -> None:
