@@ -102,11 +102,17 @@ class ModelConfig:
             raise UserError(f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}")
         for name in ("norm_eps", "rope_theta", "init_std"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+            try:  # a float from here on: an int too large for one is refused, not passed on
+                ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and 0 < float(v)
+            except OverflowError:
+                ok = False
+            if not ok or not math.isfinite(float(v)):
                 raise UserError(f"{name} must be a finite number > 0, got {_short(v)}")
+            object.__setattr__(self, name, float(v))
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
-            raise UserError(f"dropout must be in [0, 1), got {d!r}")
+            raise UserError(f"dropout must be in [0, 1), got {_short(d)}")
+        object.__setattr__(self, "dropout", float(d))
         if self.kernels not in KERNELS:
             raise UserError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
         if self.attention not in ATTENTIONS:
