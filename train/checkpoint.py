@@ -248,4 +248,21 @@ def _rng_ok(r: Any) -> bool:
         return False
     if not (isinstance(py, (list, tuple)) and len(py) == 3 and isinstance(py[1], (list, tuple))):
         return False
-    return r["torch"].dtype == torch.uint8
+    kind, keys, pos, has_gauss, cached = n
+    numpy_ok = (
+        kind == "MT19937"
+        and keys.dtype == torch.int64
+        and keys.shape == (624,)
+        and type(pos) is int
+        and 0 <= pos <= 624
+        and has_gauss in (0, 1)
+        and isinstance(cached, float)
+    )
+    version, internal, gauss = py
+    python_ok = (
+        type(version) is int
+        and len(internal) == 625
+        and all(type(x) is int and 0 <= x < 2**32 for x in internal)
+        and (gauss is None or isinstance(gauss, float))
+    )
+    return numpy_ok and python_ok and r["torch"].dtype == torch.uint8

@@ -325,14 +325,17 @@ def plot_frame(
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise UserError(f"results lack column(s) {', '.join(missing)}; is this a bench sweep?")
-    df = df[(df["step_ms_median"] > 0) & (df["params"] > 0)]
+    df = df[_positive(df["step_ms_median"]) & _positive(df["params"])]  # log axes
     if df.empty:
         raise UserError("no ok rows with a measured step time to plot")
     figures = [
         (f"step_ms_vs_{x}.png", step_time_figure, (df, x, color_by))
         for x in FEATURES
-        if x in df.columns and (df[x] > 0).all()
+        if x in df.columns and _positive(df[x]).all()
     ]
+    df = df[_positive(df["tokens_per_s"])]
+    if df.empty:
+        raise UserError("no ok rows with a measured throughput to plot")
     figures.append(("tokens_per_s.png", tokens_figure, (df, color_by)))
     figures.append(("loss_vs_time.png", loss_figure, (df, loss_color_by)))
     written = []
@@ -350,15 +353,29 @@ def numeric_columns(df, where: str):
     for c in df.columns:
         if df[c].dtype != object or c == "loss_curve":
             continue
+        scalar = df[c].map(lambda v: not isinstance(v, (dict, list)))
+        if not scalar.all():  # a list or object where a value belongs
+            mixed.append(c)
+            df[c] = df[c].where(scalar, None)
         vals = df[c].dropna()
         nums = vals.map(_finite_or_nan)
-        if nums.any() and not nums.all():
+        if nums.any() and not nums.all() and c not in mixed:
             mixed.append(c)
         if nums.any():
             df[c] = pd.to_numeric(df[c].where(df[c].map(_finite_or_nan)), errors="coerce")
+        else:  # a text column: all text, so that sorting and grouping by it work
+            df[c] = df[c].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     if mixed:
         warn_line(f"{where}: text in numeric column(s) {', '.join(mixed)} drawn as missing")
     return df
+
+
+def _positive(col):
+    """Which values of column `col` are finite numbers > 0 (drawable on a log axis)."""
+    import pandas as pd
+
+    col = pd.to_numeric(col, errors="coerce")
+    return np.isfinite(col) & (col > 0)
 
 
 def _finite_or_nan(x) -> bool:
