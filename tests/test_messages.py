@@ -48,11 +48,18 @@ def test_ctrl_c_names_the_run_folder(tmp_path, monkeypatch, capsys):
     assert "OUT" not in err.replace(str(out), "")
 
 
+TM = ["fit", "fit-loss", "predict", "search", "describe", "calibrate", "fit-isoflop"]
+
+
 @pytest.mark.parametrize(
-    "argv", [["train", "--help"], ["bench", "sweep", "--help"], ["bench", "kernels", "--help"]]
+    "argv",
+    [["train", "--help"], ["bench", "sweep", "--help"], ["bench", "kernels", "--help"]]
+    + [["timemodel", c, "--help"] for c in TM],
 )
 def test_help_states_each_default_once_and_no_none(argv, capsys):
-    main = train_main if argv[0] == "train" else bench_main
+    from timemodel.cli import main as timemodel_main
+
+    main = {"train": train_main, "bench": bench_main, "timemodel": timemodel_main}[argv[0]]
     with pytest.raises(SystemExit):
         main(argv[1:])
     text = re.sub(r"\s+", " ", capsys.readouterr().out)

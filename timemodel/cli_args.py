@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from core import ArgParser
+from core.errors import HelpFormat
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Descriptions keep their line breaks; every flag's help shows its default."""
+class Formatter(argparse.RawDescriptionHelpFormatter, HelpFormat):
+    """Descriptions keep their line breaks; a flag's help shows its default once (not for
+    required or unset flags, nor when the help already states it)."""
 
 
 class Parser(ArgParser):
