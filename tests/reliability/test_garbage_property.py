@@ -264,3 +264,85 @@ def test_garbage_fast(kind, seed, pristine, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("seed", range(3, 63))
 def test_garbage_slow(kind, seed, pristine, tmp_path, capsys, monkeypatch):
     _run_case(kind, pristine, tmp_path, random.Random(f"{kind}-{seed}"), capsys, monkeypatch)
+
+
+# ------------------------------------------------- typed garbage inside well-formed records
+
+VALUES = [None, 1, -1, 10**30, 1.5, float("nan"), float("inf"), "x", "", [], {}, [1, 2], True]
+
+
+def _leaves(d, pre=()):
+    """Paths of every value in a nested dict/list (tensors are leaves)."""
+    import torch
+
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else []
+    for k, v in items:
+        yield (*pre, k)
+        if not torch.is_tensor(v) and (not isinstance(v, list) or len(v) < 20):
+            yield from _leaves(v, (*pre, k))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(40))
+def test_checkpoint_fields_of_any_type(seed, pristine, tmp_path, capsys):
+    """One field of a real checkpoint gets a value of another type or size: resuming and
+    sampling from it end with 0 or one error line, never a traceback."""
+    import torch
+
+    from train.checkpoint import run_dir_of
+
+    rng = random.Random(seed)
+    payload = torch.load(pristine["run"] / "latest" / "ckpt.pt", weights_only=True)
+    path = rng.choice(list(_leaves(payload)))
+    cur = payload
+    for k in path[:-1]:
+        cur = cur[k]
+    cur[path[-1]] = rng.choice(VALUES)
+    ckpt = tmp_path / "c.pt"
+    torch.save(payload, ckpt)
+    assert run_dir_of(str(ckpt)) == str(tmp_path)
+    for argv in (["--resume-from", ckpt, "--iterations", "6", "--out", tmp_path / "o"],
+                 ["sample", ckpt, "--max-new-tokens", "2", "--device", "cpu"]):  # fmt: skip
+        capsys.readouterr()
+        rc = _main("train")([str(a) for a in argv])
+        _release_locks()
+        err = capsys.readouterr().err
+        assert rc in (0, 2) and "Traceback" not in err, (path, err)
+        assert rc == 0 or len([x for x in err.splitlines() if x.startswith("error: ")]) == 1
+
+
+ROW = {"config_id": "a", "repeat": 0, "status": "ok", "n_layer": 1, "n_embd": 64, "n_head": 2,
+       "batch_size": 4, "acc_steps": 1, "sequence_length": 64, "params": 1000,
+       "step_ms_median": 2.0, "tokens_per_s": 100.0, "mfu": None, "val_loss": 3.0,
+       "message": "", "kind": "config", "loss_curve": [[0.1, 3.0], [0.2, 2.9]],
+       "written_at": 1.0, "measured_at": 1.0}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(40))
+def test_row_fields_of_any_type(seed, tmp_path, capsys):
+    """Rows whose fields hold values of any type: show (sorted, filtered), status, plot and
+    merge end with 0 or one error line, never a traceback."""
+    rng = random.Random(seed)
+    out = tmp_path / "s"
+    (out / "rows").mkdir(parents=True)
+    rows = []
+    for j in range(3):
+        r = dict(ROW, config_id=f"c{j}")
+        for _ in range(rng.randint(1, 4)):
+            r[rng.choice(list(ROW))] = rng.choice(VALUES)
+        rows.append(r)
+    (out / "rows" / "h-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    commands = [
+        ["show", out, "--sort", rng.choice(list(ROW))],
+        ["show", out, "--filter", "status == ok and n_layer >= 1"],
+        ["status", out],
+        ["plot", out],
+        ["merge", out, "--out", tmp_path / "m"],
+    ]
+    for argv in commands:
+        capsys.readouterr()
+        rc = _main("bench")([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert rc in (0, 2) and "Traceback" not in err, (rows, err)
+        assert rc == 0 or len([x for x in err.splitlines() if x.startswith("error: ")]) == 1
