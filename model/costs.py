@@ -355,14 +355,13 @@ def vectorized(
     average, dropout and grads (see memory_traffic) are one value for the whole call. ffn_hidden
     is the MLP width as built (ModelConfig.hidden). Returns the names in `features` (default:
     every STEP_FEATURES key and "launches_<class>"; ask only for what you need, it is faster),
-    always with "law_<convention>" for each of LAW_CONVENTIONS (law_params) and the older names
-    "flops" (= step FLOPs) and "memory_traffic" (= "bytes") when asked for. Values equal the
+    always with "law_<convention>" for each of LAW_CONVENTIONS (law_params). Values equal the
     scalar functions' for each config.
     """
     if arch not in ("llama", "gpt2"):
         raise UserError(f"arch must be llama or gpt2, got {arch!r}")
     want = _ALL if features is None else tuple(features)
-    unknown = sorted(set(want) - set(_ALL) - {"memory_traffic"})
+    unknown = sorted(set(want) - set(_ALL))
     if unknown:
         raise UserError(f"unknown feature(s) {unknown}; choose from {', '.join(_ALL)}")
     cfg = ModelConfig(arch=arch, kernels=kernels, attention=attention, dropout=dropout)
@@ -374,7 +373,6 @@ def vectorized(
     pr = _ops.params(V, L, d, H, G, f, T, tie, bias * 1, llama)
     fl = _ops.flops(V, L, d, H, G, f, T, B, 2 + llama, pr["total"], pr["wpe"], pr["nonembed"],
                     ckpt, int(dropout > 0))  # fmt: skip
-    want = tuple({"memory_traffic": "bytes"}.get(k, k) for k in want)
     env = _env(V, L, d, H, G, f, T, B, tie, bias * 1, pr["total"], acc_steps, ckpt,
                int(grads == "persistent"), _itemsize(dtype))  # fmt: skip
     polys = _ledger(*impl)

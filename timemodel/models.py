@@ -15,8 +15,6 @@ from timemodel import roofline
 from timemodel.io import read_json
 from timemodel.losslaw import READ_EXPONENT_MAX
 
-# Feature names of time models written before costs.step_features existed.
-LEGACY = {"flops_per_step": "flops", "memory_traffic": "bytes"}
 RANGE_FACTOR = 2.0  # warn only when a value is more than 2x outside the fitted range
 
 
@@ -45,7 +43,7 @@ def _ranges(obj, what: str) -> dict:
         hi = _number(v[1], f"{what}.{k}[1]", lo=-math.inf)
         if lo > hi:
             raise UserError(f"{what}.{k} has min {lo:g} > max {hi:g}")
-        out[LEGACY.get(k, k)] = [lo, hi]
+        out[k] = [lo, hi]
     return out
 
 
@@ -61,12 +59,11 @@ def read_time_model(path: str) -> dict:
     tm["intercept"] = _number(tm["intercept"], f"{path}: intercept")
     coefs = {}
     for f, v in tm["coefficients"].items():
-        name = LEGACY.get(f, f)
-        if name not in costs.STEP_FEATURES:
+        if f not in costs.STEP_FEATURES:
             raise UserError(
                 f"{path}: unknown feature {f!r}; known: {', '.join(costs.STEP_FEATURES)}"
             )
-        coefs[name] = _number(v, f"{path}: coefficient {f}")
+        coefs[f] = _number(v, f"{path}: coefficient {f}")
     tm["coefficients"] = coefs
     tm["features"] = list(coefs)
     if tm.get("form") == "roofline":

@@ -89,14 +89,6 @@ def test_predict_device_and_extrapolation_warn_once(tmp_path, capsys):
     assert "Test Device 9000" in lines[0] and "outside the time model's fitted range" in lines[1]
 
 
-def test_legacy_time_model_names_still_read(tmp_path, capsys):
-    legacy = {"intercept": 1e-3, "coefficients": {"flops_per_step": 1e-11, "memory_traffic": 0.0}}
-    tm, _ = _write(tmp_path, tm=legacy)
-    assert main(["predict", tm, "--preset", "tiny", "--batch-size", "2"]) == 0
-    f = costs.step_features(get_preset("tiny"), 2)
-    assert f"step time {(1e-3 + 1e-11 * f['flops']) * 1e3:.3f} ms" in capsys.readouterr().out
-
-
 def test_describe_roofline_uses_peak_flops(capsys):
     assert main(["describe", "--preset", "124M", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
