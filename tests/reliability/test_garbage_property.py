@@ -9,8 +9,9 @@ nothing outside the folders it was given: the symlink targets are compared byte 
 and after, and nothing new appears beside the folder.
 
 `test_garbage_fast` runs a few seeded cases per folder kind in the fast tier; the slow variant
-runs many more. Sweeps run with the worker replaced by a stub that writes an ok row, so no
-process is started.
+runs many more, and two slow tests put values of any type into the fields of well-formed records
+(a real checkpoint's payload, sweep rows). Sweeps run with the worker replaced by a stub that
+writes an ok row, so no process is started.
 """
 
 from __future__ import annotations
