@@ -192,6 +192,9 @@ def cmd_fit(args) -> int:
             print(line)
     for line in stepmodel.coefficient_lines(res):
         print(line)
+    saved = honest.PHYSICAL if res.get("form") == "roofline" else honest.LINEAR
+    for line in honest.usability_lines(res.get("nested_cv") or {}, res.get("noise_floor"), saved):
+        print(line)
     write_json(res, args.out)
     print(f"wrote {args.out}")
     if args.plot:

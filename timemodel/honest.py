@@ -299,6 +299,36 @@ def headline_lines(nested: dict, floor: dict | None, aggregate: str) -> list[str
     return lines
 
 
+USABLE_MAPE = 10.0  # % held out: above it, step times (and the tokens a budget buys) are a guess
+
+
+def usability_lines(nested: dict, floor: dict | None, saved: str) -> list[str]:
+    """One WARNING line (and what to do) when the saved family's held-out error is too large to
+    rank configs by, or sits far above the measurement's own noise; nothing when it is fine."""
+    m = (nested.get("families") or {}).get(saved) or {}
+    mape = m.get("mape_mean")
+    if mape is None:
+        return []
+    out = []
+    if mape > USABLE_MAPE:
+        out.append(
+            f"WARNING: the saved model is off by {mape:.1f}% on held-out configs on average (worst "
+            f"{m.get('worst_ape', float('nan')):.0f}%): the budgets it plans and the configs it "
+            "ranks are that uncertain"
+        )
+    if floor and floor.get("floor_mape") and mape > 2 * floor["floor_mape"] and out:
+        out.append(
+            f"  the measurements' own noise allows ~{floor['floor_mape']:.1f}%: the model, not "
+            "the noise, limits it (more configs, or --select extrapolate / another family)"
+        )
+    elif out:
+        out.append(
+            "  remeasure on a quieter machine with bench sweep --repeat 3 --repeat-until 2 "
+            "(noisy step times limit any model), then fit with --aggregate median"
+        )
+    return out
+
+
 def extrapolation_lines(extra: dict, cv_mape: dict) -> list[str]:
     names = [n for n in next(iter(extra.values())) if not n.startswith("_")] if extra else []
     lines = [

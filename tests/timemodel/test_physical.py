@@ -307,3 +307,18 @@ def test_calibrate_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: give --table")
     assert main(["calibrate", str(path), "--plan", str(tmp_path / "g.json")]) == 2
     assert "no reference configs stored" in capsys.readouterr().err
+
+
+def test_a_fit_too_rough_to_rank_configs_says_so_and_what_to_do():
+    from timemodel import honest
+
+    fam = {"families": {honest.LINEAR: {"mape_mean": 30.8, "worst_ape": 144.0}}}
+    noisy = honest.usability_lines(fam, {"floor_mape": 25.0}, honest.LINEAR)
+    assert (
+        noisy[0].startswith("WARNING: the saved model is off by 30.8%") and "worst 144%" in noisy[0]
+    )
+    assert "--repeat 3 --repeat-until" in noisy[1]  # the noise is the limit: measure better
+    rough = honest.usability_lines(fam, {"floor_mape": 3.0}, honest.LINEAR)
+    assert "the model, not the noise" in rough[1]
+    good = {"families": {honest.LINEAR: {"mape_mean": 4.2, "worst_ape": 14.0}}}
+    assert honest.usability_lines(good, {"floor_mape": 3.6}, honest.LINEAR) == []
