@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "demo"
-GRID = "--preset tiny --n-layer 1,2 --n-embd 32,64 --n-head 2 --batch-size 4,16"
+GRID = "--preset tiny --n-layer 1,2 --n-embd 32,64 --n-head 2 --batch-size 4,16 --acc-steps 1"
 SWEEP = "--scheduler wsd --wsd-fract-decay 0.2 --decay-type sqrt --warmup-steps 5 --lr 3e-3"
 
 STEPS = [
