@@ -45,6 +45,27 @@ def akima_min(x: np.ndarray, logL: np.ndarray):
     return float(grid[i]), float(f[i])
 
 
+def group_curve(N: np.ndarray, L: np.ndarray, method: str, window: float = DEFAULT_WINDOW):
+    """(N grid, L on it) of the curve whose minimum is the group's optimum: the Akima spline of
+    log L against log N, or the fitted parabola; None where that method finds none."""
+    x, logL = np.log(N), np.log(L)
+    if method == "akima":
+        ux = np.unique(x)
+        if len(ux) < 3:
+            return None
+        uy = np.array([logL[x == v].min() for v in ux])
+        grid = np.linspace(ux[0], ux[-1], 200)
+        return np.exp(grid), np.exp(Akima1DInterpolator(ux, uy)(grid))
+    got = vertex(x, logL, window)
+    if got is None:
+        return None
+    if window and window > 1:  # drawn over the runs it was fitted to (vertex's window)
+        keep = np.abs(x - x[np.argmin(logL)]) <= np.log(window)
+        x = x[keep] if len(np.unique(x[keep])) >= 3 else x
+    grid = np.linspace(x.min(), x.max(), 200)
+    return np.exp(grid), np.exp(np.polyval(got[1], grid))
+
+
 def vertex(x: np.ndarray, logL: np.ndarray, window: float = DEFAULT_WINDOW):
     """(x*, parabola coefficients) of log L = p0 x^2 + p1 x + p2 near the minimum; None if the
     group has < 3 distinct x, opens downwards, or has its vertex outside the fitted x range."""

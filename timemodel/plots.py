@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from timemodel import isoflop
+
 
 def _plt():
     import matplotlib
@@ -76,6 +78,11 @@ def isoflop_plot(path: str, res: dict, C, N, D, L, group_col: str) -> None:
         m = C == c
         col = cmap(i / max(1, len(groups) - 1))
         ax.scatter(N[m], L[m], s=10, color=col, label=f"{c:.3g}")
+        curve = isoflop.group_curve(
+            N[m], L[m], res.get("method", "parabola"), res.get("window") or 0
+        )
+        if curve is not None:  # the curve whose minimum is the group's N*
+            ax.plot(*curve, color=col, lw=0.9, alpha=0.8)
         if c in kept:
             ax.scatter(
                 [kept[c]["N_opt"]],
