@@ -79,6 +79,12 @@ STEPS = [
 ]
 
 
+def shown(cmd: str) -> str:
+    """A step's command as a user would type it (a module run gets its `python`)."""
+    text = cmd.format(out=OUT.relative_to(ROOT))
+    return f"python {text}" if text.startswith("-m ") else text
+
+
 def _argv(cmd: str) -> list[str]:
     args = shlex.split(cmd.format(out=OUT))
     if args[0] == "-m":
@@ -92,9 +98,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "STEPTIME_SMOKE")}
     t_all = time.time()
     for title, cmd in STEPS:
-        shown = cmd.format(out=OUT.relative_to(ROOT))
-        shown = f"python {shown}" if shown.startswith("-m ") else shown
-        print(f"\n=== {title}\n$ {shown}", flush=True)
+        print(f"\n=== {title}\n$ {shown(cmd)}", flush=True)
         t0 = time.time()
         r = subprocess.run(_argv(cmd), cwd=ROOT, env=env)
         if r.returncode != 0:

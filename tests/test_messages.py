@@ -103,3 +103,30 @@ def test_sampled_text_cannot_drive_the_terminal():
     from train.sample import printable
 
     assert printable("a\x1b[31mred\x07\n\tb é") == "a\\x1b[31mred\\x07\n\tb é"
+
+
+def test_train_and_sweep_share_one_cpu_thread_policy_and_print_it(tmp_path, capsys):
+    """A sweep's step times carry over to `train` only if both run the same thread count: on a
+    CPU both default to one thread (the sweep worker's check is in tests/bench/test_worker.py)."""
+    import torch
+
+    torch.set_num_threads(2)
+    assert train_main([*TINY, "--iterations", "2", "--out", str(tmp_path / "r")]) == 0
+    assert "| threads 1" in _err(capsys) and torch.get_num_threads() == 1
+    argv = [*TINY, "--iterations", "2", "--threads", "2", "--out", str(tmp_path / "s")]
+    assert train_main(argv) == 0 and "| threads 2" in _err(capsys)
+    torch.set_num_threads(1)
+
+
+def test_the_demo_installs_only_the_package_and_prints_runnable_commands():
+    from pathlib import Path
+
+    from examples import demo
+
+    make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    demo_rule = make.split("\ndemo:")[1].splitlines()[0]
+    assert "$(STAMP)" in demo_rule and "STAMP_TEST" not in demo_rule  # not the test extras
+    base = make.split("\n$(STAMP): pyproject.toml")[1].split("\n\n")[0]
+    assert "install -q -e ." in base and "[test]" not in base
+    assert demo.shown("-m kernels.aot") == "python -m kernels.aot"
+    assert all(not demo.shown(cmd).startswith("-m") for _, cmd in demo.STEPS)
