@@ -5,8 +5,8 @@
    cooldown fitted into a wall-clock budget, at two budgets (3 and 6 seconds) so that tokens vary.
 3. bench show: the measured table.
 4. timemodel fit: step time regressed on the configs' costs, held-out error per feature set.
-5. timemodel fit-loss: a loss law L(N, D) fitted on the sweep's own val losses (this machine's
-   numbers, valid only inside the N and D range it prints).
+5. timemodel fit-loss: a loss law L(N, D) with 20 bootstrap refits, fitted on the sweep's own val
+   losses (this machine's numbers, valid only inside the N and D range it prints).
 6. timemodel predict and search: step time and final loss of a config, and the best configs of a
    small space for a 2-minute budget.
 7. timemodel replicate-chinchilla: a REPLICATION of Hoffmann et al.'s published fit on the
@@ -59,7 +59,7 @@ STEPS = [
     ),
     (
         "5. timemodel fit-loss: a loss law from this machine's own sweeps",
-        "timemodel fit-loss {out}/sweep3s {out}/sweep6s --out {out}/law.json",
+        "timemodel fit-loss {out}/sweep3s {out}/sweep6s --bootstrap 20 --out {out}/law.json",
     ),
     (
         "6a. timemodel predict: a swept config, 2 minutes",
