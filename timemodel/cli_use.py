@@ -172,6 +172,8 @@ def cmd_describe(args) -> int:
         f"per step (batch {B}, {args.dtype}): "
         + "  ".join(f"{k} {f[k]:.4g}" for k in costs.STEP_FEATURES)
     )
+    if args.peak_flops is not None and not (math.isfinite(args.peak_flops) and args.peak_flops > 0):
+        raise UserError(f"--peak-flops must be a finite number > 0, got {args.peak_flops}")
     peak = args.peak_flops or costs.peak_flops(args.device_name, args.dtype)
     if not peak:
         raise UserError(

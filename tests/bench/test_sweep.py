@@ -130,7 +130,9 @@ def test_two_process_config_runs_under_torchrun(tmp_path, monkeypatch):
     from bench.sweep.run import make_spec, run_config
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    row = expand({"n_layer": ["1"], "n_head": ["2"], "batch_size": ["4"]}, "tiny")[0]
+    row = expand(
+        {"n_layer": ["1"], "n_head": ["2"], "batch_size": ["4"], "acc_steps": ["1"]}, "tiny"
+    )[0]
     opts = SweepOptions(out_dir=str(tmp_path), minutes_per_config=0.01, nproc_per_config=2)
     x = run_config(make_spec(row, config_id(row), 0, opts), str(tmp_path))
     assert x["status"] == "ok", x["message"]

@@ -142,3 +142,20 @@ def test_help_shows_defaults_and_metavars():
 def test_cli_imports_no_torch():
     code = "import sys, timemodel.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "0"])
+def test_describe_refuses_a_peak_no_device_has(value, capsys):
+    from timemodel.cli import main
+
+    assert main(["describe", "--preset", "tiny", "--peak-flops", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --peak-flops must be a finite number > 0") and "\n" not in err
+
+
+def test_search_refuses_vocab_size_0(tmp_path, capsys):
+    from timemodel.cli import main
+
+    argv = ["search", "--time-model", "x.json", "--loss-law", "y.json", "--hours", "1"]
+    assert main([*argv, "--vocab-size", "0"]) == 2
+    assert "--vocab-size must be in 1..1e7, got 0" in capsys.readouterr().err
