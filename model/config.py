@@ -201,6 +201,11 @@ SEED_REPORTED_PARAMS: dict[str, float] = {
 }
 
 
+# Held-out tokens behind a sweep's val_loss (`bench sweep --val-tokens`): the same sequences for
+# every config of a sequence length. Here, below bench and timemodel, so both read one number.
+VAL_TOKENS = 16384
+
+
 def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]

@@ -20,10 +20,9 @@ import math
 import shlex
 
 from core import UserError
-from model.config import ModelConfig
+from model.config import VAL_TOKENS, ModelConfig
 from timemodel.fitted import Context
 
-VAL_TOKENS = 16384  # held-out tokens behind a sweep's val_loss (bench sweep --val-tokens default)
 # Training flags of the commands, in order: (field, train flag, bench sweep flag).
 TRAIN_FLAGS = (
     ("lr", "--lr", "--lr"),

@@ -12,7 +12,6 @@ from bench.sweep.options import (
     TIMINGS,
     TRAIN_BASE,
     TRAIN_FLAGS,
-    VAL_TOKENS,
     SweepOptions,
     check_gpus,
     check_options,
@@ -20,6 +19,7 @@ from bench.sweep.options import (
 from bench.sweep.run import prepare, run_sweep
 from core import UserError
 from core.errors import HelpFormat
+from model.config import VAL_TOKENS
 from train.cli_flags import add_train_flags
 
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from bench.sweep import results
 from bench.worker.timing import MeasureConfig
 from core import UserError, atomic_write
+from model.config import VAL_TOKENS
 from train.config import TrainConfig
 
 TIMINGS = ("windows", "synced")
 SCHEDULERS = ("constant", "wsd")  # a sweep's run has no length to plan a cosine over
-VAL_TOKENS = 16384  # default held-out tokens behind each val_loss
 # The TrainConfig fields a sweep takes as flags (the same for every config; grid flags vary the
 # model and the batch). Their types, docs and checks are TrainConfig's.
 TRAIN_FLAGS = (
