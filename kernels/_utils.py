@@ -49,6 +49,25 @@ def register_op(name: str, fn: Callable, fake: Callable):
     return op
 
 
+class LazyOps:
+    """An op's torch.library registrations (forward, and backward when it has one), made on first
+    call: registering a triton_op imports triton, which a torch-backend model must never load.
+    The first call is the first Triton launch, or `kernels.register_ops` (which building a
+    kernels="triton" model calls). Returns the ops as a tuple, forward first."""
+
+    def __init__(self, fwd: tuple, bwd: tuple | None, backward: Callable, setup: Callable):
+        self.specs = (fwd,) if bwd is None else (fwd, bwd)  # (name, fn, fake) each
+        self.backward, self.setup = backward, setup
+        self.ops: tuple | None = None
+
+    def __call__(self) -> tuple:
+        if self.ops is None:
+            ops = tuple(register_op(*spec) for spec in self.specs)
+            ops[0].register_autograd(self.backward, setup_context=self.setup)
+            self.ops = ops
+        return self.ops
+
+
 def traced_launch(kernel):
     """The launcher of op bodies: ``wrap_triton(kernel)`` makes the launch a graph node while
     torch.compile traces, and launches as usual otherwise."""

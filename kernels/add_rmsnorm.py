@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ._utils import register_op, traced_launch, use_triton
+from ._utils import LazyOps, traced_launch, use_triton
 from .reference import add_rms_norm_ref
 from .rmsnorm import _check, _contig, plan_for
 
@@ -145,22 +145,6 @@ def _bwd_fake(dy, ds, s, w, rstd, eps, x_dtype):
     )
 
 
-_OPS: tuple | None = None
-
-
-def _ops() -> tuple:
-    """The (forward, backward) ops, registered on first use (the first Triton call, or
-    `kernels.register_ops`, which building a kernels="triton" model calls): registering a
-    triton_op imports triton, which a torch-backend model must never load."""
-    global _OPS
-    if _OPS is None:
-        fwd = register_op("steptime::add_rms_norm_fwd", _fwd_impl, _fwd_fake)
-        bwd = register_op("steptime::add_rms_norm_bwd", _bwd_impl, _bwd_fake)
-        fwd.register_autograd(_backward, setup_context=_setup)
-        _OPS = (fwd, bwd)
-    return _OPS
-
-
 def _setup(ctx, inputs, output) -> None:
     x, _, w, eps = inputs
     ctx.save_for_backward(output[1], w, output[2])
@@ -201,3 +185,12 @@ def add_rms_norm(
         return add_rms_norm_ref(x, residual, weight, eps)
     x, residual, weight = _contig(x), _contig(residual), _contig(weight)
     return AddRMSNormFunction.apply(x, residual, weight, float(eps), plan)
+
+
+# The op registrations, made on first use (`kernels._utils.LazyOps`).
+_ops = LazyOps(
+    ("steptime::add_rms_norm_fwd", _fwd_impl, _fwd_fake),
+    ("steptime::add_rms_norm_bwd", _bwd_impl, _bwd_fake),
+    _backward,
+    _setup,
+)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import register_op, traced_launch, use_triton
+from ._utils import LazyOps, traced_launch, use_triton
 from .reference import linear_cross_entropy_ref
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -104,19 +104,6 @@ def _fwd_fake(h, w, targets, compute_dtype, n):
     return h.new_empty((), dtype=torch.float32), torch.empty_like(h), torch.empty_like(w)
 
 
-_OPS: tuple | None = None
-
-
-def _ops() -> tuple:
-    """The op (in a 1-tuple), registered on first use: see `kernels.rmsnorm._ops`."""
-    global _OPS
-    if _OPS is None:
-        op = register_op("steptime::linear_cross_entropy", _fwd_impl, _fwd_fake)
-        op.register_autograd(_backward, setup_context=_setup)
-        _OPS = (op,)
-    return _OPS
-
-
 def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[1], output[2])
 
@@ -160,3 +147,7 @@ def linear_cross_entropy(
         if torch.compiler.is_compiling():
             return _ops()[0](h, weight, targets, cdt, n)[0]
         return LinearCrossEntropyFunction.apply(h, weight, targets, cdt, n)
+
+
+# The op registrations, made on first use (`kernels._utils.LazyOps`).
+_ops = LazyOps(("steptime::linear_cross_entropy", _fwd_impl, _fwd_fake), None, _backward, _setup)

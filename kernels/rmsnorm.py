@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ._utils import register_op, traced_launch, use_triton
+from ._utils import LazyOps, traced_launch, use_triton
 from .reference import rms_norm_ref
 
 MAX_N = 65536
@@ -184,22 +184,6 @@ def _bwd_fake(dy, x, w, rstd, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
 
 
-_OPS: tuple | None = None
-
-
-def _ops() -> tuple:
-    """The (forward, backward) ops, registered on first use (the first Triton call, or
-    `kernels.register_ops`, which building a kernels="triton" model calls): registering a
-    triton_op imports triton, which a torch-backend model must never load."""
-    global _OPS
-    if _OPS is None:
-        fwd = register_op("steptime::rms_norm_fwd", _fwd_impl, _fwd_fake)
-        bwd = register_op("steptime::rms_norm_bwd", _bwd_impl, _bwd_fake)
-        fwd.register_autograd(_backward, setup_context=_setup)
-        _OPS = (fwd, bwd)
-    return _OPS
-
-
 def _setup(ctx, inputs, output) -> None:
     x, w, eps = inputs
     ctx.save_for_backward(x, w, output[1])
@@ -232,3 +216,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     if plan is None:
         return rms_norm_ref(x, weight, eps)
     return RMSNormFunction.apply(_contig(x), _contig(weight), float(eps), plan)
+
+
+# The op registrations, made on first use (`kernels._utils.LazyOps`).
+_ops = LazyOps(
+    ("steptime::rms_norm_fwd", _fwd_impl, _fwd_fake),
+    ("steptime::rms_norm_bwd", _bwd_impl, _bwd_fake),
+    _backward,
+    _setup,
+)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import register_op, traced_launch, use_triton
+from ._utils import LazyOps, traced_launch, use_triton
 from .reference import swiglu_ref
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -105,22 +105,6 @@ def _bwd_fake(dout, gate, up):
     return torch.empty_like(gate, memory_format=fmt), torch.empty_like(up, memory_format=fmt)
 
 
-_OPS: tuple | None = None
-
-
-def _ops() -> tuple:
-    """The (forward, backward) ops, registered on first use (the first Triton call, or
-    `kernels.register_ops`, which building a kernels="triton" model calls): registering a
-    triton_op imports triton, which a torch-backend model must never load."""
-    global _OPS
-    if _OPS is None:
-        fwd = register_op("steptime::swiglu_fwd", _fwd_impl, _fwd_fake)
-        bwd = register_op("steptime::swiglu_bwd", _bwd_impl, _bwd_fake)
-        fwd.register_autograd(_backward, setup_context=_setup)
-        _OPS = (fwd, bwd)
-    return _OPS
-
-
 def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
@@ -161,3 +145,12 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if not _triton_path(gate, up):
         return swiglu_ref(gate, up)
     return SwiGLUFunction.apply(_contig(gate), _contig(up))
+
+
+# The op registrations, made on first use (`kernels._utils.LazyOps`).
+_ops = LazyOps(
+    ("steptime::swiglu_fwd", _fwd_impl, _fwd_fake),
+    ("steptime::swiglu_bwd", _bwd_impl, _bwd_fake),
+    _backward,
+    _setup,
+)
