@@ -29,7 +29,7 @@ def fit_plot(path: str, res: dict, y: np.ndarray, color: np.ndarray, color_name:
     set, held-out R^2, MAPE, worst APE and n in the title."""
     plt = _plt()
     from matplotlib.colors import LogNorm
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     pred = np.asarray(res["_held_out_pred"]) * 1e3
     meas = np.asarray(y) * 1e3
@@ -44,9 +44,13 @@ def fit_plot(path: str, res: dict, y: np.ndarray, color: np.ndarray, color_name:
         ax.plot([lo, hi], [lo * f, hi * f], "k--", lw=0.5)
     ax.plot([], [], "k--", lw=0.5, label="±10%")
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
+    # Ticks at 1-2-5 of each decade, plain numbers, and no minor labels: matplotlib's default
+    # labels minor ticks (3x10^0 4x10^0 ...) when the range is under a decade, and they overlap.
     ms = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(ms)
-    ax.yaxis.set_major_formatter(ms)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ms)
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("measured step time (ms)")
     ax.set_ylabel(f"predicted, held out ({res['folds']}-fold CV) (ms)")
     ss_res, ss_tot = np.sum((meas - pred) ** 2), np.sum((meas - meas.mean()) ** 2)

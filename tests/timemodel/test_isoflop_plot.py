@@ -47,3 +47,26 @@ def test_the_plot_has_one_curve_per_budget(tmp_path):
     finally:
         plt.subplots = real
     assert len(captured[0][0].lines) == 2 and (tmp_path / "iso.png").stat().st_size > 1000
+
+
+def test_fit_plot_labels_only_1_2_5_ticks_so_labels_never_overlap(tmp_path):
+    """Under a decade of step times, matplotlib labelled every minor tick (3x10^0 4x10^0 ...)."""
+    from matplotlib import pyplot as plt
+
+    from timemodel import plots
+
+    y = np.array([0.003, 0.0045, 0.006, 0.009, 0.012, 0.018])  # seconds: 3-18 ms
+    res = {"_held_out_pred": y * 1.05, "folds": 4, "family": "linear", "feature_set": "x",
+           "features": ["bytes"]}  # fmt: skip
+    captured, real = [], plt.subplots
+    plt.subplots = lambda *a, **k: captured.append(real(*a, **k)) or captured[-1]
+    try:
+        plots.fit_plot(str(tmp_path / "fit.png"), res, y, np.ones(6), "batch_size")
+    finally:
+        plt.subplots = real
+    ax = captured[0][1]
+    for axis in (ax.xaxis, ax.yaxis):
+        labels = [t.get_text() for t in axis.get_ticklabels(minor=True)]
+        assert not any(labels), labels
+        major = {t.get_text() for t in axis.get_ticklabels()} - {""}
+        assert major <= {"1", "2", "5", "10", "20", "50"}, major
