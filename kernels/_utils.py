@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -47,6 +49,20 @@ def register_op(name: str, fn: Callable, fake: Callable):
     op = torch.library.custom_op(name, fn, mutates_args=())
     op.register_fake(fake)
     return op
+
+
+def lazy_import(module: str) -> Callable[[], Any]:
+    """A getter of `module`, imported on its first call (then a closure read: an import statement
+    per call costs microseconds of host time). Keeps triton out of a torch-backend process."""
+    mod = None
+
+    def get():
+        nonlocal mod
+        if mod is None:
+            mod = importlib.import_module(module)
+        return mod
+
+    return get
 
 
 class LazyOps:

@@ -23,20 +23,7 @@ import torch
 
 from ._utils import LazyOps, traced_launch, use_triton
 from .reference import add_rms_norm_ref
-from .rmsnorm import _check, _contig, plan_for
-
-_K = None
-
-
-def _k():
-    """The Triton kernel module, imported on the first call (then a global read: an import
-    statement per call costs microseconds of host time)."""
-    global _K
-    if _K is None:
-        from . import _rmsnorm_kernels
-
-        _K = _rmsnorm_kernels
-    return _K
+from .rmsnorm import _check, _contig, _k, plan_for
 
 
 def _check_add(x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float) -> None:

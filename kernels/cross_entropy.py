@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import LazyOps, traced_launch, use_triton
+from ._utils import LazyOps, lazy_import, traced_launch, use_triton
 from .reference import linear_cross_entropy_ref
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -36,18 +36,7 @@ def default_chunks(n: int, v: int, itemsize: int) -> int:
     return max(1, min(n, -(-(n * v * itemsize) // CHUNK_BYTES)))
 
 
-_K = None
-
-
-def _k():
-    """The Triton kernel module, imported on the first call (then a global read: an import
-    statement per call costs microseconds of host time)."""
-    global _K
-    if _K is None:
-        from . import _cross_entropy_kernels
-
-        _K = _cross_entropy_kernels
-    return _K
+_k = lazy_import("kernels._cross_entropy_kernels")  # the Triton kernels, imported on first use
 
 
 def _check(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, compute_dtype) -> None:

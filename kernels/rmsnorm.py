@@ -22,25 +22,14 @@ import math
 
 import torch
 
-from ._utils import LazyOps, traced_launch, use_triton
+from ._utils import LazyOps, lazy_import, traced_launch, use_triton
 from .reference import rms_norm_ref
 
 MAX_N = 65536
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-_K = None
-
-
-def _k():
-    """The Triton kernel module, imported on the first call (then a global read: an import
-    statement per call costs microseconds of host time)."""
-    global _K
-    if _K is None:
-        from . import _rmsnorm_kernels
-
-        _K = _rmsnorm_kernels
-    return _K
+_k = lazy_import("kernels._rmsnorm_kernels")  # the Triton kernels, imported on first use
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> None:

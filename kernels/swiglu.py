@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import LazyOps, traced_launch, use_triton
+from ._utils import LazyOps, lazy_import, traced_launch, use_triton
 from .reference import swiglu_ref
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-_K = None
-
-
-def _k():
-    """The Triton kernel module, imported on the first call (then a global read: an import
-    statement per call costs microseconds of host time)."""
-    global _K
-    if _K is None:
-        from . import _swiglu_kernels
-
-        _K = _swiglu_kernels
-    return _K
+_k = lazy_import("kernels._swiglu_kernels")  # the Triton kernels, imported on first use
 
 
 def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
