@@ -3,11 +3,12 @@ and FLOP counts (standard library only).
 
 Private helper of ``model.costs``. Every ``led.op`` below is one operation of the step that
 ``model.transformer.Transformer`` runs in eager PyTorch: an aten op, or a Triton kernel of
-``kernels`` when cfg.kernels == "triton". The sequence was read off the dispatcher
-(``model.traffic.measure_step``, which the tests compare against op by op) and is written here
-per module, forward then backward. Bytes follow the same convention as that counter: each op
-reads every tensor input and writes every tensor output in full (an in-place op's tensor is read
-and written); views, reshapes and bare allocations move nothing and launch nothing.
+``kernels`` for the ops cfg.kernels names ("triton": all of them). The sequence was read off
+the dispatcher (``model.traffic.measure_step``, which the tests compare against op by op) and is
+written here per module, forward then backward. Bytes follow the same convention as that
+counter: each op reads every tensor input and writes every tensor output in full (an in-place
+op's tensor is read and written); views, reshapes and bare allocations move nothing and launch
+nothing.
 
 Scope: exact (tested op by op) for the CPU op sequence of the pinned torch, in fp32 and under CPU
 bf16 autocast, and for the Triton RMSNorm/SwiGLU kernels under the interpreter. On CUDA the SDPA
@@ -27,6 +28,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from model._poly import Ledger
+from model.config import kernel_ops
 
 CLASSES = (
     "matmul",  # linear layers: mm/addmm forward, grad-input and grad-weight mm, bias grad sums
@@ -50,14 +52,17 @@ def dims(V, L, d, H, G, f, T, B, hd, gqa, kv_copy, progs, tie, bias, chunks=1, c
     gqa: 1 if G < H; kv_copy: 1 if also G > 1 and T > 1; progs: rows of the fused RMSNorm's dw
     partials; chunks, crows: row chunks of the fused linear + cross-entropy and the rows of its
     first chunk (`flce_chunks`). impl: autocast (bool), native_flash (flash-attn, 16-bit),
-    dropout (bool: p > 0).
+    dropout (bool: p > 0). Switches per op of ours (llama only): fnorm (RMSNorm, the residual adds
+    fused into it), fswiglu, fce (the LM head's linear + cross-entropy).
     """
     a = 2 if impl.get("autocast") else 4
+    ours = kernel_ops(kernels) if arch == "llama" else frozenset()
     return SimpleNamespace(
         V=V, L=L, d=d, H=H, G=G, f=f, T=T, B=B, N=B * T, hd=hd, kvd=G * hd, tie=tie, bias=bias,
         gqa=gqa, kv_copy=kv_copy, progs=progs, chunks=chunks,
         crows=B * T if crows is None else crows, llama=arch == "llama", a=a, p=4,
-        fused=kernels == "triton" and arch == "llama", ac=1 if a == 2 else 0,
+        fnorm="rmsnorm" in ours, fswiglu="swiglu" in ours, fce="linear_ce" in ours,
+        ac=1 if a == 2 else 0,
         flash=1 if impl.get("native_flash") and a == 2 else 0, drop=1 if impl.get("dropout") else 0,
     )  # fmt: skip
 
@@ -100,7 +105,7 @@ def norm(led, c, n, *, fwd: bool) -> None:
             nb = p * (3 * Nd + 2 * N + 2 * d + 2 * d * b)
             led.op("norm", "aten::native_layer_norm_backward", n, nb)
         return
-    if c.fused:  # kernels/rmsnorm.py
+    if c.fnorm:  # kernels/rmsnorm.py
         if fwd:  # reads x, w; writes y, rstd
             led.op("norm", "triton::_rmsnorm_fwd_kernel", n, p * (2 * Nd + d + N))
             return
@@ -170,7 +175,7 @@ def mlp_act(led, c, n, *, fwd: bool) -> None:
         else:  # reads dy, x
             led.op("activation", "aten::gelu_backward", n, 3 * a * Nf)
         return
-    if c.fused:  # kernels/swiglu.py, in the compute dtype
+    if c.fswiglu:  # kernels/swiglu.py, in the compute dtype
         if fwd:  # reads gate, up; writes out
             led.op("activation", "triton::_swiglu_fwd_kernel", n, 3 * a * Nf)
         else:  # reads gate, up, dout; writes dgate, dup
@@ -240,10 +245,10 @@ def _dropout(led, c, n, numel, width, *, fwd: bool) -> None:
 
 def _residual(led, c, n, *, fwd: bool, add=1) -> None:
     """x + branch(x): fp32 stream plus a compute-dtype branch; backward sums the two grads of x.
-    With the fused kernels the add is in the next norm (`add_norm`): only the dropout is left."""
+    With our RMSNorm the add is in the next norm (`add_norm`): only the dropout is left."""
     p, a, Nd = c.p, c.a, c.N * c.d
     _dropout(led, c, n, Nd, a, fwd=fwd)  # on the branch output
-    if c.fused:
+    if c.fnorm:
         return
     if fwd:
         led.op("other", "aten::add", n * add, p * Nd, a * Nd, p * Nd)
@@ -254,10 +259,10 @@ def _residual(led, c, n, *, fwd: bool, add=1) -> None:
 
 def _block_norm(led, c, n, first, *, fwd: bool) -> None:
     """A block's ln_1 (`first`: how many of the `n` are the first block's) or, with first=0, its
-    ln_2. Fused kernels: each is an add_norm with the pending branch, but the first block's ln_1,
+    ln_2. With our RMSNorm each is an add_norm with the pending branch, but the first block's ln_1,
     whose stream is complete: a plain norm, and its input (the embedding) also feeds ln_2's add,
     so its backward sums two grads."""
-    if not c.fused:
+    if not c.fnorm:
         norm(led, c, n, fwd=fwd)
         return
     norm(led, c, first, fwd=fwd)
@@ -322,21 +327,28 @@ def embedding(led, c, *, fwd: bool) -> None:
     led.op("embedding_head", "aten::add", c.tie, 3 * p * V * d)  # tied: embedding + head grads
 
 
-def fused_head(led, c, *, fwd: bool) -> None:
-    """The final add_norm and kernels/cross_entropy.py's linear + cross-entropy in `c.chunks`
-    chunks of rows (`c.crows` in the first): per chunk the logits mm, the loss/grad kernel (reads
-    the logits, the targets, writes the rows' losses, the grad over the logits), dh = dz W written
-    into its rows of dh (an out= mm: read and written), dW = dz^T h accumulated (fp32 matmuls:
-    addmm_ into the first chunk's; 16-bit: each chunk's mm added to an fp32 buffer). The forward
-    leaves dh, dW ready; the backward multiplies them by the incoming grad."""
+def final_norm(led, c, *, fwd: bool) -> None:
+    """ln_f: with our RMSNorm an add_norm of the last block's pending MLP output (no grad from a
+    later use of the stream: ds 0), else the plain norm of the complete stream."""
+    if c.fnorm:
+        add_norm(led, c, 1, fwd=fwd, ds=0)
+    else:
+        norm(led, c, 1, fwd=fwd)
+
+
+def fused_ce(led, c, *, fwd: bool) -> None:
+    """kernels/cross_entropy.py's linear + cross-entropy in `c.chunks` chunks of rows (`c.crows`
+    in the first): per chunk the logits mm, the loss/grad kernel (reads the logits, the targets,
+    writes the rows' losses, the grad over the logits), dh = dz W written into its rows of dh (an
+    out= mm: read and written), dW = dz^T h accumulated (fp32 matmuls: addmm_ into the first
+    chunk's; 16-bit: each chunk's mm added to an fp32 buffer). The forward leaves dh, dW ready;
+    the backward multiplies them by the incoming grad."""
     p, a, ac, N, d, V, K, C1 = c.p, c.a, c.ac, c.N, c.d, c.V, c.chunks, c.crows
     if not fwd:
         led.op("embedding_head", "aten::ones_like", 1, p, p)  # backward's seed d loss = 1
         led.op("matmul", "aten::mul", 1, p * N * d, p, p * N * d)  # dh * d loss
         led.op("matmul", "aten::mul", 1, p * V * d, p, p * V * d)  # dW * d loss
-        add_norm(led, c, 1, fwd=False, ds=0)
         return
-    add_norm(led, c, 1, fwd=True)
     _cast(led, c, ac, N * d, 4, 2)  # h and W to the compute dtype
     _cast(led, c, ac, V * d, 4, 2)
     led.add("matmul", "aten::mm", K, a * (N * d + K * V * d + N * V))  # z = h W^T per chunk
@@ -354,24 +366,28 @@ def fused_head(led, c, *, fwd: bool) -> None:
 
 
 def head(led, c, *, fwd: bool) -> None:
-    """Final norm, LM head, fp32 logits, cross-entropy (log-softmax + NLL) and their backward."""
+    """Final norm, then the LM head and the loss: our fused linear + cross-entropy (`fused_ce`),
+    or the head's matmul, fp32 logits and cross-entropy (log-softmax + NLL), and their backward."""
     p, N, NV = c.p, c.N, c.N * c.V
-    if c.fused:
-        fused_head(led, c, fwd=fwd)
-        return
     if fwd:
-        norm(led, c, 1, fwd=True)
+        final_norm(led, c, fwd=True)
+        if c.fce:
+            fused_ce(led, c, fwd=True)
+            return
         linear(led, c, 1, c.d, c.V, x32=1, bias=0, fwd=True)
         _cast(led, c, c.ac, NV, 2, 4)  # logits.float()
         led.op("embedding_head", "aten::_log_softmax", 1, p * NV, p * NV)
         led.op("embedding_head", "aten::nll_loss_forward", 1, p * NV, 8 * N, 2 * p)
         return
-    led.op("embedding_head", "aten::ones_like", 1, p, p)  # backward's seed d loss = 1
-    led.op("embedding_head", "aten::nll_loss_backward", 1, 2 * p + 2 * p * NV + 8 * N)
-    led.op("embedding_head", "aten::_log_softmax_backward_data", 1, 3 * p * NV)
-    _cast(led, c, c.ac, NV, 4, 2)
-    linear(led, c, 1, c.d, c.V, x32=1, bias=0, fwd=False)
-    norm(led, c, 1, fwd=False)
+    if c.fce:
+        fused_ce(led, c, fwd=False)
+    else:
+        led.op("embedding_head", "aten::ones_like", 1, p, p)  # backward's seed d loss = 1
+        led.op("embedding_head", "aten::nll_loss_backward", 1, 2 * p + 2 * p * NV + 8 * N)
+        led.op("embedding_head", "aten::_log_softmax_backward_data", 1, 3 * p * NV)
+        _cast(led, c, c.ac, NV, 4, 2)
+        linear(led, c, 1, c.d, c.V, x32=1, bias=0, fwd=False)
+    final_norm(led, c, fwd=False)
 
 
 # ------------------------------------------------------------------------------------- step

@@ -16,6 +16,42 @@ from dataclasses import dataclass
 from core import UserError
 
 KERNELS = ("torch", "triton")
+# The ops our Triton kernels replace, each chosen on its own (kernels="rmsnorm+swiglu" runs ours
+# for those two and the torch ops for the rest): RMSNorm (with the residual add fused into it),
+# the SwiGLU product, and the LM head's linear + cross-entropy over vocabulary chunks.
+KERNEL_OPS = ("rmsnorm", "swiglu", "linear_ce")
+
+
+def parse_kernels(text: str, *, auto: bool = False) -> str:
+    """The canonical spelling of a kernels choice: "torch" (no op of ours), "triton" (every op
+    of ours), or a "+"-joined subset of KERNEL_OPS in that order (e.g. "rmsnorm+linear_ce");
+    with `auto`, also "auto" (train's and the sweep's: decided at start-up). UserError else."""
+    if not isinstance(text, str):
+        raise UserError(f"kernels must be a string, got {_short(text)}")
+    if text in KERNELS or (auto and text == "auto"):
+        return text
+    ops = text.split("+")
+    bad = [o for o in ops if o not in KERNEL_OPS]
+    if bad or len(set(ops)) != len(ops):
+        why = f"unknown op {bad[0]!r}" if bad else "an op named twice"
+        first = "auto, torch, triton" if auto else "torch, triton"
+        raise UserError(
+            f"kernels must be {first} or some of {', '.join(KERNEL_OPS)} joined by '+', "
+            f"got {text!r} ({why})"
+        )
+    if set(ops) == set(KERNEL_OPS):
+        return "triton"
+    return "+".join(o for o in KERNEL_OPS if o in ops)
+
+
+def kernel_ops(kernels: str) -> frozenset[str]:
+    """The ops a (canonical or not) kernels choice runs with our kernels."""
+    k = parse_kernels(kernels)
+    if k == "torch":
+        return frozenset()
+    return frozenset(KERNEL_OPS) if k == "triton" else frozenset(k.split("+"))
+
+
 ATTENTIONS = ("sdpa", "flash")
 ARCHS = ("llama", "gpt2")
 
@@ -51,7 +87,7 @@ class ModelConfig:
     "gpt2": GPT-2 / Megatron style (Radford et al. 2019; the seed's `--model base`): pre-norm
     LayerNorm (with a bias when bias=True), GELU MLP of width 4 * n_embd unless ffn_hidden is
     given, learned position embeddings, biases on every block linear when bias=True. It has no
-    Triton kernels (kernels="triton" runs the same torch ops). n_kv_head (GQA) works in both.
+    Triton kernels (any kernels value runs the same torch ops). n_kv_head (GQA) works in both.
     Neither family has a bias on the LM head; it is tied to the token embedding when tie_embeddings.
     dropout (embedding, attention probabilities, residual branches) is active in training only.
     """
@@ -68,7 +104,7 @@ class ModelConfig:
     norm_eps: float = 1e-5  # the seed's --rmsnorm-eps (also the LayerNorm eps of gpt2)
     rope_theta: float = 10000.0
     init_std: float = 0.02
-    kernels: str = "torch"  # "torch" (reference ops) | "triton" (our fused kernels)
+    kernels: str = "torch"  # "torch" | "triton" (all our kernels) | ops joined by "+" (KERNEL_OPS)
     attention: str = "sdpa"  # "sdpa" | "flash" (flash-attn when installed and on CUDA)
     arch: str = "llama"  # "llama" | "gpt2" (the seed's --model llama|base)
     bias: bool = False  # the seed's --bias
@@ -113,12 +149,18 @@ class ModelConfig:
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
             raise UserError(f"dropout must be in [0, 1), got {_short(d)}")
         object.__setattr__(self, "dropout", float(d))
-        if self.kernels not in KERNELS:
-            raise UserError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
+        object.__setattr__(self, "kernels", parse_kernels(self.kernels))
         if self.attention not in ATTENTIONS:
             raise UserError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
 
     # Derived values are properties, never fields, so a results row cannot disagree with them.
+    def uses_kernel(self, op: str) -> bool:
+        """Whether the model runs our Triton kernel for `op` (one of KERNEL_OPS): only llama has
+        them; gpt2's LayerNorm and GELU run torch ops whatever `kernels` says."""
+        if op not in KERNEL_OPS:
+            raise ValueError(f"unknown kernel op {op!r}")
+        return self.arch == "llama" and op in kernel_ops(self.kernels)
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head

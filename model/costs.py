@@ -35,7 +35,7 @@ import inspect
 from core import UserError
 from model import _opcount as _ops
 from model._poly import Poly
-from model.config import ATTENTIONS, KERNELS, ModelConfig
+from model.config import ATTENTIONS, ModelConfig, parse_kernels
 
 FLOP_KEYS = ("exact", "kaplan", "porian", "chinchilla", "palm")
 TRAFFIC_KEYS = (*_ops.CLASSES, "total")
@@ -169,9 +169,9 @@ def _ledger(*impl) -> dict:
 def _resolve(cfg: ModelConfig, batch_size, kw: dict) -> tuple:
     """Validate the implementation arguments; the `_ledger` key (arch, kernels, dtype, ...)."""
     kernels, attention = kw["kernels"] or cfg.kernels, kw["attention"] or cfg.attention
+    kernels = parse_kernels(kernels)  # one spelling per choice, so one ledger per choice
     averages = {None: 0, "swa": 1, "ema": 1, "swa+ema": 2}.get(kw["average"])
     checks = (
-        (kernels in KERNELS, f"kernels must be one of {KERNELS}, got {kernels!r}"),
         (attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}, got {attention!r}"),
         (kw["optimizer"] in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
         (averages is not None, f"average must be None, swa, ema or swa+ema, not {kw['average']!r}"),
@@ -270,7 +270,9 @@ def memory_traffic(
     """Bytes read + written in device memory by one optimizer step, by op class (TRAFFIC_KEYS).
 
     dtype "float32" runs fp32; "bfloat16"/"float16" is autocast over fp32 parameters. kernels and
-    attention default to cfg's; attention="flash" means flash-attn (16-bit dtypes, CUDA only).
+    attention default to cfg's; kernels: "torch", "triton" or our ops joined by "+"
+    (model.config.KERNEL_OPS, e.g. "rmsnorm+linear_ce"); attention="flash" means flash-attn
+    (16-bit dtypes, CUDA only).
     optimizer: "fused_adamw" (kernels.adamw.FusedAdamW's Triton pass, `average` None, "swa", "ema"
     or "swa+ema"), "torch_adamw" (torch.optim.AdamW(foreach=False)) or "none". Counted as
     model.traffic.measure_step counts the real step (each op reads its inputs and writes its

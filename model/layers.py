@@ -1,11 +1,11 @@
 """Building blocks of both decoder families: norms, MLPs, rotary embedding, attention, the block.
 
-The backend switch lives here: ``cfg.kernels == "torch"`` calls the pure-torch references in
-``kernels.reference`` (which import no Triton, so a torch-backend model never loads it);
-``"triton"`` calls ``kernels.rms_norm`` / ``kernels.swiglu``, which run Triton on CUDA (or under
-TRITON_INTERPRET=1) and otherwise fall back to the same references. With ``"triton"`` a llama
-block also runs `Block.forward_fused`: each residual add is fused into the norm that follows it
-(``kernels.add_rms_norm``), so the stream is read and written once per add+norm instead of twice.
+The backend switch lives here, per op (``cfg.uses_kernel``): an op on the torch path calls its
+pure-torch reference in ``kernels.reference`` (which imports no Triton, so an all-torch model never
+loads it); an op of ours calls ``kernels.rms_norm`` / ``kernels.swiglu``, which run Triton on CUDA
+(or under TRITON_INTERPRET=1) and otherwise fall back to the same references. With our RMSNorm a
+llama block also runs `Block.forward_fused`: each residual add is fused into the norm that follows
+it (``kernels.add_rms_norm``), so the stream is read and written once per add+norm, not twice.
 Both backends own the same parameters, so state_dict keys do not depend on the backend. The gpt2
 family (LayerNorm, GELU) has no fused kernels and runs torch ops under either backend.
 """
@@ -64,11 +64,15 @@ class RMSNorm(nn.Module):
         return _norm_fn(self.backend)(x, self.weight, self.eps)
 
 
+def _backend(cfg: ModelConfig, op: str) -> str:
+    return "triton" if cfg.uses_kernel(op) else "torch"
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
     """RMSNorm for llama; LayerNorm (bias iff cfg.bias) for gpt2, both with eps cfg.norm_eps."""
     if cfg.arch == "gpt2":
         return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-    return RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.kernels)
+    return RMSNorm(cfg.n_embd, cfg.norm_eps, _backend(cfg, "rmsnorm"))
 
 
 class SwiGLUMLP(nn.Module):
@@ -76,7 +80,7 @@ class SwiGLUMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.backend = cfg.kernels
+        self.backend = _backend(cfg, "swiglu")
         self.dropout = cfg.dropout
         self.w1 = nn.Linear(cfg.n_embd, cfg.hidden, bias=False)
         self.w2 = nn.Linear(cfg.n_embd, cfg.hidden, bias=False)
@@ -180,8 +184,8 @@ class Attention(nn.Module):
 
 
 def fused_blocks(cfg: ModelConfig) -> bool:
-    """Whether the blocks run `Block.forward_fused` (llama with our Triton kernels)."""
-    return cfg.kernels == "triton" and cfg.arch == "llama"
+    """Whether the blocks run `Block.forward_fused` (llama with our RMSNorm kernels)."""
+    return cfg.uses_kernel("rmsnorm")
 
 
 def add_norm(norm: RMSNorm, branch: torch.Tensor | None, stream: torch.Tensor):

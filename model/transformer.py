@@ -6,10 +6,11 @@ Touvron et al. 2023, arXiv:2302.13971): RMSNorm, RoPE, SwiGLU, no positional emb
 arch="gpt2" follows the seed's `src/models/base.py` (Radford et al. 2019, "Language Models are
 Unsupervised Multitask Learners"): LayerNorm, GELU, learned position embeddings, optional biases.
 
-With kernels="triton" a llama model fuses what Inductor cannot: each residual add into the next
-RMSNorm (`model.layers.Block.forward_fused`) and, in training (targets given), the LM head into the
-cross-entropy (``kernels.cross_entropy.linear_cross_entropy``), computed over the vocabulary in
-chunks so the B x T x V logits never exist: that forward returns logits None.
+With our kernels (cfg.kernels, per op) a llama model fuses what Inductor cannot: with "rmsnorm",
+each residual add into the next RMSNorm (`model.layers.Block.forward_fused`); with "linear_ce",
+in training (targets given), the LM head into the cross-entropy
+(``kernels.cross_entropy.linear_cross_entropy``), computed over the vocabulary in chunks so the
+B x T x V logits never exist: that forward returns logits None.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.config import ModelConfig
+from model.config import KERNEL_OPS, ModelConfig
 from model.layers import Block, add_norm, fused_blocks, make_norm, rope_cache
 
 
@@ -47,6 +48,10 @@ class Transformer(nn.Module):
             # Non-persistent: derived from cfg, so they stay out of state_dict and parameters().
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if any(cfg.uses_kernel(op) for op in KERNEL_OPS):
+            from kernels import register_ops
+
+            register_ops(only_if_usable=True)  # before torch.compile can trace a call to them
         self.apply(self._init)
         # GPT-2 scaling of residual output projections (Radford et al. 2019, §2.3) keeps the
         # residual stream variance O(1) in depth.
@@ -82,20 +87,31 @@ class Transformer(nn.Module):
             x = F.dropout(x, self.cfg.dropout, self.training)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         if fused_blocks(self.cfg):
-            return self._forward_fused(x, cos, sin, targets, recompute)
-        for block in self.blocks:
-            if recompute:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
-            else:
-                x = block(x, cos, sin)
-        logits = self.lm_head(self.ln_f(x))
+            y = self._blocks_fused(x, cos, sin, recompute)
+        else:
+            for block in self.blocks:
+                if recompute:
+                    x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                else:
+                    x = block(x, cos, sin)
+            y = self.ln_f(x)
+        if targets is not None and self.cfg.uses_kernel("linear_ce"):
+            from kernels.cross_entropy import linear_cross_entropy
+
+            dev = y.device.type
+            cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+            h = y.reshape(-1, y.shape[-1])
+            return None, linear_cross_entropy(
+                h, self.lm_head.weight, targets.reshape(-1), compute_dtype=cdt
+            )
+        logits = self.lm_head(y)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
-    def _forward_fused(self, x, cos, sin, targets, recompute: bool):
-        """The llama forward with our fused kernels (module docstring)."""
+    def _blocks_fused(self, x, cos, sin, recompute: bool):
+        """The blocks and the final norm with each residual add fused into the next norm."""
         pending = None
         for block in self.blocks:
             if recompute:
@@ -105,13 +121,4 @@ class Transformer(nn.Module):
             else:
                 x, pending = block.forward_fused(x, pending, cos, sin)
         y, _ = add_norm(self.ln_f, pending, x)
-        if targets is None:
-            return self.lm_head(y), None
-        from kernels.cross_entropy import linear_cross_entropy
-
-        dev = y.device.type
-        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        h = y.reshape(-1, y.shape[-1])
-        return None, linear_cross_entropy(
-            h, self.lm_head.weight, targets.reshape(-1), compute_dtype=cdt
-        )
+        return y

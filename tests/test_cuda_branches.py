@@ -22,6 +22,7 @@ from bench.sweep import grid
 from bench.sweep.options import SweepOptions, base_train_config, check_gpus, measure_config
 from core import UserError
 from tests.cuda_standin import NAME, CudaStandIn, StrictEvent
+from train import session
 from train.autokernels import measure_op as REAL_MEASURE
 from train.session import resolve_device
 
@@ -216,7 +217,7 @@ def test_sample_takes_every_cuda_spelling(cuda, tmp_path, spelling, capsys):
 
 def test_kernels_auto_on_cuda_is_measured_cached_and_recorded(cuda, tmp_path, monkeypatch):
     """--kernels auto on CUDA times ours against torch at the run's shapes (CUDA events), picks
-    the faster backend by the step's calls, caches the timings and records them."""
+    per op, caches the timings and records them; the model runs ours for the ops that won."""
     from train import autokernels
     from train.cli import main
 
@@ -227,27 +228,79 @@ def test_kernels_auto_on_cuda_is_measured_cached_and_recorded(cuda, tmp_path, mo
     def fake(op, shape, dtype, device):
         seen.append((op, shape))
         real(op, shape, dtype, device)  # the real timing code runs (on the stand-in)
-        return (1.0, 3.0) if op == "rmsnorm" else (2.0, 1.0)  # ours faster at the norms
+        return (1.0, 3.0) if op == "rmsnorm" else (2.0, 1.0)  # ours faster at the norms only
 
     monkeypatch.setattr(autokernels, "measure_op", fake)
+    built = []
+    real_build = session.Session.build.__func__
+
+    def build(cls, cfg):
+        ses = real_build(cls, cfg)
+        built.append(ses.raw)
+        return ses
+
+    monkeypatch.setattr(session.Session, "build", classmethod(build))
     argv = ["--preset", "tiny", "--iterations", "2", "--batch-size", "2", "--acc-steps", "1"]
     argv += ["--eval-batches", "1", "--device", "cuda", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
-    assert seen == [("rmsnorm", (128, 64)), ("swiglu", (128, 192))]  # 2 x 64 rows
+    # 2 x 64 rows of width 64 (norm), 192 (MLP), 64 x vocab 256 (head)
+    assert seen == [("rmsnorm", (128, 64)), ("swiglu", (128, 192)), ("linear_ce", (128, 64, 256))]
     eff = json.loads((tmp_path / "a" / "config.json").read_text())["effective"]
     auto = eff["kernels_auto"]
-    # 5 norms x (1 vs 3 ms) + 2 MLPs x (2 vs 1 ms): ours 9 ms, torch 17 ms
-    assert eff["kernels"] == "triton" and auto["speedup"] == pytest.approx(17 / 9)
-    assert auto["ops"]["swiglu"]["speedup"] == 0.5 and auto["cached"] is False
+    # chosen: 5 norms x 1 ms (ours) + 2 MLPs x 1 ms + 1 head x 1 ms (torch's) = 8 ms;
+    # all-torch: 5 x 3 + 2 x 1 + 1 x 1 = 18 ms
+    assert eff["kernels"] == "rmsnorm" and auto["speedup"] == pytest.approx(18 / 8)
+    assert auto["ops"]["swiglu"] == {
+        "shape": [128, 192], "calls_per_step": 2, "ours_ms": 2.0, "torch_ms": 1.0,
+        "speedup": 0.5, "chosen": "torch",
+    }  # fmt: skip
+    assert auto["ops"]["rmsnorm"]["chosen"] == "ours" and auto["cached"] is False
+    model = built[-1]
+    assert model.blocks[0].ln_1.backend == "triton" and model.blocks[0].mlp.backend == "torch"
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # same shapes: from the cache
-    assert len(seen) == 2
+    assert len(seen) == 3
     eff = json.loads((tmp_path / "b" / "config.json").read_text())["effective"]
-    assert eff["kernels_auto"]["cached"] is True
+    assert eff["kernels_auto"]["cached"] is True and eff["kernels"] == "rmsnorm"
     monkeypatch.setattr(autokernels, "measure_op", lambda *a: (3.0, 1.0))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
     assert main([*argv, "--out", str(tmp_path / "c")]) == 0
     eff = json.loads((tmp_path / "c" / "config.json").read_text())["effective"]
-    assert eff["kernels"] == "torch"  # ours slower here: the torch path runs
+    assert eff["kernels"] == "torch"  # ours slower at every op: the torch path runs
+    monkeypatch.setattr(autokernels, "measure_op", lambda *a: (1.0, 2.0))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "third"))
+    assert main([*argv, "--out", str(tmp_path / "e")]) == 0
+    eff = json.loads((tmp_path / "e" / "config.json").read_text())["effective"]
+    assert eff["kernels"] == "triton"  # ours faster at every op
     assert main([*argv, "--kernels", "triton", "--out", str(tmp_path / "d")]) == 0
     eff = json.loads((tmp_path / "d" / "config.json").read_text())["effective"]
     assert eff["kernels_auto"] is None and eff["kernels"] == "triton"  # asked for: not measured
+    assert main([*argv, "--kernels", "swiglu+rmsnorm", "--out", str(tmp_path / "f")]) == 0
+    eff = json.loads((tmp_path / "f" / "config.json").read_text())["effective"]
+    assert eff["kernels_auto"] is None and eff["kernels"] == "rmsnorm+swiglu"  # canonical order
+
+
+def test_kernels_auto_picks_ours_where_the_torch_path_runs_out_of_memory(
+    cuda, tmp_path, monkeypatch
+):
+    """The head's torch path (B x T x V logits) out of memory at the run's shape: ours is chosen
+    and the record says the torch time is unknown (None), not a number."""
+    from kernels import reference
+    from model.config import get_preset
+    from train import autokernels
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
+
+    monkeypatch.setattr(reference, "linear_cross_entropy_ref", oom)
+    monkeypatch.setattr(autokernels, "measure_op", REAL_MEASURE)
+    monkeypatch.setattr(autokernels, "WARMUP", 1)
+    monkeypatch.setattr(autokernels, "REPS", 2)
+    dev = torch.device("cuda", 0)
+    kernels, rec = autokernels.choose(get_preset("tiny"), 16, torch.bfloat16, dev)
+    ce = rec["ops"]["linear_ce"]
+    assert ce["torch_ms"] is None and ce["speedup"] is None and ce["chosen"] == "ours"
+    assert ce["ours_ms"] > 0
+    assert kernels == "triton" or "linear_ce" in kernels.split("+")
+    assert rec["speedup"] is None  # the all-torch step cannot run: no ratio to give
+    cached = json.loads((tmp_path / "xdg-cache" / "steptime" / "kernels-auto.json").read_text())
+    assert [v[1] for k, v in cached.items() if "|linear_ce|" in k] == [None]

@@ -223,7 +223,13 @@ def add_parsers(sub) -> None:
         choices=("float32", "bfloat16", "float16"),
         help="activation dtype of the traffic count",
     )
-    d.add_argument("--kernels", default=None, choices=("torch", "triton"), help="kernel set")
+    d.add_argument(
+        "--kernels",
+        default=None,
+        metavar="KERNELS",
+        help="kernel set: torch, triton (all ours) or ops of ours joined by '+' (rmsnorm, swiglu, "
+        "linear_ce)",
+    )
     d.add_argument("--attention", default=None, choices=("sdpa", "flash"), help="attention")
     opt(d, "--device-name", "H100", "NAME", "GPU whose peak (costs.peak_flops) the roofline uses")
     opt(d, "--peak-flops", None, "FLOPS", "peak FLOP/s instead of costs.peak_flops", type=float)

@@ -23,6 +23,7 @@ from collections import Counter
 import pandas as pd
 
 from core import UserError
+from model.config import parse_kernels
 from timemodel.io import dataset_path, ok_rows, read_tables
 
 # Model settings the search holds fixed: the flag that sets each one (None: no flag, the data's
@@ -184,11 +185,19 @@ def resolve(
     impl = {"dtype": str(tm.get("dtype") or train.get("dtype") or "float32").replace("torch.", "")}
     for k in ("kernels", "attention"):
         v = tm.get(k) or (train.get(k) if k != "kernels" else None)
-        if v in ("torch", "triton", "sdpa", "flash"):
+        if v in ("sdpa", "flash") or (k == "kernels" and _kernels_choice(v)):
             impl[k] = v
     ctx = Context(model, train, impl, notes, seen)
     ctx.command_notes = command_notes
     return ctx
+
+
+def _kernels_choice(v) -> bool:
+    """Whether `v` is one kernels choice ("torch", "triton", or ops joined by "+")."""
+    try:
+        return isinstance(v, str) and parse_kernels(v) == v
+    except UserError:
+        return False
 
 
 def describe(ctx: Context) -> str:

@@ -182,8 +182,10 @@ class RuntimeConfig:
     )
     kernels: str = _f(
         "auto",
-        "auto (triton on CUDA or under TRITON_INTERPRET=1, torch on CPU), torch or triton",
-        choices=("auto", "torch", "triton"),
+        "auto (on CUDA: per op, ours or torch's, whichever a start-up measurement at this run's "
+        "shapes finds faster; ours under TRITON_INTERPRET=1; torch on CPU), torch, triton (all "
+        "ours), or some of rmsnorm, swiglu, linear_ce joined by '+' (ours for those)",
+        metavar="KERNELS",
     )
     compile: bool = _f(False, "torch.compile the model")
     compile_mode: str = _f(

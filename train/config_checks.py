@@ -12,6 +12,7 @@ from typing import Any
 
 from core import UserError
 from core.owner import safe_name
+from model.config import parse_kernels
 from train.schedules import SCHEDULERS, check_schedule
 
 
@@ -98,8 +99,7 @@ def validate(cfg: Any) -> None:
     r = cfg.runtime
     if r.dtype not in ("float32", "bfloat16", "float16"):
         raise UserError(f"dtype must be float32, bfloat16 or float16, got {r.dtype!r}")
-    if r.kernels not in ("auto", "torch", "triton"):
-        raise UserError(f"kernels must be auto, torch or triton, got {r.kernels!r}")
+    parse_kernels(r.kernels, auto=True)
     for name, v in (("seed", r.seed), ("data_seed", d.data_seed)):
         if not 0 <= v <= MAX_SEED:  # numpy's seeds are 32-bit; torch's and Python's take them too
             raise UserError(f"--{name.replace('_', '-')} must be in 0..{MAX_SEED}, got {v}")

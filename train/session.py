@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from core import UserError
-from model.config import ModelConfig
+from model.config import KERNEL_OPS, ModelConfig, kernel_ops, parse_kernels
 from model.costs import num_params
 from train.config import TrainConfig, model_config, resolve_warmup
 from train.cpumem import keep_freed_memory
@@ -93,11 +93,12 @@ def interpreting() -> bool:
 
 
 def effective_kernels(requested: str, device: torch.device) -> str:
-    """What runs: Triton on CUDA (or on the CPU under TRITON_INTERPRET=1), the torch ops else."""
+    """What runs: the requested ops of ours on CUDA (or on the CPU under TRITON_INTERPRET=1; auto:
+    all of them, until `measured_kernels` decides on CUDA), the torch ops else."""
     triton_runs = device.type == "cuda" or interpreting()
-    if requested == "auto":
-        return "triton" if triton_runs else "torch"
-    return "triton" if requested == "triton" and triton_runs else "torch"
+    if not triton_runs:
+        return "torch"
+    return "triton" if requested == "auto" else parse_kernels(requested)
 
 
 def effective_dtype(requested: str, device: torch.device) -> str:
@@ -293,18 +294,22 @@ class Session:
 
 def measured_kernels(cfg: TrainConfig, model_cfg: ModelConfig, kernels: str, dtype: str,
                      device: torch.device, world: int) -> tuple[str, dict | None]:  # fmt: skip
-    """--kernels auto on CUDA: the backend a measurement at this run's shapes picks
-    (`train.autokernels`), rank 0's on every process; anything else: `kernels` as resolved."""
+    """--kernels auto on CUDA: per op, ours or torch's, as a measurement at this run's shapes
+    picks (`train.autokernels`), rank 0's choice on every process; anything else: `kernels` as
+    resolved."""
     if cfg.runtime.kernels != "auto" or device.type != "cuda" or model_cfg.arch != "llama":
         return kernels, None
     from train import autokernels
 
     rows = cfg.data.batch_size * model_cfg.sequence_length
     choice, record = autokernels.choose(model_cfg, rows, DTYPES[dtype], device)
-    if world > 1:
-        t = torch.tensor([choice == "triton"], dtype=torch.int32, device=device)
+    if world > 1:  # one bit per op: every process builds the same model
+        bits = sum(1 << i for i, op in enumerate(KERNEL_OPS) if op in kernel_ops(choice))
+        t = torch.tensor([bits], dtype=torch.int32, device=device)
         dist.broadcast(t, 0)
-        choice = "triton" if int(t.item()) else "torch"
+        bits = int(t.item())
+        ops = [op for i, op in enumerate(KERNEL_OPS) if bits >> i & 1]
+        choice = parse_kernels("+".join(ops)) if ops else "torch"
         record["kernels"] = choice
     return choice, record
 

@@ -25,7 +25,8 @@ from train.cli_flags import add_train_flags
 # Grid flags = ModelConfig fields and run settings, kebab-case like `train`'s flags.
 GRID_FLAGS = [k for k in gridmod.known_keys() if k != gridmod.INJECT_KEY]
 _GRID_HELP = {
-    "kernels": "auto (triton on CUDA, torch on CPU), torch or triton",
+    "kernels": "auto (on CUDA measured per op, torch on CPU), torch, triton (all ours) or ops "
+    "of ours joined by '+' (rmsnorm, swiglu, linear_ce)",
     "device": "auto (cuda if available), cpu, cuda or cuda:N",
     "dtype": "float32, bfloat16 or float16 (autocast on CUDA; a CPU step runs float32)",
     "compile": "0/1: torch.compile the model",

@@ -28,8 +28,6 @@ from train import config as tconfig
 SETTINGS = ("batch_size", "acc_steps", "dtype", "compile", "device", "lr", "seed")
 SETTING_DEFAULTS: dict[str, object] = {k: tconfig.field_default(k) for k in SETTINGS}
 DTYPES = ("float32", "bfloat16", "float16")
-# The sweep resolves "auto" per machine (triton on CUDA, torch on CPU) and records what ran.
-KERNEL_CHOICES = ("auto", "torch", "triton")
 # Hidden per-row key for tests: make a worker fail on purpose ("error", "hang", "oom").
 INJECT_KEY = "inject"
 INJECTIONS = ("error", "hang", "oom")

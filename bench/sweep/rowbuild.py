@@ -61,7 +61,7 @@ def static_columns(row: dict, kernels: str, dtype: str, dp: int = 1) -> dict:
     """
     from model import costs
 
-    cfg = model_config(row, kernels=kernels if kernels in ("torch", "triton") else None)
+    cfg = model_config(row, kernels=None if kernels == "auto" else kernels)
     bs, acc = int(row["batch_size"]), int(row["acc_steps"])
     feats = costs.step_features(cfg, bs, acc_steps=acc, dp=dp, dtype=dtype, kernels=cfg.kernels)
     out = {k: float(v) for k, v in feats.items()}

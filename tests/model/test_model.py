@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core import UserError
-from model.config import ModelConfig
+from model.config import KERNEL_OPS, ModelConfig, parse_kernels
 from model.transformer import Transformer
 
 
@@ -103,6 +103,21 @@ def test_backends_agree_under_interpreter():
             for (n, p), q in zip(a.named_parameters(), b.parameters()):
                 e = ((p.grad - q.grad).abs().max() / p.grad.abs().max()).item()
                 assert e < 1e-5, (ckpt, n, e)
+        # Each op of ours alone or in a pair (the rest torch's): the same loss and grads.
+        kce.CHUNK_BYTES = 1 << 30
+        for ops in ("rmsnorm", "swiglu", "linear_ce", "rmsnorm+linear_ce", "swiglu+linear_ce"):
+            torch.manual_seed(0)
+            a = Transformer(cfg2)
+            b = Transformer(cfg2.replace(kernels=ops))
+            b.load_state_dict(a.state_dict())
+            _, la = a(x, x)
+            logits, lb = b(x, x)
+            assert (logits is None) == ("linear_ce" in ops), ops
+            la.backward(); lb.backward()
+            assert abs(la.item() - lb.item()) < 1e-5 * la.item(), (ops, la.item(), lb.item())
+            for (n, p), q in zip(a.named_parameters(), b.parameters()):
+                e = ((p.grad - q.grad).abs().max() / p.grad.abs().max()).item()
+                assert e < 1e-5, (ops, n, e)
         print("ok", err)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -209,6 +224,10 @@ def test_torch_backend_never_imports_triton():
         (dict(n_head=4, n_kv_head=3), "n_kv_head"),
         (dict(n_layer=0), "n_layer"),
         (dict(kernels="cuda"), "kernels"),
+        (dict(kernels="rmsnorm+gelu"), "unknown op 'gelu'"),
+        (dict(kernels="swiglu+swiglu"), "named twice"),
+        (dict(kernels=""), "kernels"),
+        (dict(kernels="auto"), "kernels"),  # train's and the sweep's, decided before a model
         (dict(attention="xformers"), "attention"),
         (dict(norm_eps=0.0), "norm_eps"),
         (dict(arch="bert"), "arch"),
@@ -224,6 +243,22 @@ def test_bad_configs(kw, needle):
         ModelConfig(**kw)
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
+
+
+def test_kernels_per_op_have_one_spelling():
+    """Ops of ours joined by '+' in any order name one choice; all of them is "triton"; gpt2
+    has no kernels of ours whatever the choice."""
+    cfg = ModelConfig(kernels="linear_ce+rmsnorm")
+    assert cfg.kernels == "rmsnorm+linear_ce" and cfg == ModelConfig(kernels="rmsnorm+linear_ce")
+    assert [cfg.uses_kernel(op) for op in KERNEL_OPS] == [True, False, True]
+    assert ModelConfig(kernels="swiglu+linear_ce+rmsnorm").kernels == "triton"
+    assert not any(ModelConfig(kernels="torch").uses_kernel(op) for op in KERNEL_OPS)
+    gpt2 = ModelConfig(arch="gpt2", kernels="triton")
+    assert not any(gpt2.uses_kernel(op) for op in KERNEL_OPS)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert parse_kernels("auto", auto=True) == "auto"
+    with pytest.raises(ValueError):
+        cfg.uses_kernel("gelu")
 
 
 def test_bool_fields_accept_table_zero_one():

@@ -151,6 +151,10 @@ _TRITON_SCRIPT = textwrap.dedent(
                        ffn_hidden=48, sequence_length=8, tie_embeddings=True, kernels="triton")
     cases = ((base, False, 2, False), (base, True, 1, False),
              (base.replace(arch="gpt2", bias=True), False, 1, False), (base, True, 1, True))
+    # one op of ours at a time, and pairs: each op's path is counted on its own switch
+    for ops in ("rmsnorm", "swiglu", "linear_ce", "rmsnorm+linear_ce", "swiglu+linear_ce"):
+        cases += ((base.replace(kernels=ops), False, 1, False),
+                  (base.replace(kernels=ops, tie_embeddings=False), True, 1, True))
     for cfg, bf16, acc, ckpt in cases:
         torch.manual_seed(0)
         model = Transformer(cfg, activation_checkpointing=ckpt)
@@ -161,6 +165,9 @@ _TRITON_SCRIPT = textwrap.dedent(
                               activation_checkpointing=ckpt, **kw)
         assert _measured_table(r) == want, (cfg.arch, bf16, _measured_table(r), want)
         assert any(k.startswith("triton::") for k in r["counts"]) == (cfg.arch == "llama")
+        assert any("swiglu" in k for k in r["counts"]) == cfg.uses_kernel("swiglu")
+        assert any("_ce_fwd" in k for k in r["counts"]) == cfg.uses_kernel("linear_ce")
+        assert any("rmsnorm" in k for k in r["counts"]) == cfg.uses_kernel("rmsnorm")
     # The fused cross-entropy in several chunks of rows (uneven: 24 rows in chunks of 5), with
     # fp32 and with bf16 matmuls: its chunk loop's ops, as model/_opcount.py's fused_head counts.
     import kernels.cross_entropy as kce
@@ -183,6 +190,7 @@ _TRITON_SCRIPT = textwrap.dedent(
               {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0}]
     opt = FusedAdamW(groups, lr=1e-3)
     step = lambda: (opt.clip_grad_norm_(1.0), opt.step())
+    cfg = model.cfg
     r = measure_step(model, _batches(cfg, 3, 2), opt, grads="persistent", step=step)
     table = costs.op_table(cfg, 3, acc_steps=2)
     for op in ("triton::_sumsq_kernel", "triton::_finalize_kernel", "triton::_adamw_kernel",
@@ -195,8 +203,9 @@ _TRITON_SCRIPT = textwrap.dedent(
 
 
 def test_triton_backend_and_fused_adamw_under_interpreter():
-    """The fused RMSNorm/SwiGLU kernels, op by op (a Triton kernel's bytes: its tensor arguments,
-    each read or written once), and FusedAdamW's launches. Its bytes are not compared: the
+    """The fused RMSNorm/SwiGLU/linear+CE kernels, all and each alone or in pairs, op by op (a
+    Triton kernel's bytes: its tensor arguments, each read or written once), and FusedAdamW's
+    launches. Its bytes are not compared: the
     counter's one-pass-per-argument convention undercounts its in-place read-modify-write."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -31,6 +31,8 @@ BASE = [
         (["--scheduler", "wsd", "--decay-type", "exp"], "exp"),
         (["--weight-average", "--wa-interval", "7", "--wa-horizon", "20"], "divide"),
         (["--preset", "nope"], "unknown preset"),
+        (["--kernels", "rmsnorm+gelu"], "unknown op 'gelu'"),
+        (["--kernels", "cuda"], "kernels must be auto, torch, triton"),
         (["--print-schedule", "--scheduler", "wsd", "--wsd-fract-decay", "-0.1"], "fract decay"),
     ],
 )
