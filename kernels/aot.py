@@ -193,6 +193,30 @@ def loop_instructions(sass: str) -> tuple[int, bool]:
     return sum(1 for a, _ in ins if a <= max(exits)), False
 
 
+def repeated_instructions(sass: str, repeat: int, row_loop: bool = True) -> int:
+    """`loop_instructions` for a kernel whose slice loop runs `repeat` times per step (a RMSNorm
+    row shared by `repeat` programs). The step is the row loop (`row_loop`) or, without one, the
+    whole program up to its last EXIT; a slice loop the compiler kept as a loop (a backward branch
+    inside the step) counts `repeat - 1` more times, an unrolled one is in the step already."""
+    base, _ = loop_instructions(sass)
+    if repeat <= 1:
+        return base
+    ins = sass_instructions(sass)
+    spans = sorted(
+        (hi - lo, lo, hi)
+        for hi, text in ins
+        if (m := _BRA_RE.search(text)) and (lo := int(m.group(1), 16)) < hi
+    )
+    if not row_loop:
+        exits = [a for a, t in ins if re.search(r"\bEXIT\b", t)]
+        base = sum(1 for a, _ in ins if a <= max(exits))
+    inner = spans[:-1] if row_loop else spans  # the widest span of a row-loop kernel is that loop
+    if not inner:
+        return base
+    _, lo, hi = inner[0]
+    return base + (repeat - 1) * sum(1 for a, _ in ins if lo <= a <= hi)
+
+
 def issue_ceiling_tbps(
     instr: int, elems: int, num_warps: int, bytes_per_elem: float, sms: int = H100_SMS
 ) -> float:
@@ -203,8 +227,9 @@ def issue_ceiling_tbps(
     return elems_per_s * bytes_per_elem / 1e12
 
 
-def analyze(compiled: Any, arch: str) -> dict[str, int]:
-    """Registers, spills, local/shared memory and access widths of one compiled kernel."""
+def analyze(compiled: Any, arch: str, repeat: int = 1, row_loop: bool = True) -> dict[str, int]:
+    """Registers, spills, local/shared memory and access widths of one compiled kernel;
+    `repeat`, `row_loop`: its slice loop's runs per step (`repeated_instructions`)."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -226,7 +251,7 @@ def analyze(compiled: Any, arch: str) -> dict[str, int]:
     s = parse_sass(sass)
     shared = int(r.group(3))
     meta_shared = getattr(compiled.metadata, "shared", 0) or 0
-    loop, _ = loop_instructions(sass)
+    loop = repeated_instructions(sass, repeat, row_loop)
     return {
         "loop_instr": loop,
         "registers": int(r.group(1)),
@@ -260,7 +285,8 @@ def report(
         key = (spec["fn"].__name__, str(spec["signature"]), str(spec.get("constexprs")))
         key += (row["num_warps"], str(spec.get("divisible")))
         if key not in done:
-            done[key] = analyze(compile_spec(spec, arch), arch)
+            rep = spec.get("inner_repeat", 1), spec.get("row_loop", True)
+            done[key] = analyze(compile_spec(spec, arch), arch, *rep)
         row.update(done[key])
         row["ctas_per_sm"] = ctas_per_sm(row["registers"], row["shared_bytes"], row["num_warps"])
         row["bytes_per_elem"] = spec["bytes_per_elem"]

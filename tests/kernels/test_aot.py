@@ -55,19 +55,13 @@ def test_every_kernel_is_reported(rows):
     assert EXPECTED <= {r["kernel"] for r in rows}
 
 
-# Known: the fused residual backward with a bf16 branch at 16k columns runs 32 warps x 64
-# registers (the fp32 stream's dx, ds and dw accumulator at 16 columns per thread) and stores one
-# 8-byte value to the stack; pinned here so that it cannot grow unseen. Its fp32 and narrower
-# variants do not spill.
-_KNOWN_SPILLS = {("add_rmsnorm_bwd_dx", "bf16", 16384): (16, 8)}
-
-
 def test_no_spills_and_no_local_memory(rows):
+    # every kernel, every dtype and width, the 32k RMSNorm rows shared by neighbouring programs
+    assert {r["hidden"] for r in rows if r["kernel"] == "add_rmsnorm_bwd_dx"} >= {16384, 32768}
     bad = [
         (r["kernel"], r["dtype"], r["hidden"], r["spill_bytes"], r["local_bytes"])
         for r in rows
-        if r["spill_bytes"] > _KNOWN_SPILLS.get((r["kernel"], r["dtype"], r["hidden"]), (0, 0))[0]
-        or r["local_bytes"] > _KNOWN_SPILLS.get((r["kernel"], r["dtype"], r["hidden"]), (0, 0))[1]
+        if r["spill_bytes"] or r["local_bytes"]
     ]
     assert not bad, f"kernels that spill / use local memory: {bad}"
 
