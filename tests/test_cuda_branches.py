@@ -225,8 +225,9 @@ def test_kernels_auto_on_cuda_is_measured_cached_and_recorded(cuda, tmp_path, mo
     seen = []
     real = REAL_MEASURE
 
-    def fake(op, shape, dtype, device):
+    def fake(op, shape, dtype, device, compile_mode):
         seen.append((op, shape))
+        assert compile_mode is None  # an eager run measures eager calls
         real(op, shape, dtype, device)  # the real timing code runs (on the stand-in)
         return (1.0, 3.0) if op == "rmsnorm" else (2.0, 1.0)  # ours faster at the norms only
 
@@ -302,5 +303,35 @@ def test_kernels_auto_picks_ours_where_the_torch_path_runs_out_of_memory(
     assert ce["ours_ms"] > 0
     assert kernels == "triton" or "linear_ce" in kernels.split("+")
     assert rec["speedup"] is None  # the all-torch step cannot run: no ratio to give
+    assert rec["method"] == "measured, eager"
     cached = json.loads((tmp_path / "xdg-cache" / "steptime" / "kernels-auto.json").read_text())
     assert [v[1] for k, v in cached.items() if "|linear_ce|" in k] == [None]
+
+
+def test_kernels_auto_compiled_run_measures_compiled_calls(cuda, tmp_path, monkeypatch):
+    """A --compile run compares Inductor with Inductor: both sides of each op go through
+    torch.compile in the run's mode (reduce-overhead's CUDA graphs left out), cached apart from
+    the eager measurements."""
+    from model.config import get_preset
+    from train import autokernels
+
+    compiled = []
+
+    def spy(fn, mode=None, dynamic=None):
+        compiled.append((mode, dynamic))
+        return fn  # the stand-in cannot run Inductor's CUDA code: time the functions themselves
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setattr(autokernels, "measure_op", REAL_MEASURE)
+    monkeypatch.setattr(autokernels, "WARMUP", 1)
+    monkeypatch.setattr(autokernels, "REPS", 2)
+    dev, cfg = torch.device("cuda", 0), get_preset("tiny")
+    _, rec = autokernels.choose(cfg, 16, torch.bfloat16, dev, "max-autotune-no-cudagraphs")
+    assert compiled == [("max-autotune-no-cudagraphs", False)] * 6  # 3 ops x (ours, torch)
+    assert rec["method"] == "measured, torch.compile max-autotune-no-cudagraphs"
+    _, rec = autokernels.choose(cfg, 16, torch.bfloat16, dev, "reduce-overhead")
+    assert compiled[6:] == [(None, False)] * 6 and rec["cached"] is False
+    _, rec = autokernels.choose(cfg, 16, torch.bfloat16, dev)  # eager: measured apart
+    assert len(compiled) == 12 and rec["cached"] is False and rec["method"] == "measured, eager"
+    _, rec = autokernels.choose(cfg, 16, torch.bfloat16, dev, "reduce-overhead")
+    assert rec["cached"] is True and len(compiled) == 12

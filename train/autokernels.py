@@ -2,7 +2,8 @@
 
 At start-up `choose` times each of our Triton ops against the torch path it replaces, forward and
 backward, at the shapes and dtypes this run gives it, with CUDA events around back-to-back calls
-(about a second in all):
+(about a second in all; a --compile run compiles both sides first, Inductor against Inductor,
+which takes longer the first time):
 
 - rmsnorm: the residual add fused into the norm (what a llama block runs with our RMSNorm), B x T
   rows of the model width, the fp32 stream plus a branch in the compute dtype, against the add
@@ -105,10 +106,19 @@ def _impls(op: str, shape, dtype: torch.dtype, device: torch.device):
     )
 
 
-def measure_op(op: str, shape, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
-    """(ours ms, torch ms): forward + backward of one call at `shape` (inf: out of memory)."""
+def measure_op(
+    op: str, shape, dtype: torch.dtype, device: torch.device, compile_mode: str | None = None
+) -> tuple[float, float]:
+    """(ours ms, torch ms): forward + backward of one call at `shape` (inf: out of memory).
+    `compile_mode`: the run's torch.compile mode, None for an eager run; both sides are then
+    compiled (ours is a triton_op Inductor launches; torch's becomes Inductor's fused kernels),
+    with CUDA graphs left out (reduce-overhead is measured as default: graphs cut launch costs
+    on both sides alike), the compilation inside the untimed calls."""
     out = []
     for impl in _impls(op, shape, dtype, device):
+        if compile_mode is not None:
+            mode = None if compile_mode in ("default", "reduce-overhead") else compile_mode
+            impl = torch.compile(impl, mode=mode, dynamic=False)
 
         def step(impl=impl):
             ys = impl()
@@ -118,11 +128,16 @@ def measure_op(op: str, shape, dtype: torch.dtype, device: torch.device) -> tupl
     return out[0], out[1]
 
 
-def _key(device: torch.device, op: str, shape, dtype: torch.dtype) -> str:
+def _how(compile_mode: str | None) -> str:
+    return "eager" if compile_mode is None else f"torch.compile {compile_mode}"
+
+
+def _key(device: torch.device, op: str, shape, dtype: torch.dtype, compile_mode=None) -> str:
     import triton
 
     name = torch.cuda.get_device_name(device)
-    return f"{name}|torch {torch.__version__}|triton {triton.__version__}|{op}|{shape}|{dtype}"
+    versions = f"torch {torch.__version__}|triton {triton.__version__}"
+    return f"{name}|{versions}|{op}|{shape}|{dtype}|{_how(compile_mode)}"
 
 
 def _load_cache(path: str) -> dict:
@@ -145,22 +160,27 @@ def _cached(got) -> tuple[float, float] | None:
 
 
 def choose(
-    model_cfg: ModelConfig, rows: int, dtype: torch.dtype | None, device: torch.device
+    model_cfg: ModelConfig,
+    rows: int,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    compile_mode: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """(kernels, record) for a run on CUDA whose ops see `rows` rows per call: kernels is the
-    canonical ModelConfig.kernels of the ops where ours measured at least as fast."""
+    canonical ModelConfig.kernels of the ops where ours measured at least as fast (compiled
+    against compiled when the run compiles: `compile_mode`, see `measure_op`)."""
     dtype = dtype or torch.float32
     path = cache_path()
     cache = _load_cache(path)
-    record: dict[str, Any] = {"method": "measured", "ops": {}}
+    record: dict[str, Any] = {"method": f"measured, {_how(compile_mode)}", "ops": {}}
     calls = calls_per_step(model_cfg)
     chosen_total = torch_total = 0.0
     ours_ops, new = [], False
     for op, shape in op_shapes(model_cfg, rows).items():
-        key = _key(device, op, shape, dtype)
+        key = _key(device, op, shape, dtype, compile_mode)
         got = _cached(cache.get(key))
         if got is None:
-            got = measure_op(op, shape, dtype, device)
+            got = measure_op(op, shape, dtype, device, compile_mode)
             cache[key], new = [None if math.isinf(v) else v for v in got], True
         ours, ref = got
         use_ours = ours <= ref

@@ -302,7 +302,8 @@ def measured_kernels(cfg: TrainConfig, model_cfg: ModelConfig, kernels: str, dty
     from train import autokernels
 
     rows = cfg.data.batch_size * model_cfg.sequence_length
-    choice, record = autokernels.choose(model_cfg, rows, DTYPES[dtype], device)
+    mode = cfg.runtime.compile_mode if cfg.runtime.compile else None
+    choice, record = autokernels.choose(model_cfg, rows, DTYPES[dtype], device, mode)
     if world > 1:  # one bit per op: every process builds the same model
         bits = sum(1 << i for i, op in enumerate(KERNEL_OPS) if op in kernel_ops(choice))
         t = torch.tensor([bits], dtype=torch.int32, device=device)
