@@ -17,7 +17,8 @@ the total step count T. That is what lets a run set T from its measured speed wh
 A re-plan never moves the cooldown start before the current step, which would make the LR jump.
 `warmup_for` scales a warmup that does not fit the planned run (a tenth of it), so a budget too
 short for the default warmup still trains.
-Standard library only: `train` and `bench` both use it.
+Standard library only: `train` (`BudgetPlanner`) and the sweep worker (`bench/worker/timing.py`,
+which plans from its timing windows) both use it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,24 @@ def plan_total_steps(
     return total
 
 
+def fract_keeping_start(total: int, start: int | None, fract_decay: float) -> float:
+    """The WSD fraction of a run of `total` steps: `fract_decay`, or, once the cooldown has started
+    at `start`, the fraction whose cooldown starts exactly there (T - int(f T) = start; the half
+    step keeps int() off a rounding edge)."""
+    if start is None or total <= start:
+        return fract_decay
+    return min(1.0, (total - start + 0.5) / total)
+
+
+def replan_in_cooldown(
+    elapsed_s: float, steps_done: int, budget_s: float, step_s: float, start: int
+) -> int:
+    """Total steps of a run whose cooldown started at `start`: the steps left at `step_s` end at
+    the budget, but the run is at least one cooldown step long and never ends before now."""
+    left = max(0.0, budget_s - elapsed_s)
+    return max(steps_done, start + 1, steps_done + int(left // step_s))
+
+
 def warmup_for(warmup_steps: int, total_steps: int) -> int:
     """The warmup of a run planned at `total_steps`: as asked, unless it exceeds a quarter of the
     run (it would leave no stable phase: the default 300 steps in a 7-step run learns nothing);
@@ -111,12 +130,8 @@ class BudgetPlanner:
         return self.planned and steps_done >= cooldown_start(self.total, self.fract_decay)
 
     def fract_for(self, total: int) -> float:
-        """The WSD fraction of a run of `total` steps: the planned one, or, once the cooldown has
-        started at S, the fraction whose cooldown starts exactly at S (T - int(f T) = S; the half
-        step keeps int() off a rounding edge)."""
-        if self.cooldown_at is None or total <= self.cooldown_at:
-            return self.fract_decay
-        return min(1.0, (total - self.cooldown_at + 0.5) / total)
+        """The WSD fraction of a run of `total` steps (`fract_keeping_start`)."""
+        return fract_keeping_start(total, self.cooldown_at, self.fract_decay)
 
     def observe(self, steps_done: int, elapsed_s: float) -> int | None:
         if steps_done < TIMING_WARMUP_STEPS:
@@ -136,8 +151,9 @@ class BudgetPlanner:
         self._seen.append((steps_done, elapsed_s))
         step_s = max((elapsed_s - ref[1]) / (steps_done - ref[0]), 1e-9)
         if self.cooldown_at is not None:  # the start stays; the end follows the clock
-            left = max(0.0, self.budget_s - elapsed_s)
-            self.total = max(steps_done, self.cooldown_at + 1, steps_done + int(left // step_s))
+            self.total = replan_in_cooldown(
+                elapsed_s, steps_done, self.budget_s, step_s, self.cooldown_at
+            )
         else:
             self.total = plan_total_steps(
                 elapsed_s, steps_done, self.budget_s, step_s, fract_decay=self.fract_decay

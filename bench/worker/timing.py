@@ -16,10 +16,13 @@ the sweep measured before windows and what a launch-bound GPU run sees. The esti
 the rest of a run is the median of the last 5 windows, so a machine that slows down is seen soon.
 
 With `--scheduler wsd` the total step count T is planned from the measured step time at every
-window end while the run is in its stable phase (`train.timebudget.plan_total_steps`): the steps
-done plus the steps left at that speed end at the budget. Windows in the stable phase stop at the
-planned cooldown start, and once the cooldown has started T is frozen, so the cooldown starts at
-its planned fraction and ends at the budget (to the error of the last estimate).
+window end (`train.timebudget`): the steps done plus the steps left at that speed end at the
+budget. Windows in the stable phase stop at the planned cooldown start, so the cooldown starts at
+its planned fraction. From there on, as in `train --minutes`, its start stays and its length
+follows the clock: T is re-planned at every window end (`replan_in_cooldown`), the fraction is
+the one whose cooldown starts where it did (`fract_keeping_start`), and a re-plan that stretches
+the cooldown holds the LR rather than raising it, so a machine that slows down (or speeds up)
+in the cooldown still ends at the budget.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ from dataclasses import dataclass, field
 
 from core import percentile
 from train.schedules import ScheduleConfig, lr_factor
-from train.timebudget import cooldown_start, plan_total_steps
+from train.timebudget import (
+    cooldown_start,
+    fract_keeping_start,
+    plan_total_steps,
+    replan_in_cooldown,
+)
 
 UNPLANNED = 10**9  # iterations used for the LR before the first plan: WSD is flat there
 
@@ -50,9 +58,13 @@ class MeasureConfig:
     pin: bool  # CPU workers: pin to one core per thread
 
 
-def factor(sched: ScheduleConfig, step: int, total: int) -> float:
-    """The LR multiplier of `step` when the run is `total` steps long (the plan so far)."""
-    return lr_factor(step, dataclasses.replace(sched, iterations=max(total, 1)))
+def factor(sched: ScheduleConfig, step: int, total: int, fract: float | None = None) -> float:
+    """The LR multiplier of `step` when the run is `total` steps long (the plan so far); `fract`:
+    the WSD cooldown fraction, if not the schedule's."""
+    changes: dict = {"iterations": max(total, 1)}
+    if fract is not None:
+        changes["wsd_fract_decay"] = fract
+    return lr_factor(step, dataclasses.replace(sched, **changes))
 
 
 @dataclass
@@ -69,6 +81,21 @@ class Timed:
     cooldown_s: float | None = None
     status: str = "ok"
     message: str = ""
+    last_factor: float = 1.0  # the LR multiplier of the last step launched
+
+    def lr_factor(self, sched: ScheduleConfig, step: int) -> float:
+        """The LR multiplier of `step` under the plan so far (held, never raised, once a re-plan
+        has stretched the cooldown)."""
+        total = self.total or UNPLANNED
+        if self.cooldown_step is None:
+            f = factor(sched, step, total)
+        else:
+            fract = fract_keeping_start(total, self.cooldown_step, sched.wsd_fract_decay)
+            f = factor(sched, step, total, fract)
+            if step > self.cooldown_step:
+                f = min(f, self.last_factor)
+        self.last_factor = f
+        return f
 
 
 class Clock:
@@ -130,14 +157,14 @@ def run_windows(
     """
     agree = agree or (lambda v: v)
     out = Timed(total=UNPLANNED if sched.scheduler == "wsd" else 0)
-    pending = [launch(s, factor(sched, s, out.total or UNPLANNED)) for s in range(untimed_steps)]
+    pending = [launch(s, out.lr_factor(sched, s)) for s in range(untimed_steps)]
     clock.start()
     clock.stop()  # waits for the untimed steps
     out.losses += read(pending)
     out.steps = untimed_steps
-    k, frozen = 1, False
+    k = 1
     while True:
-        kk = _next_window(out, k, frozen, sched, budget_s)
+        kk = _next_window(out, k, out.cooldown_step is not None, sched, budget_s)
         go, kk = (int(x) for x in agree([float(kk > 0), float(kk)]))
         if not go:
             break
@@ -145,24 +172,26 @@ def run_windows(
             break
         est = _estimate(out.windows)
         k = 1 if synced else max(1, min(100_000, round(_window_target(budget_s) / est)))
-        if sched.scheduler == "wsd" and not frozen:
+        if sched.scheduler == "wsd" and out.cooldown_step is None:
             total = plan_total_steps(
                 out.timed_s, out.steps, budget_s, est, fract_decay=min(sched.wsd_fract_decay, 0.999)
             )
             out.total = int(agree([float(total)])[0])
             if out.steps >= cooldown_start(out.total, sched.wsd_fract_decay):
-                frozen = True
                 out.cooldown_step, out.cooldown_s = out.steps, out.timed_s
+        elif sched.scheduler == "wsd":  # the start stays, the end follows the clock
+            total = replan_in_cooldown(out.timed_s, out.steps, budget_s, est, out.cooldown_step)
+            out.total = int(agree([float(total)])[0])
     if sched.scheduler != "wsd":
         out.total = out.steps
     return out
 
 
-def _next_window(out: Timed, k: int, frozen: bool, sched: ScheduleConfig, budget_s: float) -> int:
-    """Steps in the next window (0: stop)."""
+def _next_window(out: Timed, k: int, cooling: bool, sched: ScheduleConfig, budget_s: float) -> int:
+    """Steps in the next window (0: stop); `cooling`: the WSD cooldown has started."""
     if sched.scheduler == "wsd" and out.windows:
         left = out.total - out.steps
-        if not frozen:  # end the window at the cooldown start so it begins where planned
+        if not cooling:  # end the window at the cooldown start so it begins where planned
             left = min(left, max(1, cooldown_start(out.total, sched.wsd_fract_decay) - out.steps))
         return max(0, min(k, left))
     if len(out.windows) < 3:
@@ -179,7 +208,7 @@ def _one_window(out, launch, read, clock, sched, kk, synced) -> bool:
     clock.start()
     for i in range(kk):
         h = time.perf_counter()
-        losses.append(launch(out.steps + i, factor(sched, out.steps + i, out.total or UNPLANNED)))
+        losses.append(launch(out.steps + i, out.lr_factor(sched, out.steps + i)))
         host += time.perf_counter() - h
     dt = clock.stop()
     vals = read(losses)

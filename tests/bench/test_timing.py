@@ -135,3 +135,29 @@ def test_wsd_replans_when_the_machine_slows_down():
     t = run_windows(launch, dev.read, dev, sched, budget_s=2.0, untimed_steps=2)
     assert t.timed_s == pytest.approx(2.0, rel=0.05)
     assert t.cooldown_step == cooldown_start(t.total, 0.2)
+
+
+@pytest.mark.parametrize("speed", [2.0, 0.5], ids=["slows-down", "speeds-up"])
+def test_wsd_cooldown_follows_the_clock_when_the_speed_changes_in_it(speed):
+    """As in `train --minutes`: once the cooldown has started its start stays, but its length is
+    re-planned, so a machine that changes speed in the cooldown still ends at the budget; the LR
+    never rises (a stretched cooldown holds it)."""
+    dev = FakeDevice(step_s=0.005)
+    sched = ScheduleConfig(scheduler="wsd", warmup_steps=0, wsd_fract_decay=0.4)
+    state = {}
+
+    def launch(step, factor):
+        if "start" not in state and factor < 1.0:
+            state["start"] = step  # the first step that cools down
+            dev.step_s *= speed
+        return dev.launch(step, factor)
+
+    t = run_windows(launch, dev.read, dev, sched, budget_s=2.0, untimed_steps=2)
+    assert t.timed_s == pytest.approx(2.0, rel=0.03)  # ends at the budget, not at the old T
+    assert dev.launched == t.total
+    c = t.cooldown_step
+    assert state["start"] == c + 1 and t.cooldown_s / 2.0 == pytest.approx(0.6, abs=0.03)
+    f = dev.factors
+    assert all(x == 1.0 for x in f[: c + 1])
+    assert all(a >= b for a, b in zip(f[c:], f[c + 1 :]))  # monotone, never raised
+    assert f[-1] < 0.2  # cooled down to (near) zero by the end
