@@ -93,7 +93,10 @@ def test_wsd_in_time_records_its_schedule(tmp_path, monkeypatch):
     assert x["cpu_affinity"] == str(first)
     assert x["status"] == "ok" and x["scheduler"] == "wsd" and x["decay_type"] == "sqrt"
     total = x["steps_total"]
-    assert x["cooldown_start_step"] == total - int(0.2 * total)
+    # the cooldown starts where the plan of its time put it; then its length follows the clock
+    # (re-planned at every window, test_timing.py), so it ends near, not exactly at, 20 %
+    assert 0 < x["cooldown_start_step"] < total
+    assert x["cooldown_start_step"] / total == pytest.approx(0.8, abs=0.1)
     # exact on a steady clock (test_timing.py); a loaded CI machine adds noise here
     assert x["cooldown_start_s"] / x["timed_s"] == pytest.approx(0.8, abs=0.15)
     assert x["timed_fraction"] == pytest.approx(1.0, abs=0.25)

@@ -16,6 +16,7 @@ import kernels._rmsnorm_kernels as krk
 import kernels.rmsnorm as krms
 from kernels import add_rms_norm, rms_norm
 from kernels.reference import add_rms_norm_ref, rms_norm_ref
+from tests.kernels.test_rmsnorm import _grads as _norm_grads
 
 SHAPES = [(3, 37, 123), (7, 65), (41, 150)]
 
@@ -27,14 +28,6 @@ def small_slices(monkeypatch):
     monkeypatch.setattr(krk, "DX_SLICE_NARROW", 32)
     monkeypatch.setattr(krk, "DX_SPLIT_SLICE", 32)
     monkeypatch.setattr(krms, "_PLANS", {})  # plans made with the real widths are not reused
-
-
-def _norm_grads(fn, x, w, dy):
-    x = x.detach().clone().requires_grad_(True)
-    w = w.detach().clone().requires_grad_(True)
-    y = fn(x, w)
-    y.backward(dy)
-    return y.detach(), x.grad, w.grad
 
 
 def _inputs(shape, dtype, w_dtype=torch.float32):
