@@ -27,11 +27,14 @@ import math
 import os
 import sys
 
-OPS = ("rmsnorm", "swiglu", "linear_ce", "adamw")
+# add_rmsnorm last: a GPU report stopped by its time cap loses it before the targets' rows
+OPS = ("rmsnorm", "swiglu", "linear_ce", "adamw", "add_rmsnorm")
 MODES = ("forward", "backward", "full")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DEFAULT_SHAPES = {
     "rmsnorm": ["4096x4096", "16384x1024", "1151x8192"],
+    # the 124M step's (32 x 512 rows of 768), and a 16k-wide row two programs share (the backward)
+    "add_rmsnorm": ["16384x768", "4096x16384"],
     "swiglu": ["4096x11008", "16384x2816", "1151x8192"],
     "linear_ce": ["16384x768x50304"],  # tokens x hidden x vocabulary: the 124M LM head
     "adamw": ["1000000", "16777216", "124000000"],
@@ -46,8 +49,8 @@ COLUMNS = (
 
 
 def parse_shape(op: str, text: str) -> tuple[int, ...]:
-    """'MxN' for rmsnorm/swiglu (rows x hidden), 'NxDxV' for linear_ce (tokens x hidden x
-    vocabulary), 'N' (number of parameters) for adamw."""
+    """'MxN' for rmsnorm/add_rmsnorm/swiglu (rows x hidden), 'NxDxV' for linear_ce (tokens x
+    hidden x vocabulary), 'N' (number of parameters) for adamw."""
     try:
         dims = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
@@ -67,6 +70,10 @@ def bytes_moved(
     rmsnorm (x: M x N, weight N; rstd kept in fp32, M floats):
       forward  = read x + read w + write y               = 2MN*e + N*e
       backward = read dy, x, w, rstd + write dx, dw       = 3MN*e + 2N*e + 4M
+    add_rmsnorm (the branch x in e bytes, the stream r, its sum s, y, weight and grads in fp32):
+      forward  = read x, r, w + write s, y, rstd          = MN*(e + 12) + 4N + 4M
+      backward = read dy, ds, s, w, rstd + write dr, dx, dw = MN*(16 + e) + 8N + 4M
+                 (dx in the branch dtype; with an fp32 branch dx is dr: MN*16)
     swiglu (gate, up, out: M x N):
       forward  = read gate, up + write out                = 3MN*e
       backward = read dout, gate, up + write dgate, dup   = 5MN*e
@@ -86,6 +93,9 @@ def bytes_moved(
     e = dtype_bytes
     if op == "rmsnorm":
         fwd, bwd = 2 * m * n * e + n * e, 3 * m * n * e + 2 * n * e + 4 * m
+    elif op == "add_rmsnorm":
+        narrow = e if e < 4 else 0  # a 16-bit branch gets its own grad; an fp32 one shares dr
+        fwd, bwd = m * n * (e + 12) + 4 * n + 4 * m, m * n * (16 + narrow) + 8 * n + 4 * m
     elif op == "swiglu":
         fwd, bwd = 3 * m * n * e, 5 * m * n * e
     else:
@@ -112,6 +122,8 @@ def providers(op: str) -> list[str]:
         out.append("liger")
     if op == "rmsnorm" and _has("apex"):
         out.append("apex")
+    if op == "add_rmsnorm":  # neither Liger nor apex fuses the residual add into the norm
+        out = [p for p in out if p not in ("liger", "apex")]
     return out
 
 
@@ -155,6 +167,7 @@ def _fn(op: str, provider: str):
 
     ref = {
         "rmsnorm": lambda x, w: reference.rms_norm_ref(x, w, 1e-6),
+        "add_rmsnorm": lambda x, r, w: reference.add_rms_norm_ref(x, r, w, 1e-6),
         "swiglu": reference.swiglu_ref,
     }[op]
     if provider == "torch":
@@ -164,7 +177,11 @@ def _fn(op: str, provider: str):
     if provider == "ours":
         import kernels
 
-        return {"rmsnorm": lambda x, w: kernels.rms_norm(x, w, 1e-6), "swiglu": kernels.swiglu}[op]
+        return {
+            "rmsnorm": lambda x, w: kernels.rms_norm(x, w, 1e-6),
+            "add_rmsnorm": lambda x, r, w: kernels.add_rms_norm(x, r, w, 1e-6),
+            "swiglu": kernels.swiglu,
+        }[op]
     if provider == "liger":
         if op == "rmsnorm":
             from liger_kernel.ops.rms_norm import LigerRMSNormFunction
@@ -296,23 +313,35 @@ def _bench_elementwise(op, provider, mode, shape, dtype) -> tuple[dict, float]:
             torch.randn(m, n, device="cuda", dtype=dtype, generator=g),
             1 + 0.1 * torch.randn(n, device="cuda", dtype=dtype, generator=g),
         ]
+    elif op == "add_rmsnorm":  # the training step's: a `dtype` branch onto the fp32 stream
+        inputs = [
+            torch.randn(m, n, device="cuda", dtype=dtype, generator=g),
+            torch.randn(m, n, device="cuda", dtype=torch.float32, generator=g),
+            1 + 0.1 * torch.randn(n, device="cuda", dtype=torch.float32, generator=g),
+        ]
     else:
         inputs = [torch.randn(m, n, device="cuda", dtype=dtype, generator=g) for _ in range(2)]
     leaves = [t.requires_grad_(mode != "forward") for t in inputs]
+
+    def outs(fn):  # every output as a tuple: add_rmsnorm returns (y, s)
+        got = fn(*leaves)
+        return got if isinstance(got, tuple) else (got,)
+
     with _no_donated_buffers():
         fn = _fn(op, provider)
         ref = _fn(op, "torch")
         out_ref = ref(*[t.detach().float() for t in leaves])
-        out = fn(*leaves)
-        err = (out.float() - out_ref).abs().max().item()
-        dy = torch.randn_like(out)
+        out_ref = out_ref if isinstance(out_ref, tuple) else (out_ref,)
+        out = outs(fn)
+        err = max((o.float() - r).abs().max().item() for o, r in zip(out, out_ref))
+        dys = [torch.randn_like(o) for o in out]
         if mode == "forward":
             with torch.no_grad():
                 t = _times(lambda: fn(*leaves))
         elif mode == "backward":
-            t = _times(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True))
+            t = _times(lambda: torch.autograd.grad(out, leaves, dys, retain_graph=True))
         else:
-            t = _times(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
+            t = _times(lambda: torch.autograd.grad(outs(fn), leaves, dys))
     return t, err
 
 
@@ -402,9 +431,10 @@ def _measure(op, shape, provider, mode, average, tdtype, nbytes: int, copy: floa
 
 
 def run_kernels(
-    ops: list[str], dtype: str, shapes: dict[str, list[str]], env: dict, log=print
+    ops: list[str], dtype: str, shapes: dict[str, list[str]], env: dict, log=print, on_row=None
 ) -> list[dict]:
-    """All rows (GPU only). Failures of one provider become a row with status 'error'."""
+    """All rows (GPU only). Failures of one provider become a row with status 'error'.
+    `on_row(rows)`: called with the rows so far after each one."""
     import time
 
     import torch
@@ -430,8 +460,10 @@ def run_kernels(
         }
         row.update(_measure(op, shape, provider, mode, average, tdtype, nbytes, copy))
         rows.append({c: row.get(c) for c in COLUMNS})
+        if on_row is not None:
+            on_row(rows)
         log(
-            f"{op:9s} {provider:14s} {mode:8s} {shape_text:>15s} gpu {row['gpu_ms']:.4f} ms "
+            f"{op:11s} {provider:14s} {mode:8s} {shape_text:>15s} gpu {row['gpu_ms']:.4f} ms "
             f"call {row['call_ms']:.4f} ms {row['gbps']:.0f} GB/s {row['status']}"
         )
     return rows
@@ -466,7 +498,10 @@ def add_parser(sub) -> None:
         "--dtype", default="bf16", choices=list(DTYPE_BYTES), help="RMSNorm/SwiGLU data type"
     )
     k.add_argument(
-        "--shapes", default=None, metavar="LIST", help="comma list: MxN (rmsnorm/swiglu) or N"
+        "--shapes",
+        default=None,
+        metavar="LIST",
+        help="comma list: MxN (rmsnorm, add_rmsnorm, swiglu), NxDxV (linear_ce) or N (adamw)",
     )
     k.add_argument(
         "--out", default=None, metavar="DIR", help="folder for the results (created if missing)"
@@ -501,20 +536,28 @@ def command(a) -> int:
 
     env = env_info("cuda")
     env = {k: env.get(k) for k in ("gpu_name", "torch", "triton", "cuda", "git_sha")}
-    rows = run_kernels(ops, a.dtype, shapes, env, log=lambda m: print(m, file=sys.stderr))
+    rows = run_kernels(
+        ops, a.dtype, shapes, env, log=lambda m: print(m, file=sys.stderr),
+        on_row=(lambda done: _write_csv(a.out, done)) if a.out else None,
+    )  # fmt: skip
     if a.out:
-        import io
-
-        import pandas as pd
-
-        from core import atomic_write
-
-        buf = io.StringIO()
-        pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(buf, index=False)
-        atomic_write(os.path.join(a.out, "kernels.csv"), buf.getvalue())
         plot_kernels(rows, os.path.join(a.out, "kernels.png"))
         print(f"wrote {os.path.join(a.out, 'kernels.csv')}", file=sys.stderr)
     return 0
+
+
+def _write_csv(out: str, rows: list[dict]) -> None:
+    """kernels.csv with the rows so far, replaced atomically: a run stopped by a time cap (the GPU
+    report's) keeps every row it measured."""
+    import io
+
+    import pandas as pd
+
+    from core import atomic_write
+
+    buf = io.StringIO()
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(buf, index=False)
+    atomic_write(os.path.join(out, "kernels.csv"), buf.getvalue())
 
 
 def _static(a) -> int:

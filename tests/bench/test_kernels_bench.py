@@ -18,6 +18,11 @@ def test_bytes_formulas():
     e = 2
     assert kb.bytes_moved("rmsnorm", "forward", (3, 5), e) == 2 * 15 * e + 5 * e
     assert kb.bytes_moved("rmsnorm", "backward", (3, 5), e) == 3 * 15 * e + 2 * 5 * e + 4 * 3
+    # the fused residual: a 16-bit branch has its own grad, an fp32 one shares the stream's
+    assert kb.bytes_moved("add_rmsnorm", "forward", (3, 5), 2) == 15 * 14 + 4 * 5 + 4 * 3
+    assert kb.bytes_moved("add_rmsnorm", "backward", (3, 5), 2) == 15 * 18 + 8 * 5 + 4 * 3
+    assert kb.bytes_moved("add_rmsnorm", "backward", (3, 5), 4) == 15 * 16 + 8 * 5 + 4 * 3
+    assert "liger" not in kb.providers("add_rmsnorm") and "apex" not in kb.providers("add_rmsnorm")
     assert kb.bytes_moved("rmsnorm", "full", (3, 5), e) == (
         kb.bytes_moved("rmsnorm", "forward", (3, 5), e)
         + kb.bytes_moved("rmsnorm", "backward", (3, 5), e)
@@ -90,10 +95,13 @@ def test_gpu_path_honours_dtype_and_creates_out(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run(ops, dtype, shapes, env, log):
+    def fake_run(ops, dtype, shapes, env, log, on_row):
         seen.update(ops=ops, dtype=dtype, shapes=shapes)
         row = dict.fromkeys(kb.COLUMNS, 1.0)
         row.update(op="rmsnorm", provider="ours", mode="full", shape="8x8", status="ok")
+        on_row([row])
+        # written as soon as measured: a run killed at a time cap keeps its rows
+        assert len((out / "kernels.csv").read_text().splitlines()) == 2
         return [row]
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -148,9 +156,10 @@ def test_cuda_timing_path_runs_on_the_cpu_standin(monkeypatch):
     monkeypatch.setattr(kb, "_profiler_activities", lambda: [ProfilerActivity.CPU])
     keep = {"adamw": ["ours", "torch_fused"]}
     monkeypatch.setattr(kb, "providers", lambda op: keep.get(op, ["ours", "torch"]))
-    shapes = {"rmsnorm": ["7x24"], "swiglu": ["5x16"], "linear_ce": ["9x8x33"], "adamw": ["100"]}
+    shapes = {"rmsnorm": ["7x24"], "add_rmsnorm": ["6x24"], "swiglu": ["5x16"],
+              "linear_ce": ["9x8x33"], "adamw": ["100"]}  # fmt: skip
     rows = kb.run_kernels(list(shapes), "fp32", shapes, {"gpu_name": "standin"}, log=lambda m: 0)
-    assert len(rows) == 3 * 2 * 2 + 2 + 2 * 2  # elementwise x modes x providers, CE, AdamW+swa
+    assert len(rows) == 3 * 3 * 2 + 2 + 2 * 2  # elementwise x modes x providers, CE, AdamW+swa
     bad = [(r["op"], r["provider"], r["mode"], r["message"]) for r in rows if r["status"] != "ok"]
     assert not bad, bad
     for r in rows:
