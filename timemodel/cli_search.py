@@ -177,8 +177,8 @@ PROPAGATED = 200  # candidates (best predicted first) whose intervals and ties a
 def uncertainty(tm, law, scored, idx, hours: float) -> tuple:
     """(full, time-only, law-only or None, what was propagated) for candidates `idx`."""
     sigma, t_from = unc.time_error(tm)
-    draws, l_from = unc.law_draws(law)
     cols = {k: np.asarray(scored[k])[idx] for k in ("step_s", "batch_tokens", "law_params")}
+    draws, l_from = unc.law_draws_for(law, cols, hours)
     kw = {"hours": hours}
     full = unc.propagate(cols, law, sigma_t=sigma, law_params=draws, **kw)
     time_only = unc.propagate(cols, law, sigma_t=sigma, law_params=None, **kw)

@@ -121,6 +121,38 @@ def _loss(params: dict, N, D, b) -> np.ndarray:
     return params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]
 
 
+def finite_draws(law_params: dict, cols: dict, law: dict, hours: float) -> tuple[dict | None, int]:
+    """The law's parameter sets whose predicted loss is finite at every candidate (at its point
+    token count), and how many were dropped. A refit on a few resampled runs can land on a
+    degenerate corner (a critical batch of 1e-308 tokens sends D / (1 + b / b_crit) to 0 and the
+    loss to inf); such a set says nothing about the law's spread. None when fewer than 2 remain."""
+    step = np.asarray(cols["step_s"], float)[None, :]
+    bt = np.asarray(cols["batch_tokens"], float)[None, :]
+    N = np.asarray(cols["law_params"], float)[None, :]
+    tokens = np.floor(hours * 3600.0 / step) * bt
+    with np.errstate(all="ignore"):
+        loss = _loss({k: v[:, None] for k, v in law_params.items()}, N, tokens, bt)
+    keep = np.isfinite(loss).all(axis=1)
+    dropped = int((~keep).sum())
+    if keep.sum() < 2:
+        return None, dropped
+    return {k: v[keep] for k, v in law_params.items()}, dropped
+
+
+def law_draws_for(law: dict, cols: dict, hours: float) -> tuple[dict | None, str]:
+    """`law_draws` without the sets that predict a non-finite loss at a candidate of `cols`
+    (`finite_draws`); the text says where the draws come from and how many were dropped."""
+    draws, src = law_draws(law)
+    if draws is None:
+        return None, src
+    kept, dropped = finite_draws(draws, cols, law, hours)
+    if kept is None:
+        return None, f"{src}, of which {dropped} predict a non-finite loss: under 2 left"
+    if dropped:
+        src = f"{src}; {dropped} dropped: a non-finite loss at a candidate"
+    return kept, src
+
+
 class Propagated:
     """Loss draws of candidates (K draws x n candidates), their intervals and ties with #0."""
 

@@ -197,8 +197,8 @@ def score_rows(rows: pd.DataFrame, scored: dict, search: pd.DataFrame, tm, law, 
     col = {first: 0} | {r: j + 1 for j, r in enumerate(others)}
     at = np.array([col[r] for r in mine])
     sigma, _ = unc.time_error(tm)
-    draws, _ = unc.law_draws(law)
     cols = {k: scored[k][idx] for k in ("step_s", "batch_tokens", "law_params")}
+    draws, _ = unc.law_draws_for(law, cols, hours)
     p = unc.propagate(cols, law, hours=hours, sigma_t=sigma, law_params=draws)
     return rows.assign(
         pred_loss=p.point[at], pred_lo=p.lo[at], pred_hi=p.hi[at], tied_with_1=p.tied[at]

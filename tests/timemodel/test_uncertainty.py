@@ -55,6 +55,30 @@ def test_law_draws_are_paired_across_candidates():
     assert p.point[1] > p.point[0] and not p.tied[1] and p.p_beats_first[1] == 0.0
 
 
+def test_degenerate_refits_are_dropped_not_propagated():
+    """A bootstrap refit on a few resampled runs can end in a corner (a critical batch of 1e-308
+    tokens): its loss is inf at every candidate, and one such draw made every interval's upper
+    end NaN. Such sets are dropped and counted; under 2 left, the law is not propagated."""
+    law = LAW | {"b_crit": 300.0}
+    rng = np.random.default_rng(1)
+    draws = {k: np.full(50, LAW[k]) for k in ("A", "B", "alpha", "beta")}
+    draws |= {"E": rng.normal(1.8, 0.05, 50), "b_crit": np.full(50, 300.0)}
+    draws["b_crit"][[3, 17]] = 5e-308
+    kept, dropped = unc.finite_draws(draws, COLS, law, 0.1)
+    assert dropped == 2 and len(kept["E"]) == 48 and np.all(kept["b_crit"] == 300.0)
+    p = _prop(law, draws=kept)
+    assert np.isfinite(p.lo).all() and np.isfinite(p.hi).all()
+    assert (p.lo <= p.point).all() and (p.point <= p.hi).all()
+    with np.errstate(all="ignore"):
+        bad = _prop(law, draws=draws)  # what the search did before: NaN upper ends
+    assert not np.isfinite(bad.hi).all()
+    stored = [{k: float(v[i]) for k, v in draws.items()} for i in range(50)]
+    kept, src = unc.law_draws_for(law | {"bootstrap": {"draws": stored}}, COLS, 0.1)
+    assert len(kept["E"]) == 48 and src.endswith("2 dropped: a non-finite loss at a candidate")
+    draws["b_crit"][1:] = 5e-308  # one set left: no spread to propagate
+    assert unc.finite_draws(draws, COLS, law, 0.1) == (None, 49)
+
+
 def test_intervals_cover_the_true_loss_when_the_step_error_is_as_measured():
     """Calibration: true step times off the model by log-normal errors; the held-out MAPE of
     those errors gives sigma; 95% intervals then hold the true loss of ~95% of the configs (the
