@@ -9,7 +9,6 @@ so on; its `--model llama|base` is `arch="llama"|"gpt2"` here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -45,10 +44,8 @@ def parse_kernels(text: str, *, auto: bool = False) -> str:
     return "+".join(o for o in KERNEL_OPS if o in ops)
 
 
-@functools.lru_cache(maxsize=64)
 def kernel_ops(kernels: str) -> frozenset[str]:
-    """The ops a (canonical or not) kernels choice runs with our kernels (cached: the model asks
-    on every forward)."""
+    """The ops a (canonical or not) kernels choice runs with our kernels."""
     k = parse_kernels(kernels)
     if k == "torch":
         return frozenset()
