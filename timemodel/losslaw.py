@@ -201,7 +201,8 @@ def fit_chinchilla(
         ],  # fmt: skip
     }
     if logb is not None:
-        out["b_crit"] = float(np.exp(best.x[5]))
+        with np.errstate(over="ignore"):  # inf: no batch effect in reach (a bootstrap drops it)
+            out["b_crit"] = float(np.exp(best.x[5]))
         out["b_crit_at_bound"] = bool(best.x[5] >= logb.max() + np.log(BATCH_SPAN))
     return out
 
@@ -293,7 +294,8 @@ def bootstrap(
     """Percentile 95% CIs, SDs, the share of draws at an exponent bound, and the draws themselves
     (joint parameter sets, for propagating the law's uncertainty), from refits on resampled runs
     (each from `law`'s optimum and the best BOOT_STARTS grid starts). A refit that fails is
-    dropped and counted in "failed"."""
+    dropped and counted in "failed", as is one that ends at a non-finite parameter (a critical
+    batch of infinitely many tokens: no CI, SD or stored draw can hold it)."""
     rng = np.random.default_rng(seed)
     keys = ("A", "B", "E", "alpha", "beta") + (("b_crit",) if batch is not None else ())
     vals = {k: [] for k in keys}
@@ -307,6 +309,9 @@ def bootstrap(
             f = fit_chinchilla(N[idx], D[idx], L[idx], max_starts=BOOT_STARTS, batch_tokens=b,
                                delta=delta, extra_starts=extra)  # fmt: skip
         except (UserError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+            failed += 1
+            continue
+        if not all(np.isfinite(float(f[k])) for k in keys):
             failed += 1
             continue
         for k in keys:

@@ -4,6 +4,7 @@ on the in-repo Epoch CSV, and approach 2 (fit-isoflop) on the in-repo Porian iso
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from model import costs
 from model.config import ModelConfig
 from timemodel import isoflop, lawfit, losslaw
 from timemodel.cli import main
+from timemodel.io import write_json
 
 DATA = Path(__file__).resolve().parents[2] / "timemodel" / "data"
 LAW = {"E": 1.5, "A": 30.0, "B": 60.0, "alpha": 0.4, "beta": 0.35, "b_crit": 600.0}
@@ -241,6 +243,27 @@ def test_a_failed_bootstrap_refit_is_dropped_and_counted(monkeypatch):
     monkeypatch.setattr(losslaw, "fit_chinchilla", flaky)
     boot = losslaw.bootstrap(N, D, L, 9, law=law)
     assert boot["failed"] == 3 and boot["ci95"]["alpha"][0] <= boot["ci95"]["alpha"][1]
+
+
+def test_a_refit_at_an_infinite_critical_batch_is_dropped_not_stored(monkeypatch, tmp_path):
+    """A resampled refit can put b_crit at infinity (no batch effect in reach): it is counted as
+    failed, so the CIs, SDs and stored draws stay finite and the law can be written (it was
+    refused: "result holds NaN or infinity")."""
+    N, D, L = _law_runs()
+    batch = np.random.default_rng(3).choice([128.0, 512.0, 2048.0], len(N))
+    real, calls = losslaw.fit_chinchilla, []
+
+    def unbounded(*a, **k):
+        calls.append(1)
+        f = real(*a, **k)
+        return f | {"b_crit": math.inf} if len(calls) == 2 else f
+
+    monkeypatch.setattr(losslaw, "fit_chinchilla", unbounded)
+    boot = losslaw.bootstrap(N, D, L, 5, batch=batch)
+    assert boot["failed"] == 1 and len(boot["draws"]) == 4
+    assert all(math.isfinite(d["b_crit"]) for d in boot["draws"])
+    assert all(math.isfinite(v) for v in boot["ci95"]["b_crit"] + [boot["sd"]["b_crit"]])
+    write_json({"bootstrap": boot}, tmp_path / "law.json")  # refuses NaN and infinity
 
 
 def test_batch_term_needs_a_lower_aic_not_just_a_lower_objective():
